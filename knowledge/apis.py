@@ -1,0 +1,112 @@
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
+
+from knowledge import selectors, services
+from knowledge.services import CONFIG_LIMITS
+from tenants.api import OrgAPIView, created, not_found
+
+
+class AgentConfigSerializer(serializers.Serializer):
+    chunk_size = serializers.IntegerField(min_value=CONFIG_LIMITS["chunk_size"][0], max_value=CONFIG_LIMITS["chunk_size"][1])
+    chunk_overlap = serializers.IntegerField(min_value=CONFIG_LIMITS["chunk_overlap"][0], max_value=CONFIG_LIMITS["chunk_overlap"][1])
+    parent_chunk_size = serializers.IntegerField(
+        min_value=CONFIG_LIMITS["parent_chunk_size"][0], max_value=CONFIG_LIMITS["parent_chunk_size"][1]
+    )
+    embedding_model = serializers.CharField(max_length=100)
+    language = serializers.CharField(max_length=20)
+    vector_weight = serializers.FloatField(min_value=0.0, max_value=10.0)
+    keyword_weight = serializers.FloatField(min_value=0.0, max_value=10.0)
+
+
+class AgentStatsOutput(serializers.Serializer):
+    total_chunks = serializers.IntegerField()
+    document_count = serializers.IntegerField()
+    total_size_bytes = serializers.IntegerField()
+    status = serializers.CharField(source="agent.status")
+    last_ingested_at = serializers.DateTimeField()
+    last_searched_at = serializers.DateTimeField()
+    search_count = serializers.IntegerField()
+    avg_search_latency_ms = serializers.FloatField()
+    cache_hit_rate = serializers.FloatField()
+
+
+class AgentOutput(serializers.Serializer):
+    slug = serializers.CharField()
+    name = serializers.CharField()
+    status = serializers.CharField()
+    config = AgentConfigSerializer(source="*")
+    stats = AgentStatsOutput()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+def _config_field():
+    # Config is validated by the service (unknown keys, ranges, cross-field rules) so the
+    # admin, commands and API share one set of rules; the schema still documents it.
+    return serializers.DictField(required=False, default=dict, help_text="Keys: see AgentConfig.")
+
+
+class AgentListCreateApi(OrgAPIView):
+    class InputSerializer(serializers.Serializer):
+        slug = serializers.CharField(max_length=64)
+        name = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
+        config = _config_field()
+
+    @extend_schema(responses=AgentOutput(many=True))
+    def get(self, request):
+        return self.paginate(selectors.agent_list(org=self.org), AgentOutput)
+
+    @extend_schema(request=InputSerializer, responses={201: AgentOutput})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        agent = services.agent_create(org=self.org, **data.validated_data)
+        return created(AgentOutput(selectors.agent_get(org=self.org, slug=agent.slug)).data)
+
+
+class AgentDetailApi(OrgAPIView):
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=200, required=False, allow_blank=True)
+        config = _config_field()
+
+    def get_agent(self, slug):
+        agent = selectors.agent_get(org=self.org, slug=slug)
+        if agent is None:
+            raise not_found("Agent not found.")
+        return agent
+
+    @extend_schema(responses=AgentOutput)
+    def get(self, request, slug):
+        return Response(AgentOutput(self.get_agent(slug)).data)
+
+    @extend_schema(request=InputSerializer, responses=AgentOutput)
+    def patch(self, request, slug):
+        agent = self.get_agent(slug)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.agent_update(org=self.org, agent=agent, **data.validated_data)
+        return Response(AgentOutput(self.get_agent(slug)).data)
+
+
+class AgentStatsApi(OrgAPIView):
+    @extend_schema(responses=AgentStatsOutput)
+    def get(self, request, slug):
+        stats = selectors.agent_stats_get_by_slug(org=self.org, slug=slug)
+        if stats is None:
+            raise not_found("Agent not found.")
+        return Response(AgentStatsOutput(stats).data)
+
+
+class OrganizationStatsApi(OrgAPIView):
+    class OutputSerializer(serializers.Serializer):
+        total_agents = serializers.IntegerField()
+        active_agents = serializers.IntegerField()
+        deleting_agents = serializers.IntegerField()
+        total_chunks = serializers.IntegerField()
+        total_documents = serializers.IntegerField()
+        total_size_bytes = serializers.IntegerField()
+
+    @extend_schema(responses=OutputSerializer)
+    def get(self, request):
+        return Response(self.OutputSerializer(selectors.organization_stats(org=self.org)).data)

@@ -1,0 +1,22 @@
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand
+
+from knowledge.services import agent_create
+from tenants.cli import command_error, organization_or_error
+
+
+class Command(BaseCommand):
+    help = "Create an agent (knowledge base) in an organization."
+
+    def add_arguments(self, parser):
+        parser.add_argument("org_slug")
+        parser.add_argument("agent_slug")
+        parser.add_argument("--name", default="")
+
+    def handle(self, *args, org_slug, agent_slug, name, **options):
+        org = organization_or_error(org_slug)
+        try:
+            agent = agent_create(org=org, slug=agent_slug, name=name)
+        except ValidationError as exc:
+            raise command_error(exc) from exc
+        self.stdout.write(f"Created agent {org.slug}/{agent.slug}")

@@ -1,0 +1,44 @@
+"""Reads for agents, documents and stats. Each takes the organization explicitly."""
+
+from django.db.models import Count, Q, Sum
+
+from knowledge.models import Agent, AgentStats
+from tenants.models import Organization
+
+
+def agent_list(*, org: Organization):
+    # Deleted agents are kept for the audit trail but are not part of the API.
+    return Agent.objects.for_org(org).exclude(status=Agent.Status.DELETED).select_related("stats").order_by("slug")
+
+
+def agent_get(*, org: Organization, slug: str) -> Agent | None:
+    """The live agent with this slug in this organization, or None (also for another
+    organization's agent: callers answer both with the same 404)."""
+    return agent_list(org=org).filter(slug=slug).first()
+
+
+def agent_stats_get_by_slug(*, org: Organization, slug: str) -> AgentStats | None:
+    # One row through agent_org_slug_live_uniq joined to agentstats' primary key:
+    # O(1) whatever the agent's size.
+    return (
+        AgentStats.objects.for_org(org)
+        .select_related("agent")
+        .filter(agent__slug=slug)
+        .exclude(agent__status=Agent.Status.DELETED)
+        .first()
+    )
+
+
+def organization_stats(*, org: Organization) -> dict:
+    """Sums the per-agent stats rows (one per agent, index agentstats_org_idx); never
+    touches chunks or documents."""
+    live = ~Q(agent__status=Agent.Status.DELETED)
+    totals = AgentStats.objects.for_org(org).aggregate(
+        total_agents=Count("pk", filter=live),
+        active_agents=Count("pk", filter=Q(agent__status=Agent.Status.ACTIVE)),
+        deleting_agents=Count("pk", filter=Q(agent__status=Agent.Status.DELETING)),
+        total_chunks=Sum("total_chunks", filter=live, default=0),
+        total_documents=Sum("document_count", filter=live, default=0),
+        total_size_bytes=Sum("total_size_bytes", filter=live, default=0),
+    )
+    return totals

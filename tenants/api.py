@@ -1,0 +1,89 @@
+"""What every API view shares: the organization from the key, and one error format.
+
+Errors are always {"error": {"code", "message", "fields"}}; `fields` maps the
+offending input field (dotted for nested ones, e.g. "config.chunk_size") to messages.
+"""
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+class ApiError(exceptions.APIException):
+    """An error with its own code, e.g. ApiError(409, "agent_deleting", "…")."""
+
+    def __init__(self, status_code: int, code: str, message: str, fields: dict | None = None):
+        self.status_code = status_code
+        self.code = code
+        self.fields = fields or {}
+        super().__init__(detail=message, code=code)
+
+
+def _flatten(detail, prefix="") -> dict:
+    out = {}
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = key if key != "non_field_errors" else "non_field_errors"
+            out.update(_flatten(value, f"{prefix}.{name}" if prefix else name))
+    elif isinstance(detail, list):
+        if detail and all(not isinstance(item, (dict, list)) for item in detail):
+            out[prefix or "non_field_errors"] = [str(item) for item in detail]
+        else:
+            for index, item in enumerate(detail):
+                out.update(_flatten(item, f"{prefix}[{index}]"))
+    else:
+        out[prefix or "non_field_errors"] = [str(detail)]
+    return out
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoValidationError):
+        # Services raise Django's ValidationError keyed by input field name.
+        exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages})
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, ApiError):
+        body = {"code": exc.code, "message": str(exc.detail), "fields": exc.fields}
+    elif isinstance(exc, exceptions.ValidationError):
+        fields = _flatten(exc.detail)
+        first = next(iter(fields.items()), ("", [""]))
+        body = {"code": "invalid", "message": f"{first[0]}: {first[1][0]}", "fields": fields}
+    else:
+        codes = exc.get_codes() if hasattr(exc, "get_codes") else "error"
+        body = {"code": codes if isinstance(codes, str) else "error", "message": str(exc.detail), "fields": {}}
+    response.data = {"error": body}
+    return response
+
+
+def not_found(what: str = "Not found.") -> ApiError:
+    # The same answer for "does not exist" and "belongs to another organization".
+    return ApiError(status.HTTP_404_NOT_FOUND, "not_found", what)
+
+
+class Pagination(LimitOffsetPagination):
+    default_limit = 50
+    max_limit = 500
+
+
+class OrgAPIView(APIView):
+    """Base for every tenant API view: `self.org` is resolved once, from the API key."""
+
+    @property
+    def org(self):
+        return self.request.user.organization
+
+    def paginate(self, queryset, serializer_class):
+        paginator = Pagination()
+        page = paginator.paginate_queryset(queryset, self.request, view=self)
+        return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+def created(data) -> Response:
+    return Response(data, status=status.HTTP_201_CREATED)

@@ -1,0 +1,19 @@
+"""Shared by management commands: one-line errors and organization lookup."""
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import CommandError
+
+from tenants.models import Organization
+
+
+def command_error(exc: ValidationError) -> CommandError:
+    if hasattr(exc, "error_dict"):
+        return CommandError("; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items()))
+    return CommandError(" ".join(exc.messages))
+
+
+def organization_or_error(slug: str) -> Organization:
+    org = Organization.objects.filter(slug=slug).first()
+    if org is None:
+        raise CommandError(f"Unknown organization '{slug}'.")
+    return org

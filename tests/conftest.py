@@ -1,0 +1,82 @@
+import os
+
+import pytest
+from django.conf import settings
+from django.core.cache import cache
+from rest_framework.test import APIClient
+
+from tests.factories import AgentFactory, OrganizationFactory, make_api_key
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    yield
+    if settings.REDIS_URL:
+        cache.delete_pattern("*")  # only this run's KEY_PREFIX
+    else:
+        cache.clear()
+
+
+@pytest.fixture
+def redis_url():
+    """A real Redis server. Skipped without REDIS_URL, except in CI where a skip is a failure."""
+    url = settings.REDIS_URL or os.environ.get("REDIS_URL", "")
+    if not url:
+        if os.environ.get("LORE_REQUIRE_REDIS"):
+            pytest.fail("LORE_REQUIRE_REDIS is set but REDIS_URL is not")
+        pytest.skip("needs REDIS_URL (a real Redis server)")
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        if os.environ.get("LORE_REQUIRE_REDIS"):
+            pytest.fail(f"Redis at {url} is not reachable: {exc}")
+        pytest.skip(f"Redis at {url} is not reachable")
+    return url
+
+
+def api_client(raw_key: str | None = None) -> APIClient:
+    client = APIClient()
+    if raw_key:
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
+    return client
+
+
+@pytest.fixture
+def org_a(db):
+    return OrganizationFactory(slug="org-a")
+
+
+@pytest.fixture
+def org_b(db):
+    return OrganizationFactory(slug="org-b")
+
+
+@pytest.fixture
+def client_a(org_a):
+    return api_client(make_api_key(org_a))
+
+
+@pytest.fixture
+def client_b(org_b):
+    return api_client(make_api_key(org_b))
+
+
+@pytest.fixture
+def anon_client():
+    return api_client()
+
+
+@pytest.fixture
+def agent_a(org_a):
+    return AgentFactory(organization=org_a, slug="support")
+
+
+@pytest.fixture
+def agent_b(org_b):
+    return AgentFactory(organization=org_b, slug="support")
+
+
+def error_fields(response) -> dict:
+    return response.json()["error"]["fields"]

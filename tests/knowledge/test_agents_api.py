@@ -1,0 +1,126 @@
+import pytest
+
+from knowledge.models import Agent, AgentStats
+from tests.conftest import error_fields
+from tests.factories import AgentFactory
+
+
+def test_create_agent_with_config_returns_it_with_stats(client_a, org_a):
+    response = client_a.post(
+        "/api/v1/agents",
+        {"slug": "support", "name": "Support", "config": {"chunk_size": 500, "chunk_overlap": 50, "language": "german"}},
+        format="json",
+    )
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    assert body["slug"] == "support"
+    assert body["config"]["chunk_size"] == 500
+    assert body["config"]["language"] == "german"
+    assert body["stats"]["total_chunks"] == 0
+    agent = Agent.objects.for_org(org_a).get(slug="support")
+    assert AgentStats.objects.for_org(org_a).filter(agent=agent).exists()
+
+
+def test_list_agents_is_paginated_and_only_own_organization(client_a, org_a, org_b):
+    for i in range(3):
+        AgentFactory(organization=org_a, slug=f"a{i}")
+    AgentFactory(organization=org_b, slug="theirs")
+    body = client_a.get("/api/v1/agents?limit=2").json()
+    assert body["count"] == 3
+    assert [a["slug"] for a in body["results"]] == ["a0", "a1"]
+    assert body["next"]
+    assert "theirs" not in str(client_a.get("/api/v1/agents").json())
+
+
+def test_get_and_patch_agent(client_a, agent_a):
+    assert client_a.get("/api/v1/agents/support").json()["name"] == "support"
+    response = client_a.patch("/api/v1/agents/support", {"name": "Help", "config": {"chunk_size": 1200}}, format="json")
+    assert response.status_code == 200
+    assert response.json()["name"] == "Help"
+    assert response.json()["config"]["chunk_size"] == 1200
+
+
+def test_other_organizations_agent_is_404_like_a_missing_one(client_b, agent_a):
+    other = client_b.get("/api/v1/agents/support")
+    missing = client_b.get("/api/v1/agents/does-not-exist")
+    assert other.status_code == missing.status_code == 404
+    assert other.json() == missing.json()
+    assert client_b.patch("/api/v1/agents/support", {"name": "x"}, format="json").status_code == 404
+    assert client_b.get("/api/v1/agents/support/stats").status_code == 404
+    agent_a.refresh_from_db()
+    assert agent_a.name == "support"
+
+
+def test_same_slug_in_two_organizations_is_independent(client_a, client_b, agent_a, agent_b):
+    client_b.patch("/api/v1/agents/support", {"name": "B's"}, format="json")
+    assert client_a.get("/api/v1/agents/support").json()["name"] == "support"
+    assert client_b.get("/api/v1/agents/support").json()["name"] == "B's"
+
+
+@pytest.mark.parametrize(
+    "method,url",
+    [("get", "/api/v1/agents"), ("post", "/api/v1/agents"), ("get", "/api/v1/agents/support"),
+     ("patch", "/api/v1/agents/support"), ("get", "/api/v1/agents/support/stats"), ("get", "/api/v1/stats")],
+)  # fmt: skip
+def test_every_agent_endpoint_needs_a_key(anon_client, agent_a, method, url):
+    response = getattr(anon_client, method)(url, {}, format="json")
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize(
+    "payload,field",
+    [
+        ({"slug": "Not A Slug"}, "slug"),
+        ({"slug": "-x"}, "slug"),
+        ({"slug": "ok", "config": {"colour": "blue"}}, "config.colour"),
+        ({"slug": "ok", "config": {"chunk_size": 10}}, "config.chunk_size"),
+        ({"slug": "ok", "config": {"chunk_size": 99999}}, "config.chunk_size"),
+        ({"slug": "ok", "config": {"chunk_size": "big"}}, "config.chunk_size"),
+        ({"slug": "ok", "config": {"chunk_size": 400, "chunk_overlap": 300}}, "config.chunk_overlap"),
+        ({"slug": "ok", "config": {"parent_chunk_size": 200}}, "config.parent_chunk_size"),
+        ({"slug": "ok", "config": {"language": "klingon"}}, "config.language"),
+        ({"slug": "ok", "config": "nope"}, "config"),
+        ({}, "slug"),
+    ],
+)
+def test_bad_agent_input_is_400_naming_the_field_and_stores_nothing(client_a, org_a, payload, field):
+    response = client_a.post("/api/v1/agents", payload, format="json")
+    assert response.status_code == 400
+    assert field in error_fields(response), response.json()
+    assert response.json()["error"]["message"]
+    assert not Agent.objects.for_org(org_a).exists()
+
+
+def test_duplicate_slug_is_400(client_a, agent_a):
+    response = client_a.post("/api/v1/agents", {"slug": "support"}, format="json")
+    assert response.status_code == 400
+    assert "slug" in error_fields(response)
+
+
+def test_patch_validates_against_current_config(client_a, agent_a):
+    response = client_a.patch("/api/v1/agents/support", {"config": {"chunk_overlap": 500}}, format="json")
+    assert response.status_code == 400
+    assert "config.chunk_overlap" in error_fields(response)
+
+
+def test_agent_stats_endpoint_reads_the_stats_row(client_a, agent_a, org_a):
+    AgentStats.objects.for_org(org_a).filter(agent=agent_a).update(total_chunks=7, document_count=2)
+    body = client_a.get("/api/v1/agents/support/stats").json()
+    assert body["total_chunks"] == 7
+    assert body["document_count"] == 2
+    assert body["status"] == "active"
+
+
+def test_organization_stats_sum_only_own_agents(client_a, org_a, org_b):
+    a1 = AgentFactory(organization=org_a, slug="x")
+    a2 = AgentFactory(organization=org_a, slug="y")
+    b1 = AgentFactory(organization=org_b, slug="z")
+    AgentStats.objects.for_org(org_a).filter(agent=a1).update(total_chunks=3, document_count=1, total_size_bytes=10)
+    AgentStats.objects.for_org(org_a).filter(agent=a2).update(total_chunks=4, document_count=2, total_size_bytes=20)
+    AgentStats.objects.for_org(org_b).filter(agent=b1).update(total_chunks=1000)
+    Agent.objects.for_org(org_a).filter(pk=a2.pk).update(status=Agent.Status.DELETING)
+    body = client_a.get("/api/v1/stats").json()
+    assert body == {
+        "total_agents": 2, "active_agents": 1, "deleting_agents": 1,
+        "total_chunks": 7, "total_documents": 3, "total_size_bytes": 30,
+    }  # fmt: skip

@@ -1,0 +1,72 @@
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from tenants.models import ApiKey
+from tenants.services import api_key_create, api_key_revoke
+from tests.conftest import api_client
+
+
+def _status(raw_key):
+    return api_client(raw_key).get("/api/v1/agents").status_code
+
+
+def test_no_key_is_401_with_bearer_challenge(anon_client):
+    response = anon_client.get("/api/v1/agents")
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Bearer")
+    assert response.json()["error"]["code"] == "not_authenticated"
+
+
+@pytest.mark.parametrize("header", ["Bearer nonsense", "Bearer lore_deadbeef_wrong", "Basic abc", "Bearer "])
+def test_malformed_or_unknown_key_is_401(db, header):
+    client = api_client()
+    client.credentials(HTTP_AUTHORIZATION=header)
+    assert client.get("/api/v1/agents").status_code == 401
+
+
+def test_right_prefix_wrong_secret_is_401(org_a):
+    key, raw = api_key_create(org=org_a)
+    assert _status(raw) == 200
+    assert _status(raw[:-4] + "AAAA") == 401
+
+
+def test_revoked_key_is_401(org_a):
+    key, raw = api_key_create(org=org_a)
+    api_key_revoke(org=org_a, key_id=key.pk)
+    assert _status(raw) == 401
+
+
+def test_expired_key_is_401_and_future_expiry_works(org_a):
+    _, expired = api_key_create(org=org_a, expires_at=timezone.now() - timedelta(seconds=1))
+    _, valid = api_key_create(org=org_a, expires_at=timezone.now() + timedelta(days=1))
+    assert _status(expired) == 401
+    assert _status(valid) == 200
+
+
+def test_inactive_organization_keys_are_401(org_a):
+    _, raw = api_key_create(org=org_a)
+    org_a.is_active = False
+    org_a.save()
+    assert _status(raw) == 401
+
+
+def test_key_is_stored_hashed_and_shown_once(org_a):
+    key, raw = api_key_create(org=org_a)
+    assert raw.startswith(f"lore_{key.prefix}_")
+    stored = ApiKey.unscoped.get(pk=key.pk)
+    assert raw not in (stored.key_hash, stored.prefix)
+    assert len(stored.key_hash) == 64
+
+
+def test_last_used_at_is_written_once_per_window(org_a, django_assert_num_queries):
+    key, raw = api_key_create(org=org_a)
+    client = api_client(raw)
+    client.get("/api/v1/agents")
+    first = ApiKey.unscoped.get(pk=key.pk).last_used_at
+    assert first is not None
+    # A second request within the window reads the key but does not write it.
+    with django_assert_num_queries(2):  # key lookup, count (no agents: no page query)
+        client.get("/api/v1/agents")
+    assert ApiKey.unscoped.get(pk=key.pk).last_used_at == first

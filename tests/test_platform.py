@@ -1,0 +1,61 @@
+"""Health, schema, migrations: the platform the API stands on."""
+
+from io import StringIO
+
+import pytest
+from django.core.cache import caches
+from django.core.management import call_command
+from django.db import connection
+from django.test import override_settings
+
+
+def test_healthz_reports_database_and_cache(client, db):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "cache": "ok"}}
+
+
+def _redis_cache(url):
+    return {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": url,
+            "KEY_PREFIX": "lore-test-health",
+            "OPTIONS": {"IGNORE_EXCEPTIONS": True, "SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+        }
+    }
+
+
+@pytest.mark.redis
+def test_healthz_with_real_redis_is_ok(client, db, redis_url):
+    with override_settings(CACHES=_redis_cache(redis_url)):
+        assert client.get("/healthz").json()["checks"]["cache"] == "ok"
+
+
+@pytest.mark.redis
+def test_healthz_is_503_naming_the_cache_when_redis_is_down(client, db, redis_url):
+    # A port nothing listens on: Redis "down" while the rest is up.
+    with override_settings(CACHES=_redis_cache("redis://127.0.0.1:1/0")):
+        caches["default"].get("warm")
+        response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"database": "ok", "cache": "error: unreachable"}
+
+
+def test_database_is_postgresql_with_pgvector(db):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        version = cursor.fetchone()[0]
+    assert connection.vendor == "postgresql"
+    assert tuple(int(x) for x in version.split(".")[:2]) >= (0, 8)
+
+
+def test_openapi_schema_and_swagger_ui(client, db):
+    schema = client.get("/api/v1/schema/")
+    assert schema.status_code == 200
+    assert b"/api/v1/agents" in schema.content
+    assert client.get("/api/v1/docs/").status_code == 200
+
+
+def test_migrations_are_complete(db):
+    call_command("makemigrations", "--check", "--dry-run", stdout=StringIO())

@@ -2,7 +2,7 @@
 
 from django.db.models import Count, Q, Sum
 
-from knowledge.models import Agent, AgentStats
+from knowledge.models import Agent, AgentStats, Document, IngestionJob
 from tenants.models import Organization
 
 
@@ -42,3 +42,17 @@ def organization_stats(*, org: Organization) -> dict:
         total_size_bytes=Sum("total_size_bytes", filter=live, default=0),
     )
     return totals
+
+
+def document_list(*, org: Organization, agent: Agent, status: str | None = None):
+    # Index document_org_agent_status_idx (organization, agent, status, key).
+    qs = Document.objects.for_org(org).filter(agent=agent).order_by("key")
+    return qs.filter(status=status) if status else qs
+
+
+def document_get(*, org: Organization, agent: Agent, key: str) -> Document | None:
+    return Document.objects.for_org(org).filter(agent=agent, key=key).first()
+
+
+def ingestion_job_get(*, org: Organization, job_id: int) -> IngestionJob | None:
+    return IngestionJob.objects.for_org(org).select_related("agent").filter(pk=job_id).first()

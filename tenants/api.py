@@ -12,23 +12,17 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-
-class ApiError(exceptions.APIException):
-    """An error with its own code, e.g. ApiError(409, "agent_deleting", "…")."""
-
-    def __init__(self, status_code: int, code: str, message: str, fields: dict | None = None):
-        self.status_code = status_code
-        self.code = code
-        self.fields = fields or {}
-        super().__init__(detail=message, code=code)
+from tenants.errors import ApiError, not_found  # noqa: F401 - re-exported for views
 
 
 def _flatten(detail, prefix="") -> dict:
     out = {}
     if isinstance(detail, dict):
         for key, value in detail.items():
-            name = key if key != "non_field_errors" else "non_field_errors"
-            out.update(_flatten(value, f"{prefix}.{name}" if prefix else name))
+            if key == "non_field_errors" and prefix:
+                out.update(_flatten(value, prefix))  # about the nested object as a whole
+            else:
+                out.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
     elif isinstance(detail, list):
         if detail and all(not isinstance(item, (dict, list)) for item in detail):
             out[prefix or "non_field_errors"] = [str(item) for item in detail]
@@ -60,11 +54,6 @@ def exception_handler(exc, context):
         body = {"code": codes if isinstance(codes, str) else "error", "message": str(exc.detail), "fields": {}}
     response.data = {"error": body}
     return response
-
-
-def not_found(what: str = "Not found.") -> ApiError:
-    # The same answer for "does not exist" and "belongs to another organization".
-    return ApiError(status.HTTP_404_NOT_FOUND, "not_found", what)
 
 
 class Pagination(LimitOffsetPagination):

@@ -1,5 +1,4 @@
-"""Writes for agents, documents and chunks. Every function takes the organization
-explicitly and is atomic."""
+"""Agents and their configuration."""
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction

@@ -1,0 +1,177 @@
+from django.conf import settings
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.response import Response
+
+from knowledge import selectors, services
+from knowledge.chunking import CONTENT_TYPES
+from knowledge.models import Agent, Document
+from knowledge.services import DocumentInput
+from tenants.api import OrgAPIView
+from tenants.errors import conflict, invalid, not_found, too_large
+
+FILE_TYPES = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".text": "text", ".html": "html", ".htm": "html"}
+
+
+class DocumentOutput(serializers.Serializer):
+    key = serializers.CharField()
+    title = serializers.CharField()
+    source = serializers.CharField()
+    content_type = serializers.CharField()
+    status = serializers.CharField()
+    error = serializers.CharField()
+    size_bytes = serializers.IntegerField()
+    chunk_count = serializers.IntegerField()
+    version = serializers.IntegerField()
+    content_hash = serializers.CharField()
+    metadata = serializers.JSONField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+class IngestionJobOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    agent = serializers.CharField(source="agent.slug")
+    status = serializers.CharField()
+    total_documents = serializers.IntegerField()
+    processed_documents = serializers.IntegerField()
+    processed_chunks = serializers.IntegerField()
+    added = serializers.IntegerField()
+    updated = serializers.IntegerField()
+    unchanged = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    errors = serializers.JSONField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField()
+
+
+class DocumentInputSerializer(serializers.Serializer):
+    key = serializers.CharField(max_length=512)
+    text = serializers.CharField(trim_whitespace=False, allow_blank=True)
+    title = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
+    source = serializers.CharField(max_length=2000, required=False, default="", allow_blank=True)
+    content_type = serializers.ChoiceField(choices=CONTENT_TYPES, required=False, default="markdown")
+    metadata = serializers.DictField(required=False, default=dict)
+
+
+class AgentScopedAPIView(OrgAPIView):
+    def get_agent(self, slug: str, *, for_write: bool = False) -> Agent:
+        agent = selectors.agent_get(org=self.org, slug=slug)
+        if agent is None:
+            raise not_found("Agent not found.")
+        if for_write and agent.status != Agent.Status.ACTIVE:
+            raise conflict("agent_deleting", "Agent is being deleted; it accepts no changes.")
+        return agent
+
+
+def _file_document(request) -> dict:
+    upload = request.FILES["file"]
+    suffix = "." + upload.name.rsplit(".", 1)[-1].lower() if "." in upload.name else ""
+    if suffix not in FILE_TYPES:
+        raise invalid("file", f"Unsupported file type '{suffix or upload.name}'; use {', '.join(FILE_TYPES)}.")
+    if upload.size > settings.LORE_MAX_DOCUMENT_BYTES:
+        raise too_large("file", f"File is larger than {settings.LORE_MAX_DOCUMENT_BYTES} bytes.")
+    try:
+        text = upload.read().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise invalid("file", "File is not valid UTF-8 text.") from exc
+    return {
+        "key": request.data.get("key") or upload.name,
+        "title": request.data.get("title", ""),
+        "source": request.data.get("source", upload.name),
+        "content_type": FILE_TYPES[suffix],
+        "metadata": _json_field(request.data.get("metadata")),
+        "text": text,
+    }
+
+
+def _json_field(value):
+    import json
+
+    if value in (None, ""):
+        return {}
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise invalid("metadata", "Must be a JSON object.") from exc
+
+
+class DocumentListCreateApi(AgentScopedAPIView):
+    @extend_schema(responses=DocumentOutput(many=True))
+    def get(self, request, slug):
+        agent = self.get_agent(slug)
+        wanted = request.query_params.get("status")
+        if wanted and wanted not in Document.Status.values:
+            raise invalid("status", f"Must be one of {', '.join(Document.Status.values)}.")
+        return self.paginate(selectors.document_list(org=self.org, agent=agent, status=wanted), DocumentOutput)
+
+    @extend_schema(request=DocumentInputSerializer, responses={200: DocumentOutput, 201: DocumentOutput, 202: IngestionJobOutput})
+    def post(self, request, slug):
+        agent = self.get_agent(slug, for_write=True)
+        raw = _file_document(request) if "file" in request.FILES else request.data
+        data = DocumentInputSerializer(data=raw)
+        data.is_valid(raise_exception=True)
+        doc = DocumentInput(**data.validated_data)
+        services.document_input_validate(doc)
+        if len(doc.text.encode()) > settings.LORE_SYNC_INGEST_MAX_BYTES:
+            job = services.ingestion_job_create(org=self.org, agent=agent, docs=[doc], api_key=request.auth)
+            return Response({"async": True, "ingestion": IngestionJobOutput(job).data}, status=status.HTTP_202_ACCEPTED)
+        result, batch = services.document_ingest(org=self.org, agent=agent, doc=doc)
+        document = selectors.document_get(org=self.org, agent=agent, key=doc.key)
+        body = {
+            **DocumentOutput(document).data,
+            "unchanged": result.outcome == "unchanged",
+            "chunks_added": result.chunks_added,
+            "chunks_removed": result.chunks_removed,
+            "embedded": batch.embedded,
+            "cache_hits": batch.cache_hits,
+        }
+        return Response(body, status=status.HTTP_201_CREATED if result.outcome == "added" else status.HTTP_200_OK)
+
+
+class DocumentDetailApi(AgentScopedAPIView):
+    @extend_schema(responses=DocumentOutput)
+    def get(self, request, slug, key):
+        document = selectors.document_get(org=self.org, agent=self.get_agent(slug), key=key)
+        if document is None:
+            raise not_found("Document not found.")
+        return Response(DocumentOutput(document).data)
+
+
+class DocumentBatchApi(AgentScopedAPIView):
+    class InputSerializer(serializers.Serializer):
+        documents = DocumentInputSerializer(many=True, allow_empty=False)
+
+    @extend_schema(request=InputSerializer, responses={202: IngestionJobOutput})
+    def post(self, request, slug):
+        agent = self.get_agent(slug, for_write=True)
+        documents = request.data.get("documents") if isinstance(request.data, dict) else None
+        if isinstance(documents, list) and len(documents) > settings.LORE_MAX_BATCH_DOCUMENTS:
+            raise too_large("documents", f"At most {settings.LORE_MAX_BATCH_DOCUMENTS} documents per batch.")
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        docs = [DocumentInput(**d) for d in data.validated_data["documents"]]
+        if sum(len(d.text.encode()) for d in docs) > settings.LORE_MAX_BATCH_BYTES:
+            raise too_large("documents", f"A batch may hold at most {settings.LORE_MAX_BATCH_BYTES} bytes of text.")
+        keys = set()
+        for i, doc in enumerate(docs):
+            services.document_input_validate(doc, prefix=f"documents[{i}].")
+            if doc.key in keys:
+                raise invalid(f"documents[{i}].key", "Duplicate key in this batch.")
+            keys.add(doc.key)
+        job = services.ingestion_job_create(org=self.org, agent=agent, docs=docs, api_key=request.auth)
+        return Response(IngestionJobOutput(job).data, status=status.HTTP_202_ACCEPTED)
+
+    def get(self, request, slug):
+        # A document whose key is literally "batch".
+        return DocumentDetailApi.as_view()(request._request, slug=slug, key="batch")
+
+
+class IngestionJobApi(OrgAPIView):
+    @extend_schema(responses=IngestionJobOutput)
+    def get(self, request, job_id):
+        job = selectors.ingestion_job_get(org=self.org, job_id=job_id)
+        if job is None:
+            raise not_found("Ingestion job not found.")
+        return Response(IngestionJobOutput(job).data)

@@ -1,0 +1,389 @@
+"""Documents in: upsert by key, chunk, embed, replace chunks atomically, keep stats exact."""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from knowledge.chunking import CONTENT_TYPES, chunk_document, normalize_text
+from knowledge.embeddings import EmbeddingError, binary_cursor, embed_with_cache, halfvecs
+from knowledge.models import Agent, AgentStats, Document, IngestionJob
+from tenants.errors import ApiError, conflict, invalid, not_found, too_large
+from tenants.models import Organization
+
+
+@dataclass
+class DocumentInput:
+    key: str
+    text: str
+    title: str = ""
+    metadata: dict = field(default_factory=dict)
+    source: str = ""
+    content_type: str = "markdown"
+
+
+@dataclass
+class IngestResult:
+    key: str
+    outcome: str  # "added" | "updated" | "unchanged" | "failed"
+    document_id: int | None = None
+    chunks_added: int = 0
+    chunks_removed: int = 0
+    error: str = ""
+
+
+@dataclass
+class BatchResult:
+    results: list[IngestResult] = field(default_factory=list)
+    embedded: int = 0
+    cache_hits: int = 0
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for r in self.results if r.outcome == outcome)
+
+    @property
+    def chunks_added(self) -> int:
+        return sum(r.chunks_added for r in self.results)
+
+    @property
+    def chunks_removed(self) -> int:
+        return sum(r.chunks_removed for r in self.results)
+
+
+@dataclass
+class _Prepared:
+    doc: DocumentInput
+    content_hash: str
+    ingest_hash: str
+    size_bytes: int
+    chunks: list = field(default_factory=list)
+    sections: list = field(default_factory=list)
+
+
+def document_input_validate(doc: DocumentInput, *, prefix: str = "") -> None:
+    """Raises a 400/413 ApiError naming the field; nothing has been written yet."""
+    if not isinstance(doc.key, str) or not doc.key.strip() or len(doc.key) > 512:
+        raise invalid(f"{prefix}key", "Must be 1 to 512 characters.")
+    if doc.content_type not in CONTENT_TYPES:
+        raise invalid(f"{prefix}content_type", f"Unsupported; use one of {', '.join(CONTENT_TYPES)}.")
+    if len(doc.text.encode()) > settings.LORE_MAX_DOCUMENT_BYTES:
+        raise too_large(f"{prefix}text", f"Document is larger than {settings.LORE_MAX_DOCUMENT_BYTES} bytes.")
+    if not normalize_text(doc.text).strip():
+        raise invalid(f"{prefix}text", "Must not be empty.")
+    if not isinstance(doc.metadata, dict):
+        raise invalid(f"{prefix}metadata", "Must be an object.")
+    if "heading_path" in doc.metadata:
+        raise invalid(f"{prefix}metadata.heading_path", "Reserved: Lore sets it on each chunk.")
+
+
+def _prepare(agent: Agent, doc: DocumentInput) -> _Prepared:
+    text = normalize_text(doc.text)
+    content_hash = hashlib.sha256(text.encode()).hexdigest()
+    fingerprint = json.dumps([doc.title, doc.metadata, doc.source, doc.content_type, agent.chunking_config], sort_keys=True, default=str)
+    return _Prepared(
+        doc=DocumentInput(doc.key, text, doc.title, doc.metadata, doc.source, doc.content_type),
+        content_hash=content_hash,
+        ingest_hash=hashlib.sha256(fingerprint.encode()).hexdigest(),
+        size_bytes=len(text.encode()),
+    )
+
+
+def _lock_active_agent(cursor, org: Organization, agent: Agent) -> None:
+    # FOR SHARE: concurrent ingests proceed together, but an agent deletion (which
+    # UPDATEs the status) waits for them, and an ingest that starts after the
+    # deletion committed sees `deleting` here. No chunk is ever added behind a
+    # deletion's back.
+    cursor.execute(
+        "SELECT status FROM knowledge_agent WHERE id = %s AND organization_id = %s FOR SHARE", [agent.pk, org.pk]
+    )
+    row = cursor.fetchone()
+    if row is None or row[0] == Agent.Status.DELETED:
+        raise not_found("Agent not found.")
+    if row[0] != Agent.Status.ACTIVE:
+        raise conflict("agent_deleting", "Agent is being deleted; it accepts no new documents.")
+
+
+def documents_ingest(*, org: Organization, agent: Agent, docs: list[DocumentInput]) -> BatchResult:
+    """Upserts documents by key: unchanged ones cost one indexed read and no embedding
+    call; changed ones have their chunks replaced atomically, with AgentStats moved
+    by exact deltas in the same transaction.
+
+    Work outside the transaction: hashing, chunking, embedding (the slow parts).
+    Work inside: a handful of set-based statements, whatever the batch size.
+    """
+    if agent.status != Agent.Status.ACTIVE:
+        raise conflict("agent_deleting", "Agent is being deleted; it accepts no new documents.")
+    keys = [d.key for d in docs]
+    if len(set(keys)) != len(keys):
+        raise invalid("documents", "Each key may appear once per batch.")
+    batch = BatchResult()
+    prepared = [_prepare(agent, d) for d in docs]
+    current = {
+        d.key: d
+        for d in Document.objects.for_org(org).filter(agent=agent, key__in=keys).only(
+            "key", "status", "content_hash", "ingest_hash"
+        )
+    }
+    todo = []
+    for item in prepared:
+        existing = current.get(item.doc.key)
+        if (
+            existing is not None
+            and existing.status == Document.Status.READY
+            and existing.content_hash == item.content_hash
+            and existing.ingest_hash == item.ingest_hash
+        ):
+            batch.results.append(IngestResult(item.doc.key, "unchanged", existing.pk))
+            continue
+        chunked = chunk_document(
+            item.doc.text,
+            content_type=item.doc.content_type,
+            chunk_size=agent.chunk_size,
+            chunk_overlap=agent.chunk_overlap,
+            parent_chunk_size=agent.parent_chunk_size,
+        )
+        item.chunks, item.sections = chunked.chunks, chunked.sections
+        todo.append(item)
+    if not todo:
+        return batch
+
+    texts = [c.text for item in todo for c in item.chunks]
+    vectors, batch.embedded, batch.cache_hits = embed_with_cache(org_id=org.pk, model=agent.embedding_model, texts=texts)
+    batch.results.extend(_apply(org=org, agent=agent, todo=todo, vectors=vectors))
+    return batch
+
+
+@transaction.atomic
+def _apply(*, org: Organization, agent: Agent, todo: list[_Prepared], vectors) -> list[IngestResult]:
+    now = timezone.now()
+    keys = sorted(item.doc.key for item in todo)
+    with connection.cursor() as cursor:
+        _lock_active_agent(cursor, org, agent)
+        # New keys get a placeholder row first; then every row is locked in key order
+        # (no deadlock between overlapping batches). A placeholder a concurrent batch
+        # inserted and made ready is seen as ready here, so it is not counted twice.
+        cursor.execute(
+            "INSERT INTO knowledge_document (organization_id, agent_id, key, title, source, content_type, content_hash,"
+            " ingest_hash, size_bytes, chunk_count, metadata, status, error, version, created_at, updated_at)"
+            " SELECT %s, %s, k, '', '', 'markdown', '', '', 0, 0, '{}', 'pending', '', 0, %s, %s FROM unnest(%s::text[]) AS k"
+            " ON CONFLICT (organization_id, agent_id, key) DO NOTHING",
+            [org.pk, agent.pk, now, now, keys],
+        )
+        cursor.execute(
+            "SELECT id, key, status, size_bytes FROM knowledge_document"
+            " WHERE organization_id = %s AND agent_id = %s AND key = ANY(%s) ORDER BY key FOR UPDATE",
+            [org.pk, agent.pk, keys],
+        )
+        locked = {key: (doc_id, status, size) for doc_id, key, status, size in cursor.fetchall()}
+        doc_ids = [locked[item.doc.key][0] for item in todo]
+
+        # Index chunk_org_doc_ord_idx / section_org_agent_doc_idx.
+        cursor.execute("DELETE FROM knowledge_chunk WHERE organization_id = %s AND document_id = ANY(%s)", [org.pk, doc_ids])
+        chunks_removed = cursor.rowcount
+        removed_per_doc = {}
+        if chunks_removed:
+            # Rare path (re-ingest of changed content): per-document counts for the response.
+            removed_per_doc = dict(
+                Document.objects.for_org(org).filter(pk__in=doc_ids).values_list("pk", "chunk_count")
+            )
+        cursor.execute("DELETE FROM knowledge_section WHERE organization_id = %s AND document_id = ANY(%s)", [org.pk, doc_ids])
+
+        section_rows = [(doc_id, i, text) for item, doc_id in zip(todo, doc_ids) for i, text in enumerate(item.sections)]
+        section_ids = {}
+        if section_rows:
+            cursor.execute(
+                "INSERT INTO knowledge_section (organization_id, agent_id, document_id, ordinal, text)"
+                " SELECT %s, %s, d, o, t FROM unnest(%s::bigint[], %s::int[], %s::text[]) AS x(d, o, t)"
+                " RETURNING id, document_id, ordinal",
+                [org.pk, agent.pk, *map(list, zip(*section_rows))],
+            )
+            section_ids = {(d, o): sid for sid, d, o in cursor.fetchall()}
+
+        cols = {"doc": [], "section": [], "ordinal": [], "key": [], "text": [], "metadata": []}
+        for item, doc_id in zip(todo, doc_ids):
+            for ordinal, chunk in enumerate(item.chunks):
+                cols["doc"].append(doc_id)
+                cols["section"].append(section_ids.get((doc_id, chunk.section_index)))
+                cols["ordinal"].append(ordinal)
+                cols["key"].append(f"{item.doc.key}#{ordinal}")
+                cols["text"].append(chunk.text)
+                cols["metadata"].append(json.dumps({**item.doc.metadata, "heading_path": chunk.heading_path}))
+        binary_cursor().execute(
+            "INSERT INTO knowledge_chunk (organization_id, agent_id, document_id, section_id, ordinal, key, text,"
+            " char_count, embedding, metadata, search_vector)"
+            " SELECT %s, %s, d, s, o, k, t, char_length(t), e, m::jsonb, to_tsvector(%s::regconfig, t)"
+            " FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::text[], %s::text[], %b::halfvec[], %s::text[])"
+            " AS x(d, s, o, k, t, e, m)",
+            [org.pk, agent.pk, agent.language, cols["doc"], cols["section"], cols["ordinal"], cols["key"],
+             cols["text"], halfvecs(vectors), cols["metadata"]],
+        )  # fmt: skip
+
+        cursor.execute(
+            "UPDATE knowledge_document AS d SET title = x.title, source = x.source, content_type = x.ctype,"
+            " content_hash = x.chash, ingest_hash = x.ihash, size_bytes = x.size, chunk_count = x.chunks,"
+            " metadata = x.meta::jsonb, status = 'ready', error = '', version = d.version + 1, updated_at = %s"
+            " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[],"
+            " %s::int[], %s::text[]) AS x(id, title, source, ctype, chash, ihash, size, chunks, meta)"
+            " WHERE d.id = x.id",
+            [now, doc_ids, [i.doc.title for i in todo], [i.doc.source for i in todo],
+             [i.doc.content_type for i in todo], [i.content_hash for i in todo], [i.ingest_hash for i in todo],
+             [i.size_bytes for i in todo], [len(i.chunks) for i in todo], [json.dumps(i.doc.metadata) for i in todo]],
+        )  # fmt: skip
+
+    results, new_docs, size_delta = [], 0, 0
+    for item, doc_id in zip(todo, doc_ids):
+        _, status, old_size = locked[item.doc.key]
+        was_ready = status == Document.Status.READY
+        new_docs += 0 if was_ready else 1
+        size_delta += item.size_bytes - (old_size if was_ready else 0)
+        results.append(
+            IngestResult(
+                item.doc.key,
+                "updated" if was_ready else "added",
+                doc_id,
+                chunks_added=len(item.chunks),
+                chunks_removed=removed_per_doc.get(doc_id, 0),
+            )
+        )
+    stats_apply(
+        org=org, agent=agent, chunks=len(cols["key"]) - chunks_removed, documents=new_docs, size_bytes=size_delta,
+        ingested_at=now,
+    )  # fmt: skip
+    return results
+
+
+def stats_apply(
+    *, org: Organization, agent: Agent, chunks: int = 0, documents: int = 0, size_bytes: int = 0, ingested_at=None
+) -> None:
+    """Moves an agent's counters by exact deltas: one UPDATE of one row, inside the
+    caller's transaction, so the counts commit or roll back with the rows they count.
+    Also bumps data_version, which invalidates cached search results."""
+    values = {
+        "total_chunks": F("total_chunks") + chunks,
+        "document_count": F("document_count") + documents,
+        "total_size_bytes": F("total_size_bytes") + size_bytes,
+        "data_version": F("data_version") + 1,
+    }
+    if ingested_at is not None:
+        values["last_ingested_at"] = ingested_at
+    AgentStats.objects.for_org(org).filter(agent_id=agent.pk).update(**values)
+
+
+def document_ingest(*, org: Organization, agent: Agent, doc: DocumentInput) -> tuple[IngestResult, BatchResult]:
+    document_input_validate(doc)
+    batch = documents_ingest(org=org, agent=agent, docs=[doc])
+    return batch.results[0], batch
+
+
+def ingestion_job_create(*, org: Organization, agent: Agent, docs: list[DocumentInput], api_key=None) -> IngestionJob:
+    """Queues documents for the worker. Validation happens here, so a bad batch is a
+    400 that stores nothing rather than a job that fails later."""
+    if agent.status != Agent.Status.ACTIVE:
+        raise conflict("agent_deleting", "Agent is being deleted; it accepts no new documents.")
+    with transaction.atomic():
+        job = IngestionJob.objects.for_org(org).create(
+            agent=agent,
+            payload=[asdict(d) for d in docs],
+            total_documents=len(docs),
+            requested_by_key=api_key,
+        )
+        transaction.on_commit(lambda: enqueue("knowledge.tasks.ingestion_job_run", job.pk))
+    return job
+
+
+INGEST_JOB_BATCH = 50
+
+
+def ingestion_job_run(*, job: IngestionJob) -> IngestionJob:
+    """Ingests a job's documents in batches, recording progress after each. A batch
+    that fails is retried document by document, so one bad document fails alone."""
+    org = job.organization
+    agent = Agent.objects.for_org(org).get(pk=job.agent_id)
+    IngestionJob.objects.for_org(org).filter(pk=job.pk).update(
+        status=IngestionJob.Status.PROCESSING, started_at=timezone.now(), heartbeat_at=timezone.now(),
+        attempts=F("attempts") + 1,
+    )  # fmt: skip
+    docs = [DocumentInput(**d) for d in job.payload]
+    done = job.processed_documents
+    counts = {"added": job.added, "updated": job.updated, "unchanged": job.unchanged, "failed": job.failed}
+    errors = list(job.errors)
+    for start in range(done, len(docs), INGEST_JOB_BATCH):
+        part = docs[start : start + INGEST_JOB_BATCH]
+        try:
+            results = documents_ingest(org=org, agent=agent, docs=part).results
+        except ApiError as exc:
+            if exc.status_code == 409 or exc.status_code == 404:
+                return _ingestion_job_finish(job, IngestionJob.Status.FAILED, counts, errors + [{"key": None, "error": str(exc.detail)}])
+            results = _ingest_one_by_one(org, agent, part)
+        except EmbeddingError:
+            results = _ingest_one_by_one(org, agent, part)
+        for result in results:
+            counts[result.outcome] += 1
+            if result.error:
+                errors.append({"key": result.key, "error": result.error})
+        done += len(part)
+        IngestionJob.objects.for_org(org).filter(pk=job.pk).update(
+            processed_documents=done,
+            processed_chunks=F("processed_chunks") + sum(r.chunks_added for r in results),
+            heartbeat_at=timezone.now(),
+            errors=errors,
+            **counts,
+        )
+    status = IngestionJob.Status.COMPLETED if not counts["failed"] or counts["failed"] < len(docs) else IngestionJob.Status.FAILED
+    return _ingestion_job_finish(job, status, counts, errors)
+
+
+def _ingest_one_by_one(org, agent, docs) -> list[IngestResult]:
+    results = []
+    for doc in docs:
+        try:
+            results.extend(documents_ingest(org=org, agent=agent, docs=[doc]).results)
+        except (ApiError, EmbeddingError) as exc:
+            message = str(exc.detail) if isinstance(exc, ApiError) else str(exc)
+            Document.objects.for_org(org).filter(agent=agent, key=doc.key).exclude(status=Document.Status.READY).update(
+                status=Document.Status.FAILED, error=message
+            )
+            results.append(IngestResult(doc.key, "failed", error=message))
+    return results
+
+
+def _ingestion_job_finish(job, status, counts, errors) -> IngestionJob:
+    IngestionJob.objects.for_org(job.organization).filter(pk=job.pk).update(
+        status=status, finished_at=timezone.now(), heartbeat_at=timezone.now(), payload=[], errors=errors, **counts
+    )
+    job.refresh_from_db()
+    return job
+
+
+@transaction.atomic
+def documents_delete(*, org: Organization, agent: Agent, keys: list[str]) -> tuple[int, int]:
+    """Deletes documents with their sections and chunks, moving stats by exact deltas.
+    Returns (documents, chunks) deleted. For small deletions; large ones go through
+    deletion jobs."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, status, size_bytes FROM knowledge_document"
+            " WHERE organization_id = %s AND agent_id = %s AND key = ANY(%s) ORDER BY key FOR UPDATE",
+            [org.pk, agent.pk, keys],
+        )
+        rows = cursor.fetchall()
+        ids = [r[0] for r in rows]
+        if not ids:
+            return 0, 0
+        cursor.execute("DELETE FROM knowledge_chunk WHERE organization_id = %s AND document_id = ANY(%s)", [org.pk, ids])
+        chunks = cursor.rowcount
+        cursor.execute("DELETE FROM knowledge_section WHERE organization_id = %s AND document_id = ANY(%s)", [org.pk, ids])
+        cursor.execute("DELETE FROM knowledge_document WHERE organization_id = %s AND id = ANY(%s)", [org.pk, ids])
+    ready = [r for r in rows if r[1] == Document.Status.READY]
+    stats_apply(org=org, agent=agent, chunks=-chunks, documents=-len(ready), size_bytes=-sum(r[2] for r in ready))
+    return len(ids), chunks
+
+
+def enqueue(func: str, *args) -> None:
+    from django_q.tasks import async_task
+
+    async_task(func, *args)

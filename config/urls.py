@@ -6,6 +6,7 @@ from config.health import healthz
 
 api_v1 = [
     path("", include("knowledge.urls")),
+    path("", include("search.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]

@@ -26,14 +26,20 @@ from django.db import connection
 from pgvector import HalfVector
 from pgvector.psycopg import register_vector
 
+from tenants.errors import ApiError
+
 logger = logging.getLogger(__name__)
 
 # The OpenAI embeddings endpoint takes at most 2048 inputs and ~300k tokens a request.
 MAX_INPUTS_PER_REQUEST = 2048
 
 
-class EmbeddingError(Exception):
-    """The provider failed or answered something unusable; nothing was stored."""
+class EmbeddingError(ApiError):
+    """The provider failed or answered something unusable; nothing was stored.
+    Through the API it is a 502: Lore is fine, its upstream is not."""
+
+    def __init__(self, message: str):
+        super().__init__(502, "embedding_failed", message)
 
 
 def text_hash(text: str) -> str:
@@ -121,8 +127,8 @@ class OpenAIProvider:
     def _request(self, batch: list[str]) -> np.ndarray:
         import openai
 
-        # text-embedding-3 models take `dimensions`; others reject it, so only send it
-        # when it differs from what the model returns anyway is not knowable: always send.
+        # `dimensions` is always sent: text-embedding-3 models shorten to it, and a
+        # server that ignores it is caught by the dimension check below.
         try:
             response = self.client.embeddings.create(model=self.model, input=batch, dimensions=self.dimensions)
         except openai.OpenAIError as exc:

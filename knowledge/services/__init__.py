@@ -19,5 +19,5 @@ from knowledge.services.ingestion import (  # noqa: F401
     enqueue,
     ingestion_job_create,
     ingestion_job_run,
-    stats_apply,
 )
+from knowledge.services.stats import Drift, stats_apply, stats_reconcile  # noqa: F401

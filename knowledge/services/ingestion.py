@@ -10,8 +10,9 @@ from django.db.models import F
 from django.utils import timezone
 
 from knowledge.chunking import CONTENT_TYPES, chunk_document, normalize_text
-from knowledge.embeddings import EmbeddingError, binary_cursor, embed_with_cache, halfvecs
-from knowledge.models import Agent, AgentStats, Document, IngestionJob
+from knowledge.embeddings import binary_cursor, embed_with_cache, halfvecs
+from knowledge.models import Agent, Document, IngestionJob
+from knowledge.services.stats import stats_apply
 from tenants.errors import ApiError, conflict, invalid, not_found, too_large
 from tenants.models import Organization
 
@@ -107,6 +108,38 @@ def _lock_active_agent(cursor, org: Organization, agent: Agent) -> None:
         raise conflict("agent_deleting", "Agent is being deleted; it accepts no new documents.")
 
 
+def _lock_document_rows(cursor, org: Organization, agent: Agent, keys: list[str], now) -> dict:
+    """Locks one document row per key, creating placeholders for new keys; returns
+    {key: (id, status, size_bytes)} as they were before this transaction.
+
+    New keys get a placeholder row first; then every row is locked in key order (no
+    deadlock between overlapping batches). A placeholder a concurrent batch inserted
+    and made ready is seen as ready here, so it is not counted twice. A row that a
+    concurrent delete removes between the insert (which saw it and did nothing) and
+    the lock is simply inserted again on the next round.
+    """
+    locked: dict = {}
+    missing = keys
+    for _ in range(10):
+        cursor.execute(
+            "INSERT INTO knowledge_document (organization_id, agent_id, key, title, source, content_type, content_hash,"
+            " ingest_hash, size_bytes, chunk_count, metadata, status, error, version, created_at, updated_at)"
+            " SELECT %s, %s, k, '', '', 'markdown', '', '', 0, 0, '{}', 'pending', '', 0, %s, %s FROM unnest(%s::text[]) AS k"
+            " ON CONFLICT (organization_id, agent_id, key) DO NOTHING",
+            [org.pk, agent.pk, now, now, missing],
+        )
+        cursor.execute(
+            "SELECT id, key, status, size_bytes FROM knowledge_document"
+            " WHERE organization_id = %s AND agent_id = %s AND key = ANY(%s) ORDER BY key FOR UPDATE",
+            [org.pk, agent.pk, missing],
+        )
+        locked.update({key: (doc_id, status, size) for doc_id, key, status, size in cursor.fetchall()})
+        missing = [k for k in keys if k not in locked]
+        if not missing:
+            return locked
+    raise conflict("concurrent_delete", "Documents were deleted concurrently too often; try again.")
+
+
 def documents_ingest(*, org: Organization, agent: Agent, docs: list[DocumentInput]) -> BatchResult:
     """Upserts documents by key: unchanged ones cost one indexed read and no embedding
     call; changed ones have their chunks replaced atomically, with AgentStats moved
@@ -163,22 +196,7 @@ def _apply(*, org: Organization, agent: Agent, todo: list[_Prepared], vectors) -
     keys = sorted(item.doc.key for item in todo)
     with connection.cursor() as cursor:
         _lock_active_agent(cursor, org, agent)
-        # New keys get a placeholder row first; then every row is locked in key order
-        # (no deadlock between overlapping batches). A placeholder a concurrent batch
-        # inserted and made ready is seen as ready here, so it is not counted twice.
-        cursor.execute(
-            "INSERT INTO knowledge_document (organization_id, agent_id, key, title, source, content_type, content_hash,"
-            " ingest_hash, size_bytes, chunk_count, metadata, status, error, version, created_at, updated_at)"
-            " SELECT %s, %s, k, '', '', 'markdown', '', '', 0, 0, '{}', 'pending', '', 0, %s, %s FROM unnest(%s::text[]) AS k"
-            " ON CONFLICT (organization_id, agent_id, key) DO NOTHING",
-            [org.pk, agent.pk, now, now, keys],
-        )
-        cursor.execute(
-            "SELECT id, key, status, size_bytes FROM knowledge_document"
-            " WHERE organization_id = %s AND agent_id = %s AND key = ANY(%s) ORDER BY key FOR UPDATE",
-            [org.pk, agent.pk, keys],
-        )
-        locked = {key: (doc_id, status, size) for doc_id, key, status, size in cursor.fetchall()}
+        locked = _lock_document_rows(cursor, org, agent, keys, now)
         doc_ids = [locked[item.doc.key][0] for item in todo]
 
         # Index chunk_org_doc_ord_idx / section_org_agent_doc_idx.
@@ -256,23 +274,6 @@ def _apply(*, org: Organization, agent: Agent, todo: list[_Prepared], vectors) -
     return results
 
 
-def stats_apply(
-    *, org: Organization, agent: Agent, chunks: int = 0, documents: int = 0, size_bytes: int = 0, ingested_at=None
-) -> None:
-    """Moves an agent's counters by exact deltas: one UPDATE of one row, inside the
-    caller's transaction, so the counts commit or roll back with the rows they count.
-    Also bumps data_version, which invalidates cached search results."""
-    values = {
-        "total_chunks": F("total_chunks") + chunks,
-        "document_count": F("document_count") + documents,
-        "total_size_bytes": F("total_size_bytes") + size_bytes,
-        "data_version": F("data_version") + 1,
-    }
-    if ingested_at is not None:
-        values["last_ingested_at"] = ingested_at
-    AgentStats.objects.for_org(org).filter(agent_id=agent.pk).update(**values)
-
-
 def document_ingest(*, org: Organization, agent: Agent, doc: DocumentInput) -> tuple[IngestResult, BatchResult]:
     document_input_validate(doc)
     batch = documents_ingest(org=org, agent=agent, docs=[doc])
@@ -315,11 +316,9 @@ def ingestion_job_run(*, job: IngestionJob) -> IngestionJob:
         part = docs[start : start + INGEST_JOB_BATCH]
         try:
             results = documents_ingest(org=org, agent=agent, docs=part).results
-        except ApiError as exc:
-            if exc.status_code == 409 or exc.status_code == 404:
+        except ApiError as exc:  # EmbeddingError included
+            if exc.status_code in (404, 409):
                 return _ingestion_job_finish(job, IngestionJob.Status.FAILED, counts, errors + [{"key": None, "error": str(exc.detail)}])
-            results = _ingest_one_by_one(org, agent, part)
-        except EmbeddingError:
             results = _ingest_one_by_one(org, agent, part)
         for result in results:
             counts[result.outcome] += 1
@@ -342,8 +341,8 @@ def _ingest_one_by_one(org, agent, docs) -> list[IngestResult]:
     for doc in docs:
         try:
             results.extend(documents_ingest(org=org, agent=agent, docs=[doc]).results)
-        except (ApiError, EmbeddingError) as exc:
-            message = str(exc.detail) if isinstance(exc, ApiError) else str(exc)
+        except ApiError as exc:
+            message = str(exc.detail)
             Document.objects.for_org(org).filter(agent=agent, key=doc.key).exclude(status=Document.Status.READY).update(
                 status=Document.Status.FAILED, error=message
             )

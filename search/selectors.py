@@ -1,0 +1,73 @@
+from datetime import timedelta
+
+from django.db import connection
+from django.utils import timezone
+
+from knowledge.models import Agent
+from search.engine import AgentRef
+from tenants.errors import conflict, not_found
+from tenants.models import Organization
+
+_AGENT_SQL = (
+    "SELECT a.id, a.slug, a.status, a.language, s.total_chunks, s.data_version, a.vector_weight, a.keyword_weight,"
+    " a.embedding_model FROM knowledge_agent a JOIN knowledge_agentstats s ON s.agent_id = a.id"
+    " WHERE a.organization_id = %s AND s.organization_id = %s AND a.status <> 'deleted'"
+)
+
+
+def _refs(rows) -> list[AgentRef]:
+    return [AgentRef(r[0], r[1], r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows]
+
+
+def search_agent_get(*, org: Organization, slug: str) -> AgentRef:
+    """The agent to search, with what search needs, in one query (agent_org_slug_live_uniq,
+    then agentstats' primary key). 404 for missing or another organization's, 409 while
+    it is being deleted: before any search query runs."""
+    with connection.cursor() as cursor:
+        cursor.execute(_AGENT_SQL + " AND a.slug = %s", [org.pk, org.pk, slug])
+        rows = cursor.fetchall()
+    if not rows:
+        raise not_found("Agent not found.")
+    if rows[0][2] != Agent.Status.ACTIVE:
+        raise conflict("agent_deleting", "Agent is being deleted; it cannot be searched.")
+    return _refs(rows)[0]
+
+
+def search_agents_get(*, org: Organization, slugs: list[str] | None) -> list[AgentRef]:
+    """The named agents (all active ones by default), ordered by slug."""
+    with connection.cursor() as cursor:
+        if slugs:
+            cursor.execute(_AGENT_SQL + " AND a.slug = ANY(%s) ORDER BY a.slug", [org.pk, org.pk, list(set(slugs))])
+        else:
+            cursor.execute(_AGENT_SQL + " AND a.status = 'active' ORDER BY a.slug", [org.pk, org.pk])
+        rows = cursor.fetchall()
+    if slugs:
+        missing = sorted(set(slugs) - {r[1] for r in rows})
+        if missing:
+            raise not_found(f"Agent(s) not found: {', '.join(missing)}.")
+        deleting = sorted(r[1] for r in rows if r[2] != Agent.Status.ACTIVE)
+        if deleting:
+            raise conflict("agent_deleting", f"Agent(s) being deleted cannot be searched: {', '.join(deleting)}.")
+    return _refs(rows)
+
+
+def hot_chunks(*, org: Organization, agent_id: int, days: int, limit: int) -> list[dict]:
+    """Chunks ranked by accesses within the window (chunkaccess_org_agent_day_chunk_uniq
+    serves the range on day). Chunks deleted since are left out."""
+    since = (timezone.now() - timedelta(days=days - 1)).date()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.key, d.key, c.text, h.n, h.s / h.n, h.t FROM ("
+            "  SELECT chunk_id, sum(access_count) AS n, sum(score_sum) AS s, max(last_accessed_at) AS t"
+            "  FROM search_chunkaccess WHERE organization_id = %s AND agent_id = %s AND day >= %s"
+            "  GROUP BY chunk_id) h"
+            " JOIN knowledge_chunk c ON c.id = h.chunk_id AND c.organization_id = %s"
+            " JOIN knowledge_document d ON d.id = c.document_id"
+            " ORDER BY h.n DESC, h.t DESC LIMIT %s",
+            [org.pk, agent_id, since, org.pk, limit],
+        )
+        rows = cursor.fetchall()
+    return [
+        {"chunk_key": r[0], "document_key": r[1], "text": r[2], "access_count": int(r[3]), "avg_score": round(float(r[4]), 6), "last_accessed_at": r[5]}
+        for r in rows
+    ]

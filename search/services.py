@@ -1,0 +1,154 @@
+"""Search: one ranked list from one agent or many, by meaning, keywords or both."""
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from django.conf import settings
+
+from knowledge.embeddings import get_provider
+from search import engine, tracking
+from search.caching import TwoTierCache
+from search.engine import AgentRef
+from tenants.models import Organization
+
+MODES = ("hybrid", "vector", "keyword")
+
+query_embeddings = TwoTierCache("qemb", size=settings.SEARCH_EMBEDDING_LRU_SIZE, ttl=settings.SEARCH_EMBEDDING_TTL)
+result_cache = TwoTierCache("results", size=settings.SEARCH_RESULT_LRU_SIZE, ttl=settings.SEARCH_RESULT_TTL)
+
+
+@dataclass
+class SearchRequest:
+    query: str
+    limit: int = 10
+    mode: str = "hybrid"
+    filters: dict = field(default_factory=dict)
+    min_score: float | None = None
+    include_parent: bool = False
+    chunk_context: dict = field(default_factory=dict)  # {"before": n, "after": m}
+    weights: dict = field(default_factory=dict)  # {"vector": w, "keyword": w}
+
+    def cache_key(self, org_id: int, agents: list[AgentRef]) -> str:
+        # The agents' data versions make a cached result unreachable the moment any
+        # of them changes: an entry can be unused, never stale.
+        normalized = {**asdict(self), "query": " ".join(self.query.split())}
+        material = json.dumps([org_id, [(a.id, a.data_version) for a in agents], normalized], sort_keys=True)
+        return hashlib.sha256(material.encode()).hexdigest()
+
+
+def query_vector(model: str, text: str) -> np.ndarray:
+    dims = settings.EMBEDDING_DIMENSIONS
+    key = f"{model}:{dims}:{hashlib.sha256(text.encode()).hexdigest()}"
+    cached = query_embeddings.get(key)
+    if cached is not None:
+        return np.frombuffer(cached, dtype=np.float16).astype(np.float32)
+    vector = get_provider(model).embed([text])[0]
+    query_embeddings.set(key, np.asarray(vector, dtype=np.float16).tobytes())
+    return vector
+
+
+def search(*, org: Organization, agents: list[AgentRef], request: SearchRequest) -> dict:
+    started = time.perf_counter()
+    filters = engine.filters_sql(org.pk, request.filters)  # validates, even when the answer is cached
+    key = request.cache_key(org.pk, agents)
+    results = result_cache.get(key)
+    cached = results is not None
+    if not cached:
+        results = _run(org, agents, request, filters)
+        result_cache.set(key, results)
+    took_ms = (time.perf_counter() - started) * 1000
+    tracking.record(org_id=org.pk, results=results, agent_ids=[a.id for a in agents], latency_ms=took_ms, cache_hit=cached)
+    return {
+        "results": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results],
+        "mode": request.mode,
+        "took_ms": round(took_ms, 3),
+        "cached": cached,
+    }
+
+
+def _run(org, agents, request, filters) -> list[dict]:
+    if not agents:
+        return []
+    limit = request.limit
+    depth = max(limit, settings.SEARCH_HYBRID_CANDIDATES) if request.mode == "hybrid" else limit
+    scores: dict[int, float] = {}
+    if request.mode in ("vector", "hybrid"):
+        vector_hits = _vector_hits(org, agents, request.query, depth, filters)
+    if request.mode in ("keyword", "hybrid"):
+        keyword_hits = engine.keyword_candidates(org_id=org.pk, agents=agents, query=request.query, k=depth, filters=filters)
+    if request.mode == "vector":
+        scores = {cid: 1.0 - float(d) for cid, d in vector_hits}
+    elif request.mode == "keyword":
+        scores = {cid: float(r) for cid, r in keyword_hits}
+    else:
+        weights = _weights(agents, request)
+        k = settings.SEARCH_RRF_K
+        # Reciprocal rank fusion: scores of the two lists are not comparable, ranks are.
+        for rank, (cid, _) in enumerate(vector_hits, start=1):
+            scores[cid] = scores.get(cid, 0.0) + weights["vector"] / (k + rank)
+        for rank, (cid, _) in enumerate(keyword_hits, start=1):
+            scores[cid] = scores.get(cid, 0.0) + weights["keyword"] / (k + rank)
+    # Rounded before filtering and ordering, so min_score and ties see the scores callers see.
+    ranked = sorted(((cid, round(s, 6)) for cid, s in scores.items()), key=lambda item: (-item[1], item[0]))
+    if request.min_score is not None:
+        ranked = [(cid, s) for cid, s in ranked if s >= request.min_score]
+    ranked = ranked[:limit]
+    rows = engine.fetch_chunks(org_id=org.pk, ids=[cid for cid, _ in ranked], include_parent=request.include_parent)
+    results = []
+    for cid, score in ranked:
+        row = rows.get(cid)
+        if row is None:  # deleted between ranking and fetching
+            continue
+        result = {**row, "score": score, "_chunk_id": cid}
+        parent_text = result.pop("_parent_text")
+        if request.include_parent:
+            result["parent_text"] = parent_text
+        results.append(result)
+    if request.chunk_context:
+        _add_context(org, results, request.chunk_context)
+    agent_ids = {a.slug: a.id for a in agents}
+    for result in results:
+        result["_agent_id"] = agent_ids[result["agent"]]
+    return results
+
+
+def _vector_hits(org, agents, query, depth, filters) -> list[tuple[int, float]]:
+    # Distances are only comparable within one embedding model: query each model's
+    # agents with that model's query vector, then merge by distance.
+    by_model: dict[str, list[AgentRef]] = {}
+    for agent in agents:
+        by_model.setdefault(agent.embedding_model, []).append(agent)
+    hits = []
+    for model, group in by_model.items():
+        vector = query_vector(model, query)
+        hits += engine.vector_candidates(org_id=org.pk, agents=group, vector=vector, k=depth, filters=filters)
+    return sorted(hits, key=lambda hit: hit[1])[:depth]
+
+
+def _weights(agents, request) -> dict:
+    if request.weights:
+        return {"vector": request.weights.get("vector", 1.0), "keyword": request.weights.get("keyword", 1.0)}
+    if len(agents) == 1:
+        return {"vector": agents[0].vector_weight, "keyword": agents[0].keyword_weight}
+    return {"vector": 1.0, "keyword": 1.0}
+
+
+def _add_context(org, results, context: dict) -> None:
+    """Neighbouring chunks of each result's document, in document order. A chunk is
+    shown once: never as context when it is a result itself, and only in the context
+    of the best-ranked result whose window holds it."""
+    before, after = context.get("before", 0), context.get("after", 0)
+    spans = [(r["_document_id"], r["_ordinal"] - before, r["_ordinal"] + after) for r in results]
+    neighbours = engine.fetch_neighbours(org_id=org.pk, spans=spans)
+    seen = {(r["_document_id"], r["_ordinal"]) for r in results}
+    for result, (doc, low, high) in zip(results, spans):
+        items = []
+        for n_doc, ordinal, key, text in neighbours:
+            if n_doc == doc and low <= ordinal <= high and (n_doc, ordinal) not in seen:
+                seen.add((n_doc, ordinal))
+                position = "before" if ordinal < result["_ordinal"] else "after"
+                items.append({"chunk_key": key, "position": position, "text": text})
+        result["context"] = items

@@ -1,0 +1,210 @@
+"""What search used, recorded without a database write per search.
+
+Each search adds to a buffer: per (organization, agent, chunk, day) an access count,
+a score sum and the last access time; per agent the search count, cache hits,
+latency total and last search time. The buffer lives in Redis (hashes, one pipeline
+per search) when configured, else in process. It is flushed in bulk: one
+INSERT … ON CONFLICT DO UPDATE for accesses and one UPDATE for stats, by a scheduled
+Django-Q2 task, when it grows past SEARCH_BUFFER_MAX entries, and (in-process buffer)
+every SEARCH_FLUSH_SECONDS by a background thread of each process.
+"""
+
+import logging
+import threading
+import time
+from collections import defaultdict
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connection, transaction
+
+from search import caching
+
+logger = logging.getLogger(__name__)
+
+ACCESS_FIELDS = ("n", "s", "t")  # count, score sum, last access (epoch seconds)
+STATS_FIELDS = ("n", "h", "l", "t")  # searches, cache hits, latency ms total, last search
+
+# Moves each buffer hash aside atomically (a search arriving meanwhile starts a new
+# hash), unless a previous flush left one there: then that one is flushed first.
+_DRAIN = """
+local moved = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', ARGV[i]) == 0 and redis.call('EXISTS', key) == 1 then
+    redis.call('RENAME', key, ARGV[i])
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+
+def _keys(kind: str, fields) -> list[str]:
+    return [cache.make_key(f"track:{kind}:{f}") for f in fields]
+
+
+class LocalBuffer:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self):
+        self.access = defaultdict(lambda: [0, 0.0, 0.0])
+        self.stats = defaultdict(lambda: [0, 0, 0.0, 0.0])
+
+    def add(self, access_items, stats_items) -> int:
+        with self.lock:
+            for key, score, ts in access_items:
+                row = self.access[key]
+                row[0] += 1
+                row[1] += score
+                row[2] = max(row[2], ts)
+            for key, hit, latency, ts in stats_items:
+                row = self.stats[key]
+                row[0] += 1
+                row[1] += hit
+                row[2] += latency
+                row[3] = max(row[3], ts)
+            return len(self.access)
+
+    def drain(self):
+        with self.lock:
+            access, stats = dict(self.access), dict(self.stats)
+            self.reset()
+        return access, stats
+
+
+_local = LocalBuffer()
+_flusher = {"thread": None}
+_counter = {"searches": 0}
+
+
+def record(*, org_id: int, results: list[dict], agent_ids: list[int], latency_ms: float, cache_hit: bool) -> None:
+    now = time.time()
+    day = time.strftime("%Y-%m-%d", time.gmtime(now))
+    access_items = []
+    if settings.SEARCH_TRACK_ACCESS:
+        access_items = [(f"{org_id}:{r['_agent_id']}:{r['_chunk_id']}:{day}", float(r["score"]), now) for r in results]
+    stats_items = [(f"{org_id}:{agent_id}", 1 if cache_hit else 0, latency_ms, now) for agent_id in agent_ids]
+    size = None
+    if caching.uses_redis() and caching.shared_cache_available():
+        try:
+            size = _record_redis(access_items, stats_items)
+        except Exception as exc:  # noqa: BLE001 - tracking must never fail a search
+            caching.shared_cache_failed(exc)
+    if size is None:
+        size = _local.add(access_items, stats_items)
+        _ensure_local_flusher()
+    if size > settings.SEARCH_BUFFER_MAX:
+        flush()
+
+
+def _record_redis(access_items, stats_items) -> int | None:
+    client = caching._redis_client()
+    pipe = client.pipeline(transaction=False)
+    n, s, t = _keys("access", ACCESS_FIELDS)
+    for key, score, ts in access_items:
+        pipe.hincrby(n, key, 1)
+        pipe.hincrbyfloat(s, key, score)
+        pipe.hset(t, key, ts)  # last writer wins: close enough to the last access
+    sn, sh, sl, st = _keys("stats", STATS_FIELDS)
+    for key, hit, latency, ts in stats_items:
+        pipe.hincrby(sn, key, 1)
+        if hit:
+            pipe.hincrby(sh, key, 1)
+        pipe.hincrbyfloat(sl, key, latency)
+        pipe.hset(st, key, ts)
+    _counter["searches"] += 1
+    check = _counter["searches"] % 100 == 0
+    if check:
+        pipe.hlen(n)
+    replies = pipe.execute()
+    return int(replies[-1]) if check else 0
+
+
+def _ensure_local_flusher() -> None:
+    if not settings.SEARCH_FLUSH_SECONDS or (_flusher["thread"] is not None and _flusher["thread"].is_alive()):
+        return
+
+    def loop():
+        while True:
+            time.sleep(settings.SEARCH_FLUSH_SECONDS)
+            try:
+                flush_local()
+            except Exception:  # noqa: BLE001 - keep the thread alive; the data stays buffered
+                logger.exception("search: flushing the in-process tracking buffer failed")
+            finally:
+                connection.close()
+
+    _flusher["thread"] = threading.Thread(target=loop, name="lore-search-flush", daemon=True)
+    _flusher["thread"].start()
+
+
+def flush() -> tuple[int, int]:
+    """Writes everything buffered (Redis and this process) to the database."""
+    a1, s1 = flush_redis() if caching.uses_redis() else (0, 0)
+    a2, s2 = flush_local()
+    return a1 + a2, s1 + s2
+
+
+def flush_local() -> tuple[int, int]:
+    access, stats = _local.drain()
+    return _write(access, stats)
+
+
+def flush_redis() -> tuple[int, int]:
+    try:
+        client = caching._redis_client()
+        live = _keys("access", ACCESS_FIELDS) + _keys("stats", STATS_FIELDS)
+        draining = [f"{k}:draining" for k in live]
+        client.eval(_DRAIN, len(live), *live, *draining)
+        values = [client.hgetall(k) for k in draining]
+    except Exception as exc:  # noqa: BLE001
+        caching.shared_cache_failed(exc)
+        return 0, 0
+    an, asum, at, sn, sh, sl, st = ({k.decode(): v for k, v in h.items()} for h in values)
+    access = {key: [int(an[key]), float(asum.get(key, 0)), float(at.get(key, 0))] for key in an}
+    stats = {key: [int(sn[key]), int(sh.get(key, 0)), float(sl.get(key, 0)), float(st.get(key, 0))] for key in sn}
+    result = _write(access, stats)
+    # Only after the rows are committed: a failed write leaves the draining hashes to retry.
+    client.delete(*draining)
+    return result
+
+
+def _write(access: dict, stats: dict) -> tuple[int, int]:
+    if not access and not stats:
+        return 0, 0
+    with transaction.atomic(), connection.cursor() as cursor:
+        if access:
+            cols = list(zip(*((*k.split(":"), *v) for k, v in access.items())))
+            org, agent, chunk, day, count, score, ts = cols
+            # Unique chunkaccess_org_agent_day_chunk_uniq is the conflict target. Only
+            # live agents: a flush racing an agent's deletion must not resurrect rows.
+            cursor.execute(
+                "INSERT INTO search_chunkaccess (organization_id, agent_id, chunk_id, day, access_count, score_sum,"
+                " last_accessed_at)"
+                " SELECT x.o, x.a, x.c, x.d, x.n, x.s, to_timestamp(x.t)"
+                " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::date[], %s::bigint[], %s::float8[],"
+                " %s::float8[]) AS x(o, a, c, d, n, s, t)"
+                " JOIN knowledge_agent ag ON ag.id = x.a AND ag.organization_id = x.o AND ag.status = 'active'"
+                " ON CONFLICT (organization_id, agent_id, day, chunk_id) DO UPDATE SET"
+                " access_count = search_chunkaccess.access_count + EXCLUDED.access_count,"
+                " score_sum = search_chunkaccess.score_sum + EXCLUDED.score_sum,"
+                " last_accessed_at = GREATEST(search_chunkaccess.last_accessed_at, EXCLUDED.last_accessed_at)",
+                [list(map(int, org)), list(map(int, agent)), list(map(int, chunk)), list(day), list(count),
+                 list(score), list(ts)],
+            )  # fmt: skip
+        if stats:
+            cols = list(zip(*((*k.split(":"), *v) for k, v in stats.items())))
+            org, agent, count, hits, latency, ts = cols
+            # Search counters never touch data_version: they do not change results.
+            cursor.execute(
+                "UPDATE knowledge_agentstats s SET search_count = s.search_count + x.n,"
+                " search_cache_hits = s.search_cache_hits + x.h,"
+                " search_latency_ms_total = s.search_latency_ms_total + x.l,"
+                " last_searched_at = GREATEST(s.last_searched_at, to_timestamp(x.t))"
+                " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::float8[], %s::float8[])"
+                " AS x(o, a, n, h, l, t) WHERE s.agent_id = x.a AND s.organization_id = x.o",
+                [list(map(int, org)), list(map(int, agent)), list(count), list(hits), list(latency), list(ts)],
+            )
+    return len(access), len(stats)

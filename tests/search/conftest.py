@@ -1,0 +1,31 @@
+import pytest
+
+from knowledge.services import DocumentInput, documents_ingest
+
+DOCS = {
+    "tar": ("# tar\n\nArchiving utility for tape archives.\n\n## Extract\n\nExtract an archive file with tar xf archive.tar.", {"platform": "common", "year": 2019, "published": "2019-05-01"}),
+    "docker": ("# docker\n\nManage docker containers and images.\n\n## List\n\nList running containers with docker ps.", {"platform": "linux", "year": 2021, "published": "2021-03-15"}),
+    "git": ("# git\n\nDistributed version control system.\n\n## Commit\n\nRecord changes to the repository with git commit.", {"platform": "common", "year": 2023, "published": "2023-11-30"}),
+    "zip": ("# zip\n\nPackage and compress files into a zip archive.\n\n## Create\n\nCreate a zip archive from files.", {"platform": "osx", "year": 2020, "published": "2020-07-04"}),
+}
+
+
+def ingest(org, agent, docs=DOCS, **config):
+    documents_ingest(
+        org=org,
+        agent=agent,
+        docs=[DocumentInput(key=k, text=t, title=k, metadata=m) for k, (t, m) in docs.items()],
+    )
+
+
+@pytest.fixture
+def kb_a(org_a, agent_a):
+    ingest(org_a, agent_a)
+    return agent_a
+
+
+@pytest.fixture
+def kb_b(org_b, agent_b):
+    # Same slug, same content: anything of B's showing up for A is a leak.
+    ingest(org_b, agent_b)
+    return agent_b

@@ -1,0 +1,147 @@
+from datetime import timedelta
+
+import pytest
+from django.core.cache import caches
+from django.db import connection
+from django.test import override_settings
+from django.utils import timezone
+
+from knowledge.models import AgentStats
+from search import caching, indexes, services, tasks, tracking
+from search.models import ChunkAccess
+from tests.factories import AgentFactory
+
+URL = "/api/v1/agents/support/search"
+
+
+def _redis_caches(url, prefix="lore-test-search"):
+    return {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": url,
+            "KEY_PREFIX": prefix,
+            "OPTIONS": {"IGNORE_EXCEPTIONS": True, "SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+        }
+    }
+
+
+def _hot(client, **params):
+    response = client.get("/api/v1/agents/support/hot-chunks", params)
+    assert response.status_code == 200, response.json()
+    return response.json()["results"]
+
+
+def test_hot_chunks_rank_by_accesses_with_average_score(client_a, kb_a):
+    for _ in range(3):
+        client_a.post(URL, {"query": "docker containers", "mode": "keyword", "limit": 1}, format="json")
+    client_a.post(URL, {"query": "git commit", "mode": "keyword", "limit": 1}, format="json")
+    assert _hot(client_a) == []  # nothing flushed yet
+    tasks.flush_tracking()
+    hot = _hot(client_a, limit=5, window="7d")
+    assert [h["document_key"] for h in hot][:2] == ["docker", "git"]
+    assert hot[0]["access_count"] == 3 and hot[1]["access_count"] == 1
+    assert hot[0]["avg_score"] > 0 and hot[0]["last_accessed_at"]
+    assert len(_hot(client_a, limit=1)) == 1
+
+
+def test_hot_chunks_window_excludes_old_days_and_prune_removes_them(client_a, org_a, kb_a):
+    client_a.post(URL, {"query": "git", "mode": "keyword"}, format="json")
+    tasks.flush_tracking()
+    old_day = timezone.now().date() - timedelta(days=10)
+    ChunkAccess.objects.for_org(org_a).update(day=old_day)
+    assert _hot(client_a, window="7d") == []
+    assert _hot(client_a, window="30d")
+    ChunkAccess.objects.for_org(org_a).update(day=old_day - timedelta(days=200))
+    assert tasks.prune_access() >= 1
+    assert not ChunkAccess.objects.for_org(org_a).exists()
+
+
+@pytest.mark.parametrize("params,field", [({"window": "7w"}, "window"), ({"window": "999d"}, "window"), ({"limit": 0}, "limit"), ({"limit": "x"}, "limit")])
+def test_hot_chunks_bad_parameters_are_400(client_a, kb_a, params, field):
+    response = client_a.get("/api/v1/agents/support/hot-chunks", params)
+    assert response.status_code == 400 and field in response.json()["error"]["fields"]
+
+
+def test_hot_chunks_of_another_organization_are_404(client_b, kb_a):
+    assert client_b.get("/api/v1/agents/support/hot-chunks").status_code == 404
+
+
+def test_access_tracking_can_be_switched_off(client_a, kb_a, settings):
+    settings.SEARCH_TRACK_ACCESS = False
+    client_a.post(URL, {"query": "git"}, format="json")
+    tracking.flush()
+    assert not ChunkAccess.unscoped.exists()
+
+
+def test_flush_skips_agents_that_are_no_longer_active(client_a, org_a, kb_a):
+    client_a.post(URL, {"query": "git"}, format="json")
+    from knowledge.models import Agent
+
+    Agent.objects.for_org(org_a).filter(pk=kb_a.pk).update(status=Agent.Status.DELETING)
+    tracking.flush()
+    assert not ChunkAccess.objects.for_org(org_a).exists()
+
+
+@pytest.mark.redis
+def test_redis_buffers_tracking_and_caches_results_across_processes(client_a, org_a, kb_a, redis_url):
+    with override_settings(CACHES=_redis_caches(redis_url)):
+        caches["default"].delete_pattern("*")
+        try:
+            first = client_a.post(URL, {"query": "tar archive"}, format="json").json()
+            # Another process: its in-process tier is empty, Redis answers.
+            services.result_cache.clear_local()
+            services.query_embeddings.clear_local()
+            second = client_a.post(URL, {"query": "tar archive"}, format="json").json()
+            assert (first["cached"], second["cached"]) == (False, True)
+            assert caching.metrics["shared_hits"] >= 1
+            assert not tracking._local.access  # buffered in Redis, not in process
+            accesses, agents = tracking.flush()
+            assert accesses >= 1 and agents == 1
+            stats = AgentStats.objects.for_org(org_a).get(agent=kb_a)
+            assert (stats.search_count, stats.search_cache_hits) == (2, 1)
+            assert sum(ChunkAccess.objects.for_org(org_a).values_list("access_count", flat=True)) == len(first["results"]) * 2
+            assert tracking.flush() == (0, 0)
+        finally:
+            caches["default"].delete_pattern("*")
+
+
+@pytest.mark.redis
+def test_redis_down_searches_still_succeed_and_failures_are_counted(client_a, org_a, kb_a, redis_url):
+    before = caching.metrics["redis_errors"]
+    with override_settings(CACHES=_redis_caches("redis://127.0.0.1:1/0")):
+        for query in ("tar", "tar", "git"):
+            response = client_a.post(URL, {"query": query}, format="json")
+            assert response.status_code == 200
+        assert response.json()["results"]
+        assert caching.metrics["redis_errors"] > before
+        # The in-process tier still serves repeats; tracking fell back to the in-process buffer.
+        assert client_a.post(URL, {"query": "tar"}, format="json").json()["cached"] is True
+        tracking.flush_local()
+    assert AgentStats.objects.for_org(org_a).get(agent=kb_a).search_count == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_partial_index_is_built_for_large_agents_used_by_the_planner_and_dropped_after(org_a, settings):
+    from tests.search.conftest import DOCS, ingest
+
+    big = AgentFactory(organization=org_a, slug="big")
+    small = AgentFactory(organization=org_a, slug="small")
+    ingest(org_a, big)
+    ingest(org_a, small, {"x": DOCS["git"]})
+    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 5
+    created, dropped = indexes.sync_agent_indexes()
+    assert created == [big.pk] and dropped == []
+    assert set(indexes.existing()) == {big.pk}
+    with connection.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")
+        cursor.execute(
+            f"EXPLAIN SELECT id FROM knowledge_chunk WHERE organization_id = {org_a.pk} AND agent_id = {big.pk}"
+            " ORDER BY embedding <=> (SELECT embedding FROM knowledge_chunk LIMIT 1) LIMIT 10"
+        )
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute("RESET enable_seqscan")
+    assert indexes.index_name(big.pk) in plan
+    assert indexes.sync_agent_indexes() == ([], [])
+    AgentStats.objects.for_org(org_a).filter(agent=big).update(total_chunks=1)
+    assert indexes.sync_agent_indexes() == ([], [big.pk])
+    assert indexes.existing() == {}

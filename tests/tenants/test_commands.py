@@ -45,10 +45,15 @@ def test_duplicate_or_bad_agent_slug_is_an_error(org_a):
     assert Agent.objects.for_org(org_a).count() == 1
 
 
-def test_demo_setup_prints_a_working_key_and_is_rerunnable(db):
-    first = _run("demo_setup")
-    second = _run("demo_setup")
+def test_demo_setup_prints_a_working_key_and_is_rerunnable(db, tmp_path):
+    (tmp_path / "pagination.md").write_text("# Pagination\n\nPaginate a list with LimitOffsetPagination.")
+    first = _run("demo_setup", "--corpus", str(tmp_path))
+    second = _run("demo_setup", "--corpus", str(tmp_path))
     key = second.split("Bearer ")[1].split("'")[0]
     old_key = first.split("Bearer ")[1].split("'")[0]
     assert api_client(key).get("/api/v1/agents").json()["results"][0]["slug"] == "docs"
     assert api_client(old_key).get("/api/v1/agents").status_code == 401
+    search = second.split("Search: ")[1]
+    body = search.split("-d '")[1].split("'")[0]
+    results = api_client(key).post("/api/v1/agents/docs/search", body, content_type="application/json").json()["results"]
+    assert results[0]["document_key"] == "pagination.md"

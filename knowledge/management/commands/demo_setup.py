@@ -1,12 +1,15 @@
 import secrets
+from pathlib import Path
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
 
+from django.conf import settings
+
 from knowledge.models import Agent
-from knowledge.services import agent_create
+from knowledge.services import DocumentInput, agent_create, documents_ingest
 from tenants.models import ApiKey, Organization
 from tenants.services import api_key_create, organization_create
 
@@ -18,12 +21,25 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--url", default="http://127.0.0.1:8000")
+        parser.add_argument(
+            "--corpus",
+            type=Path,
+            default=settings.BASE_DIR.parent / "shared" / "corpora" / "drf-docs",
+            help="Markdown folder to ingest into the demo agent, if it exists (default: the DRF docs corpus)",
+        )
 
     @transaction.atomic
-    def handle(self, *args, url, **options):
+    def handle(self, *args, url, corpus, **options):
         org = Organization.objects.filter(slug="demo").first() or organization_create(slug="demo", name="Demo")
-        if not Agent.objects.for_org(org).filter(slug="docs").exclude(status=Agent.Status.DELETED).exists():
-            agent_create(org=org, slug="docs", name="Demo documentation")
+        agent = Agent.objects.for_org(org).filter(slug="docs").exclude(status=Agent.Status.DELETED).first()
+        agent = agent or agent_create(org=org, slug="docs", name="Demo documentation")
+        if corpus.is_dir() and agent.status == Agent.Status.ACTIVE:
+            # Unchanged files cost one indexed read each, so re-running is cheap.
+            docs = [
+                DocumentInput(key=str(p.relative_to(corpus)), text=p.read_text(), title=p.stem, source=str(p))
+                for p in sorted(corpus.rglob("*.md"))
+            ]
+            documents_ingest(org=org, agent=agent, docs=docs)
         # The full key is never stored, so each run issues a new one and revokes the last.
         ApiKey.objects.for_org(org).filter(name=DEMO_KEY_NAME, revoked_at__isnull=True).update(revoked_at=timezone.now())
         _, raw_key = api_key_create(org=org, name=DEMO_KEY_NAME)
@@ -37,4 +53,6 @@ class Command(BaseCommand):
             f"  Admin:  {url}/admin/   login: admin / {password}\n"
             f"  API:    {url}/api/v1/docs/\n"
             f"  Try:    curl -H 'Authorization: Bearer {raw_key}' {url}/api/v1/agents\n"
+            f"  Search: curl -H 'Authorization: Bearer {raw_key}' -H 'Content-Type: application/json'"
+            f" -d '{{\"query\": \"how do I paginate a list\"}}' {url}/api/v1/agents/docs/search\n"
         )

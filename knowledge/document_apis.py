@@ -35,6 +35,7 @@ class IngestionJobOutput(serializers.Serializer):
     status = serializers.CharField()
     total_documents = serializers.IntegerField()
     processed_documents = serializers.IntegerField()
+    total_chunks = serializers.IntegerField()
     processed_chunks = serializers.IntegerField()
     added = serializers.IntegerField()
     updated = serializers.IntegerField()

@@ -35,6 +35,7 @@ class IngestResult:
     chunks_added: int = 0
     chunks_removed: int = 0
     error: str = ""
+    chunk_count: int = 0  # the document's chunks after this ingest
 
 
 @dataclass
@@ -158,7 +159,7 @@ def documents_ingest(*, org: Organization, agent: Agent, docs: list[DocumentInpu
     current = {
         d.key: d
         for d in Document.objects.for_org(org).filter(agent=agent, key__in=keys).only(
-            "key", "status", "content_hash", "ingest_hash"
+            "key", "status", "content_hash", "ingest_hash", "chunk_count"
         )
     }
     todo = []
@@ -170,7 +171,7 @@ def documents_ingest(*, org: Organization, agent: Agent, docs: list[DocumentInpu
             and existing.content_hash == item.content_hash
             and existing.ingest_hash == item.ingest_hash
         ):
-            batch.results.append(IngestResult(item.doc.key, "unchanged", existing.pk))
+            batch.results.append(IngestResult(item.doc.key, "unchanged", existing.pk, chunk_count=existing.chunk_count))
             continue
         chunked = chunk_document(
             item.doc.text,
@@ -265,6 +266,7 @@ def _apply(*, org: Organization, agent: Agent, todo: list[_Prepared], vectors) -
                 doc_id,
                 chunks_added=len(item.chunks),
                 chunks_removed=removed_per_doc.get(doc_id, 0),
+                chunk_count=len(item.chunks),
             )
         )
     stats_apply(
@@ -309,6 +311,14 @@ def ingestion_job_run(*, job: IngestionJob) -> IngestionJob:
         attempts=F("attempts") + 1,
     )  # fmt: skip
     docs = [DocumentInput(**d) for d in job.payload]
+    if not job.total_chunks:
+        # Chunking is cheap next to embedding: count up front so progress has a denominator.
+        total = sum(
+            len(chunk_document(normalize_text(d.text), content_type=d.content_type, chunk_size=agent.chunk_size,
+                               chunk_overlap=agent.chunk_overlap, parent_chunk_size=agent.parent_chunk_size).chunks)
+            for d in docs
+        )  # fmt: skip
+        IngestionJob.objects.for_org(org).filter(pk=job.pk).update(total_chunks=total)
     done = job.processed_documents
     counts = {"added": job.added, "updated": job.updated, "unchanged": job.unchanged, "failed": job.failed}
     errors = list(job.errors)
@@ -327,7 +337,7 @@ def ingestion_job_run(*, job: IngestionJob) -> IngestionJob:
         done += len(part)
         IngestionJob.objects.for_org(org).filter(pk=job.pk).update(
             processed_documents=done,
-            processed_chunks=F("processed_chunks") + sum(r.chunks_added for r in results),
+            processed_chunks=F("processed_chunks") + sum(r.chunk_count for r in results),
             heartbeat_at=timezone.now(),
             errors=errors,
             **counts,
@@ -343,10 +353,15 @@ def _ingest_one_by_one(org, agent, docs) -> list[IngestResult]:
             results.extend(documents_ingest(org=org, agent=agent, docs=[doc]).results)
         except ApiError as exc:
             message = str(exc.detail)
-            Document.objects.for_org(org).filter(agent=agent, key=doc.key).exclude(status=Document.Status.READY).update(
-                status=Document.Status.FAILED, error=message
+            # A new document is recorded as failed, so GET /documents/{key} says why; an
+            # existing ready one keeps serving its previous version, with the error noted.
+            document, created = Document.objects.for_org(org).get_or_create(
+                agent=agent, key=doc.key, defaults={"status": Document.Status.FAILED, "title": doc.title, "error": message}
             )
-            results.append(IngestResult(doc.key, "failed", error=message))
+            if not created:
+                status = document.status if document.status == Document.Status.READY else Document.Status.FAILED
+                Document.objects.for_org(org).filter(pk=document.pk).update(status=status, error=message)
+            results.append(IngestResult(doc.key, "failed", document.pk, error=message))
     return results
 
 

@@ -151,7 +151,7 @@ def test_large_document_runs_as_a_job_with_progress(client_a, org_a, agent_a, se
     job = client_a.get(f"/api/v1/ingestions/{job_id}").json()
     assert job["status"] == "completed"
     assert (job["processed_documents"], job["total_documents"], job["added"]) == (1, 1, 1)
-    assert job["processed_chunks"] == _stats(org_a, agent_a).total_chunks > 0
+    assert job["processed_chunks"] == job["total_chunks"] == _stats(org_a, agent_a).total_chunks > 0
 
 
 def test_batch_ingest_reports_per_document_results(client_a, org_a, agent_a, django_capture_on_commit_callbacks):
@@ -163,6 +163,7 @@ def test_batch_ingest_reports_per_document_results(client_a, org_a, agent_a, dja
     assert response.status_code == 202
     job = client_a.get(f"/api/v1/ingestions/{response.json()['id']}").json()
     assert (job["status"], job["added"], job["unchanged"], job["failed"]) == ("completed", 4, 1, 0)
+    assert job["processed_chunks"] == job["total_chunks"] == 5
     assert _stats(org_a, agent_a).document_count == 5
 
 
@@ -188,3 +189,30 @@ def test_bad_batches_are_rejected_whole(client_a, org_a, agent_a, settings, payl
     assert response.status_code == code
     assert field in error_fields(response), response.json()
     assert not Document.objects.for_org(org_a).exists()
+
+
+def test_a_failing_document_fails_alone_in_a_job(client_a, org_a, agent_a, monkeypatch, django_capture_on_commit_callbacks):
+    from knowledge.embeddings import EmbeddingError
+    from knowledge.services import ingestion
+
+    real = ingestion.embed_with_cache
+
+    def flaky(*, org_id, model, texts):
+        if any("POISON" in t for t in texts):
+            raise EmbeddingError("provider rejected the input")
+        return real(org_id=org_id, model=model, texts=texts)
+
+    monkeypatch.setattr(ingestion, "embed_with_cache", flaky)
+    client_a.post(URL, {"key": "kept", "text": "old version"}, format="json")
+    docs = [{"key": "a", "text": "fine"}, {"key": "bad", "text": "POISON pill"}, {"key": "kept", "text": "POISON update"}]
+    with django_capture_on_commit_callbacks(execute=True):
+        job_id = client_a.post(URL + "/batch", {"documents": docs}, format="json").json()["id"]
+    job = client_a.get(f"/api/v1/ingestions/{job_id}").json()
+    assert (job["status"], job["added"], job["failed"]) == ("completed", 1, 2)
+    assert {e["key"] for e in job["errors"]} == {"bad", "kept"}
+    bad = client_a.get(URL + "/bad").json()
+    assert (bad["status"], bad["error"]) == ("failed", "provider rejected the input")
+    kept = client_a.get(URL + "/kept").json()
+    assert kept["status"] == "ready" and kept["error"] == "provider rejected the input"
+    stats = _stats(org_a, agent_a)
+    assert stats.document_count == 2  # "a" and the previous version of "kept"

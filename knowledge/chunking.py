@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from bs4 import BeautifulSoup
 
 CONTENT_TYPES = ("markdown", "text", "html")
+# File suffixes Lore reads (uploads, `manage.py ingest`) and the content type of each.
+FILE_TYPES = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".text": "text", ".html": "html", ".htm": "html"}
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _FENCE = re.compile(r"^(```|~~~)")

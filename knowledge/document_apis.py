@@ -4,13 +4,11 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from knowledge import selectors, services
-from knowledge.chunking import CONTENT_TYPES
+from knowledge.chunking import CONTENT_TYPES, FILE_TYPES
 from knowledge.models import Agent, Document
 from knowledge.services import DocumentInput
 from tenants.api import OrgAPIView
 from tenants.errors import conflict, invalid, not_found, too_large
-
-FILE_TYPES = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".text": "text", ".html": "html", ".htm": "html"}
 
 
 class DocumentOutput(serializers.Serializer):

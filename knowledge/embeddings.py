@@ -238,7 +238,9 @@ def embed_with_cache(*, org_id: int, model: str, texts: list[str]) -> tuple[np.n
             binary=True,
         )
         cached = {h: v.to_numpy() for h, v in cursor.fetchall()}
-    missing = [h for h in unique if h not in cached]
+    # Sorted: concurrent ingests (parallel workers) insert overlapping hashes in the same
+    # order, so the unique-index waits of ON CONFLICT DO NOTHING cannot form a deadlock.
+    missing = sorted(h for h in unique if h not in cached)
     if missing:
         first_text = {}
         for h, t in zip(hashes, texts):

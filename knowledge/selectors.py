@@ -1,5 +1,6 @@
 """Reads for agents, documents and stats. Each takes the organization explicitly."""
 
+from django.db import connection
 from django.db.models import Count, Q, Sum
 
 from knowledge.models import Agent, AgentStats, Document, IngestionJob
@@ -18,12 +19,14 @@ def agent_get(*, org: Organization, slug: str) -> Agent | None:
 
 
 def agent_stats_get_by_slug(*, org: Organization, slug: str) -> AgentStats | None:
-    # One row through agent_org_slug_live_uniq joined to agentstats' primary key:
-    # O(1) whatever the agent's size.
+    # One row through agent_org_slug_live_uniq (organization, slug; partial: not deleted)
+    # joined to agentstats' primary key: O(1) whatever the agent's size. The organization
+    # is filtered on the agent too: with only the stats row's organization_id, the index
+    # is searched by slug alone, across every organization that has an agent so named.
     return (
         AgentStats.objects.for_org(org)
         .select_related("agent")
-        .filter(agent__slug=slug)
+        .filter(agent__organization=org, agent__slug=slug)
         .exclude(agent__status=Agent.Status.DELETED)
         .first()
     )
@@ -42,6 +45,21 @@ def organization_stats(*, org: Organization) -> dict:
         total_size_bytes=Sum("total_size_bytes", filter=live, default=0),
     )
     return totals
+
+
+def agent_stats_recount(*, org: Organization, agent: Agent) -> tuple[int, int, int]:
+    """(chunks, ready documents, bytes of ready documents) counted the slow way, with
+    COUNT/SUM over the agent's rows (the chunks by an index-only scan of
+    chunk_org_agent_id_idx, which grows with the agent): what the AgentStats row must
+    equal. For reconciliation and benchmarks; the API reads the stats row."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT (SELECT count(*) FROM knowledge_chunk WHERE organization_id = %s AND agent_id = %s),"
+            " count(*), coalesce(sum(size_bytes), 0) FROM knowledge_document"
+            " WHERE organization_id = %s AND agent_id = %s AND status = 'ready'",
+            [org.pk, agent.pk, org.pk, agent.pk],
+        )
+        return tuple(int(v) for v in cursor.fetchone())
 
 
 def document_list(*, org: Organization, agent: Agent, status: str | None = None):

@@ -2,10 +2,11 @@
 
 from dataclasses import dataclass
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F
 
 from knowledge.models import Agent, AgentStats
+from knowledge.selectors import agent_stats_recount
 from tenants.models import Organization
 
 
@@ -48,14 +49,7 @@ def stats_reconcile(*, org: Organization, fix: bool = False) -> list[Drift]:
     for agent in Agent.objects.for_org(org).exclude(status=Agent.Status.DELETED).order_by("slug"):
         with transaction.atomic():
             stats = AgentStats.objects.for_org(org).select_for_update().get(agent=agent)
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT (SELECT count(*) FROM knowledge_chunk WHERE organization_id = %s AND agent_id = %s),"
-                    " count(*), coalesce(sum(size_bytes), 0) FROM knowledge_document"
-                    " WHERE organization_id = %s AND agent_id = %s AND status = 'ready'",
-                    [org.pk, agent.pk, org.pk, agent.pk],
-                )
-                actual = tuple(int(v) for v in cursor.fetchone())
+            actual = agent_stats_recount(org=org, agent=agent)
             row = Drift(agent.slug, (stats.total_chunks, stats.document_count, stats.total_size_bytes), actual)
             if fix and row.drift:
                 AgentStats.objects.for_org(org).filter(agent=agent).update(

@@ -1,5 +1,8 @@
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
+from knowledge import selectors
 from knowledge.models import Agent, AgentStats
 from tests.conftest import error_fields
 from tests.factories import AgentFactory
@@ -109,6 +112,24 @@ def test_agent_stats_endpoint_reads_the_stats_row(client_a, agent_a, org_a):
     assert body["total_chunks"] == 7
     assert body["document_count"] == 2
     assert body["status"] == "active"
+
+
+def test_agent_stats_lookup_searches_the_org_slug_index_by_organization_and_slug(org_a, agent_a, agent_b):
+    # Not by slug alone: that would visit every organization's agent of the same name.
+    sql = _captured_sql(lambda: selectors.agent_stats_get_by_slug(org=org_a, slug="support"))
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")  # tiny test tables would be scanned whole
+        cursor.execute("EXPLAIN " + sql)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "agent_org_slug_live_uniq" in plan
+    assert f"Index Cond: ((organization_id = {org_a.pk}) AND ((slug)::text = 'support'::text))" in plan
+
+
+def _captured_sql(call) -> str:
+    with CaptureQueriesContext(connection) as queries:
+        call()
+    [query] = queries.captured_queries
+    return query["sql"]
 
 
 def test_organization_stats_sum_only_own_agents(client_a, org_a, org_b):

@@ -3,7 +3,8 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from knowledge.models import AgentStats, Document
+from knowledge.models import Agent, AgentStats, Chunk, Document
+from knowledge.services import stats_reconcile
 from tests.factories import AgentFactory, OrganizationFactory
 
 
@@ -53,3 +54,31 @@ def test_ingest_errors_are_one_line(agent, folder):
         _ingest("acme", "kb", str(folder / "a.md"))
     with pytest.raises(CommandError, match="Unknown organization"):
         _ingest("zzz", "kb", str(folder))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ingest_with_two_workers_ingests_each_file_once_and_keeps_stats_exact(tmp_path):
+    org = OrganizationFactory(slug="acme")
+    agent = AgentFactory(organization=org, slug="kb", config={"chunk_size": 200, "chunk_overlap": 20, "parent_chunk_size": 600})
+    for i in range(9):
+        (tmp_path / f"doc{i}.md").write_text(f"# Doc {i}\n\n" + f"Words of document {i} and more. " * (10 + 10 * i))
+    first = _ingest("acme", "kb", str(tmp_path), "--workers", "2", "--batch-size", "2")
+    assert first.startswith("documents: 9 added, 0 updated, 0 unchanged, 0 removed;")
+    again = _ingest("acme", "kb", str(tmp_path), "--workers", "2", "--batch-size", "2")
+    assert again.startswith("documents: 0 added, 0 updated, 9 unchanged, 0 removed; chunks: +0 -0; embedded: 0 ")
+    assert Document.objects.for_org(org).filter(agent=agent, status=Document.Status.READY).count() == 9
+    assert [row for row in stats_reconcile(org=org) if row.drift] == []
+    assert AgentStats.objects.for_org(org).get(agent=agent).total_chunks == Chunk.objects.for_org(org).count() > 9
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ingest_with_workers_reports_a_worker_refusal_as_a_command_error(agent, folder):
+    Agent.unscoped.filter(pk=agent.pk).update(status=Agent.Status.DELETING)
+    with pytest.raises(CommandError, match="being deleted"):
+        _ingest("acme", "kb", str(folder), "--workers", "2", "--batch-size", "1")
+    assert Chunk.objects.for_org(agent.organization).count() == 0
+
+
+def test_ingest_rejects_fewer_than_one_worker(agent, folder):
+    with pytest.raises(CommandError, match="--workers must be at least 1"):
+        _ingest("acme", "kb", str(folder), "--workers", "0")

@@ -145,3 +145,13 @@ def test_partial_index_is_built_for_large_agents_used_by_the_planner_and_dropped
     AgentStats.objects.for_org(org_a).filter(agent=big).update(total_chunks=1)
     assert indexes.sync_agent_indexes() == ([], [big.pk])
     assert indexes.existing() == {}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_by_default_every_agent_too_large_for_the_exact_scan_gets_its_own_index(org_a, settings):
+    # The shared graph gave such agents recall@10 of 0.90 (bench/search.py); their own, 0.997.
+    agent = AgentFactory(organization=org_a, slug="above")
+    AgentStats.objects.for_org(org_a).filter(agent=agent).update(total_chunks=settings.SEARCH_EXACT_MAX_CHUNKS + 1)
+    assert indexes.sync_agent_indexes() == ([agent.pk], [])
+    AgentStats.objects.for_org(org_a).filter(agent=agent).update(total_chunks=0)
+    assert indexes.sync_agent_indexes() == ([], [agent.pk])

@@ -1,6 +1,6 @@
 """What every Lore benchmark shares: one place, so every bench measures the same way.
 
-    import harness                                     # from a script in bench/
+    import harness                                     # first, from a script in bench/
     env = harness.setup("search", dimensions=384, redis_db=7, fresh=True)
     specs = harness.agent_specs(harness.zipf_sizes(1000, 200_000))
     data = harness.load_synthetic(org_slug="bench", specs=specs, topics=harness.Topics(384))
@@ -9,23 +9,29 @@
         status, body, seconds = client.post("/api/v1/agents/a-0001/search", {"query": "..."})
     print(harness.Table("Title", ["col", ...], rows).text())
 
-- `setup()` points Django at the bench's own embedded PostgreSQL (`bench/.data-NAME`), its
-  own Redis database (flushed, and only that one) and the production settings, runs
-  `django.setup()` and migrate, and returns the environment for subprocesses (gunicorn).
+- `setup()` points Django at the bench's own embedded PostgreSQL (`bench/.data-NAME`, never
+  DATABASE_URL), its own Redis database (flushed, and only that one) and the production
+  settings, runs `django.setup()` and migrate, and returns the environment for
+  subprocesses. `create_database()` adds a database on the same server (for a peer),
+  `raw_connection()` is psycopg with Django's exact connection parameters,
+  `stop_database()` stops the server at the end.
 - `load_synthetic()` creates an organization, its agents (through `agent_create`), a few
   ready documents per agent and their chunks with bulk INSERT … SELECT FROM unnest
   (vectors sent as binary halfvec), with the HNSW and GIN indexes dropped during the load
   and rebuilt afterwards (much faster than maintaining them row by row; the rebuild is
   timed separately), then makes AgentStats exact with `stats_reconcile(fix=True)`.
-- Vectors are clustered like real embeddings: a few global topics; each agent has a few
-  topic centres near some of them; each chunk is a centre plus noise, L2-normalized.
-  Everything derives from seeds, so a bench can draw held-out queries from an agent's own
-  distribution (`Topics.sample(spec, n, "queries")`) and re-create the exact chunk rows
-  (`chunk_rows`) to load the same data into another store.
+- `Topics`: clustered vectors of low intrinsic dimension, like real embeddings (see the
+  class). Everything derives from seeds, so a bench can draw held-out queries from an
+  agent's own distribution (`Topics.sample(spec, n, "queries")`) and re-create the exact
+  chunk rows (`chunk_rows`) to load the same data into another store.
+- `stored_vectors()`, `exact_neighbours()`, `recall_at_k()`: ground truth by numpy brute
+  force over the vectors as stored.
 - `Gunicorn` runs the real WSGI app on 127.0.0.1 with persistent database connections
   (CONN_MAX_AGE, as production); `Client` is a keep-alive HTTP/1.1 client; `run_load()`
-  drives concurrent keep-alive clients for a bounded number of requests and seconds.
-- `percentiles()`, `Table` (text and markdown) and `machine()` (cores, load average) report.
+  drives concurrent keep-alive clients for a bounded number of requests and seconds and
+  charges the server processes' CPU time to the run (`cpu_seconds()`, Linux /proc).
+- `percentiles()`, `ms()`, `ratio()`, `Table` (text and markdown) and `machine()` (cores,
+  load average: record it with every figure on a shared machine) report.
 
 The benches are not part of the test suite and install nothing: bench-only packages are
 in requirements/bench.txt.
@@ -60,7 +66,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 DATABASE_NAME = "lore"
-ENV: dict[str, str] = {}
 
 
 # --- environment, database, Django -----------------------------------------------------
@@ -76,6 +81,10 @@ def setup(name: str, *, dimensions: int, redis_db: int | None = None, fresh: boo
     directory and server stay). `extra` adds settings, e.g. SEARCH_TRACK_ACCESS="0"."""
     directory = data_dir(name)
     env = {
+        # Empty, not unset: a DATABASE_URL in .env must not point a bench (which drops and
+        # loads its database) at a real one.
+        "DATABASE_URL": "",
+        "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}" if redis_db is not None else "",
         "LORE_DATA_DIR": str(directory),
         "EMBEDDING_DIMENSIONS": str(dimensions),
         "EMBEDDING_PROVIDER": "hashing",
@@ -84,13 +93,7 @@ def setup(name: str, *, dimensions: int, redis_db: int | None = None, fresh: boo
         "LOG_LEVEL": "WARNING",
         **{k: str(v) for k, v in extra.items()},
     }
-    if redis_db is not None:
-        env["REDIS_URL"] = f"redis://127.0.0.1:6379/{redis_db}"
-    else:
-        os.environ.pop("REDIS_URL", None)
     os.environ.update(env)
-    ENV.clear()
-    ENV.update(env)
     if fresh:
         _drop_database(directory)
     if redis_db is not None:
@@ -406,14 +409,17 @@ def _insert(org_id: int, ids: dict[str, int], specs: list[AgentSpec], topics: To
         )
 
 
-def stored_vectors(org_id: int, agent_id: int) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(ids, keys, vectors as float32) of an agent's chunks as stored (halfvec, read in binary)."""
+def stored_vectors(org_id: int, agent_id: int | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(ids, keys "agent-slug/chunk-key", vectors as float32) of an agent's chunks, or
+    of the whole organization's, as stored (halfvec, read in binary)."""
     from knowledge.embeddings import binary_cursor
 
+    agent_sql, params = ("", [org_id]) if agent_id is None else (" AND c.agent_id = %s", [org_id, agent_id])
     with binary_cursor() as cursor:
         cursor.execute(
-            "SELECT id, key, embedding FROM knowledge_chunk WHERE organization_id = %s AND agent_id = %s ORDER BY id",
-            [org_id, agent_id],
+            "SELECT c.id, a.slug || '/' || c.key, c.embedding FROM knowledge_chunk c"
+            f" JOIN knowledge_agent a ON a.id = c.agent_id WHERE c.organization_id = %s{agent_sql} ORDER BY c.id",
+            params,
             binary=True,
         )
         rows = cursor.fetchall()
@@ -451,10 +457,14 @@ def _free_port() -> int:
 
 class Gunicorn:
     """gunicorn (gthread workers) serving config.wsgi on a free loopback port, with the
-    bench's environment plus `extra` settings; stopped on exit."""
+    bench's environment plus `extra` settings; stopped on exit. `root`: the checkout to
+    serve (another commit's, to compare two versions on the same data)."""
 
-    def __init__(self, env: dict, *, workers: int = 2, threads: int = 4, log: Path | None = None, **extra: str):
+    def __init__(
+        self, env: dict, *, workers: int = 2, threads: int = 4, log: Path | None = None, root: Path = ROOT, **extra: str
+    ):
         self.env = {**env, **{k: str(v) for k, v in extra.items()}}
+        self.root = root
         self.workers, self.threads = workers, threads
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -469,7 +479,7 @@ class Gunicorn:
             "--keep-alive", "30", "--log-level", "warning",
         ]  # fmt: skip
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

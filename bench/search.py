@@ -15,7 +15,14 @@ rebuilt; per-agent partial HNSW indexes by search.indexes.sync_agent_indexes().
 Queries: precomputed vectors, held out from each agent's own distribution, put in the
 query-embedding cache (Redis) under a distinct query text, so the API runs its production
 path minus the embedding provider call (EMBEDDING_PROVIDER=hashing is never reached).
-Recall@10 is against numpy brute force over the agent's vectors as stored (halfvec).
+Recall@10 is against numpy brute force over the agent's vectors as stored (halfvec); per
+agent size class, and for POST /search over all 1,000 agents (queries drawn from agents in
+proportion to their size, brute force over all 200k vectors).
+
+gunicorn serves the production settings with persistent database connections
+(CONN_MAX_AGE) and prepare_threshold=None, as production runs; the floor's raw connection
+uses the same connection parameters. The embedded PostgreSQL is stopped at the end
+(--keep-server leaves it running).
 
 Figures are ratios against baselines measured in the same run: the API against the same
 SQL on a raw psycopg connection (the floor), tracking on against off, peers against Lore.
@@ -23,6 +30,7 @@ SQL on a raw psycopg connection (the floor), tracking on against off, peers agai
 
 import argparse
 import copy
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -40,35 +48,51 @@ class SizeClass:
     name: str
     low: int
     high: int
-    strategy: str
+    org_wide: bool = False  # POST /search over all the organization's agents
     agents: list = field(default_factory=list)
+    plan: str = ""  # the indexes PostgreSQL chose for the first statement
+
+    @property
+    def strategy(self) -> str:
+        """What the settings say this class gets (the "index used" column shows what it got)."""
+        from django.conf import settings
+
+        if self.org_wide:
+            return "HNSW, shared index"
+        if self.high <= settings.SEARCH_EXACT_MAX_CHUNKS:
+            return "exact"
+        if self.low >= settings.SEARCH_AGENT_INDEX_MIN_CHUNKS:
+            return "HNSW, own partial index"
+        return "HNSW, shared or own index"
 
 
 CLASSES = [
-    SizeClass("small (<= 100)", 20, 100, "exact"),
-    SizeClass("medium (~1k)", 700, 1500, "exact"),
-    SizeClass("2.5k-5k", 2500, 5000, "exact"),
-    SizeClass("5k-20k", 5001, 19999, "HNSW, shared index"),
-    SizeClass("large (>= 20k)", 20000, 10**9, "HNSW, own partial index"),
+    SizeClass("small (<= 100)", 20, 100),
+    SizeClass("medium (~1k)", 700, 1500),
+    SizeClass("2.5k-5k", 2500, 5000),
+    SizeClass("5k-20k", 5001, 19999),
+    SizeClass("large (>= 20k)", 20000, 10**9),
+    SizeClass("org-wide, all agents", 0, 0, org_wide=True),
 ]
+ORG = "*"  # the Truth of the whole organization
 
 
 @dataclass
 class Query:
     text: str
     size_class: SizeClass
-    slug: str
+    slug: str  # the agent whose distribution it was drawn from
     vector: np.ndarray  # float32 holding float16 values: what every path searches with
-    api_keys: list = field(default_factory=list)
+    api_keys: list = field(default_factory=list)  # "agent-slug/chunk-key"
     api_seconds: float = 0.0
     floor_ids: list = field(default_factory=list)
     floor_seconds: float = 0.0
 
 
 class Truth:
-    """Each sampled agent's stored vectors, for exact neighbours."""
+    """A sampled agent's (or the organization's) stored vectors, for exact neighbours."""
 
-    def __init__(self, org_id: int, agent_id: int):
+    def __init__(self, org_id: int, agent_id: int | None):
         self.ids, self.keys, self.vectors = harness.stored_vectors(org_id, agent_id)
         self.position_of = {int(i): p for p, i in enumerate(self.ids)}
         self.id_of_key = dict(zip(self.keys, (int(i) for i in self.ids)))
@@ -80,15 +104,22 @@ class Truth:
     def recall_keys(self, query: Query, keys: list[str]) -> float:
         return self.recall(query, [self.id_of_key[k] for k in keys])
 
+    @staticmethod
+    def of(truths: dict, query: Query) -> "Truth":
+        return truths[ORG if query.size_class.org_wide else query.slug]
+
 
 def mean_recall(truths: dict, queries: list[Query], found_keys) -> float:
-    """Mean recall@K of `found_keys(query)` (chunk keys) over the queries."""
-    return float(np.mean([truths[q.slug].recall_keys(q, found_keys(q)) for q in queries]))
+    """Mean recall@K of `found_keys(query)` ("agent-slug/chunk-key") over the queries."""
+    return float(np.mean([Truth.of(truths, q).recall_keys(q, found_keys(q)) for q in queries]))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reuse", action="store_true", help="keep the loaded data of a previous run if it matches")
+    parser.add_argument(
+        "--reuse", action="store_true",
+        help="keep the data a previous run loaded, if unchanged (the peers phase deletes two agents: use with --no-peers)",
+    )  # fmt: skip
     parser.add_argument("--queries", type=int, default=100, help="latency/recall queries per size class (default 100)")
     parser.add_argument("--peer-queries", type=int, default=50, help="of those, how many the peers run (default 50)")
     parser.add_argument("--seconds", type=float, default=8, help="length of each throughput run (default 8)")
@@ -115,11 +146,12 @@ def main():
 
     queries = sample_queries(data, specs, topics, args.queries)
     truths = {slug: Truth(data.org.pk, data.agent_ids[slug]) for c in CLASSES for slug in c.agents}
+    truths[ORG] = Truth(data.org.pk, None)
     tables = []
     with harness.Gunicorn(env, workers=2, threads=4) as server:
         client = harness.Client(server.url, data.api_key)
         run.phase("latency and recall")
-        warm_up(client, data, specs, topics)
+        warm_up(client, specs, topics)
         measure_latency(client, data, queries)
         tables.append(latency_table(queries, truths))
         run.phase("result cache")
@@ -180,6 +212,14 @@ def sample_queries(data, specs, topics, per_class: int) -> list[Query]:
     round robin over the class's agents, put in the query-embedding cache."""
     queries = []
     for number, size_class in enumerate(CLASSES):
+        if size_class.org_wide:
+            # Queries land where the content is: agents drawn in proportion to their size.
+            sizes = np.array([s.size for s in specs], dtype=np.float64)
+            picks = np.random.default_rng(11).choice(len(specs), size=per_class, p=sizes / sizes.sum())
+            for i, pick in enumerate(picks):
+                vector = topics.sample(specs[pick], 1, f"queries org-wide {i}")[0].astype(np.float16).astype(np.float32)
+                queries.append(Query(f"bench latency {number}-{i}", size_class, specs[pick].slug, vector))
+            continue
         members = sorted((s for s in specs if size_class.low <= s.size <= size_class.high), key=lambda s: s.size)
         if not members:
             raise SystemExit(f"no agent in class {size_class.name}")
@@ -190,11 +230,11 @@ def sample_queries(data, specs, topics, per_class: int) -> list[Query]:
         for i in range(per_class):
             spec = chosen[i % len(chosen)]
             queries.append(Query(f"bench latency {number}-{i}", size_class, spec.slug, vectors[spec.slug][i]))
-    put_vectors(data, [(q.text, q.vector) for q in queries])
+    put_vectors([(q.text, q.vector) for q in queries])
     return queries
 
 
-def put_vectors(data, items) -> None:
+def put_vectors(items) -> None:
     from django.conf import settings
 
     from search import services
@@ -207,7 +247,7 @@ def search_body(text: str) -> dict:
     return {"query": text, "mode": "vector", "limit": K}
 
 
-def extra_queries(specs, topics, prefix: str, n: int, data) -> list[tuple[str, str]]:
+def extra_queries(specs, topics, prefix: str, n: int) -> list[tuple[str, str]]:
     """n (slug, text) pairs over agents of every class, vectors put in the cache."""
     slugs = [slug for c in CLASSES for slug in c.agents]
     by_slug = {s.slug: s for s in specs}
@@ -219,13 +259,13 @@ def extra_queries(specs, topics, prefix: str, n: int, data) -> list[tuple[str, s
         text = f"bench {prefix} {i}"
         pairs.append((slug, text))
         items.append((text, vectors[slug][i // len(slugs)]))
-    put_vectors(data, items)
+    put_vectors(items)
     return pairs
 
 
-def warm_up(client, data, specs, topics) -> None:
+def warm_up(client, specs, topics) -> None:
     """Every gunicorn thread connects to PostgreSQL and Redis once; index pages get read."""
-    for slug, text in extra_queries(specs, topics, "warm-up", 120, data):
+    for slug, text in extra_queries(specs, topics, "warm-up", 120):
         client.post(f"/api/v1/agents/{slug}/search", search_body(text))
 
 
@@ -234,25 +274,45 @@ def measure_latency(client, data, queries: list[Query]) -> None:
     a raw persistent psycopg connection (engine.vector_statements: what the API runs)."""
     from search import engine, selectors
 
-    refs = {q.slug: selectors.search_agent_get(org=data.org, slug=q.slug) for q in queries}
+    refs = {q.slug: [selectors.search_agent_get(org=data.org, slug=q.slug)] for q in queries if not q.size_class.org_wide}
+    refs[ORG] = selectors.search_agents_get(org=data.org, slugs=None)
     with harness.raw_connection() as conn:
         cursor = conn.cursor()
         for i, query in enumerate(queries):
-            steps = [lambda q=query: api_search(client, q), lambda q=query: floor_search(cursor, data.org.pk, refs[q.slug], q, engine)]
+            agents = refs[ORG if query.size_class.org_wide else query.slug]
+            if not query.size_class.plan:
+                query.size_class.plan = plan_indexes(cursor, *engine.vector_statements(
+                    org_id=data.org.pk, agents=agents, vector=query.vector, k=K, filters=("", []))[0])  # fmt: skip
+            steps = [lambda q=query: api_search(client, q), lambda q=query, a=agents: floor_search(cursor, data.org.pk, a, q, engine)]
             for step in steps if i % 2 == 0 else reversed(steps):
                 step()
 
 
+def plan_indexes(cursor, sql: str, params: list) -> str:
+    cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
+    names = []
+
+    def walk(node):
+        if "Index Name" in node:
+            names.append(re.sub(r"_\d+$", "_N", node["Index Name"]))
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(cursor.fetchone()[0][0]["Plan"])
+    return ", ".join(dict.fromkeys(names)) or "no index"
+
+
 def api_search(client, query: Query) -> None:
-    status, body, seconds = client.post(f"/api/v1/agents/{query.slug}/search", search_body(query.text))
+    path = "/api/v1/search" if query.size_class.org_wide else f"/api/v1/agents/{query.slug}/search"
+    status, body, seconds = client.post(path, search_body(query.text))
     assert status == 200 and body["cached"] is False, (status, body)
     query.api_seconds = seconds
-    query.api_keys = [r["chunk_key"] for r in body["results"]]
+    query.api_keys = [f"{r['agent']}/{r['chunk_key']}" for r in body["results"]]
 
 
-def floor_search(cursor, org_id, ref, query: Query, engine) -> None:
+def floor_search(cursor, org_id, agents, query: Query, engine) -> None:
     started = time.perf_counter()
-    for sql, params in engine.vector_statements(org_id=org_id, agents=[ref], vector=query.vector, k=K, filters=("", [])):
+    for sql, params in engine.vector_statements(org_id=org_id, agents=agents, vector=query.vector, k=K, filters=("", [])):
         cursor.execute(sql, params)
         rows = cursor.fetchall()
         if len(rows) >= K:
@@ -264,7 +324,7 @@ def floor_search(cursor, org_id, ref, query: Query, engine) -> None:
 def latency_table(queries: list[Query], truths: dict) -> harness.Table:
     table = harness.Table(
         f"Vector search, k={K}: recall@{K} and latency, API (gunicorn 2x4 threads, keep-alive) vs floor (same SQL, raw psycopg)",
-        ["agents (chunks)", "strategy", "agents", "queries", "recall API", "recall floor", "short",
+        ["agents (chunks)", "strategy", "index used", "agents", "queries", "recall API", "recall floor", "short",
          "API p50 ms", "API p95 ms", "floor p50 ms", "floor p95 ms", "API/floor p50", "API/floor p95", "API - floor p50 ms"],
         notes=["targets: recall >= 0.95 per class; API p50 <= 10 ms, p95 <= 25 ms, <= 2x the floor",
                "short: answers with fewer than 10 results (every sampled agent has at least 20 chunks)",
@@ -274,13 +334,17 @@ def latency_table(queries: list[Query], truths: dict) -> harness.Table:
     for size_class in CLASSES:
         rows = [q for q in queries if q.size_class is size_class]
         api_recall = mean_recall(truths, rows, lambda q: q.api_keys)
-        floor_recall = np.mean([truths[q.slug].recall(q, q.floor_ids) for q in rows])
+        floor_recall = np.mean([Truth.of(truths, q).recall(q, q.floor_ids) for q in rows])
         short = sum(1 for q in rows if len(q.api_keys) < K)
         api = harness.percentiles([q.api_seconds for q in rows])
         floor = harness.percentiles([q.floor_seconds for q in rows])
-        sizes = [len(truths[slug].ids) for slug in size_class.agents]
+        if size_class.org_wide:
+            label, agents = f"{size_class.name}: {len(truths[ORG].ids):,}", len({k.split("/")[0] for k in truths[ORG].keys})
+        else:
+            sizes = [len(truths[slug].ids) for slug in size_class.agents]
+            label, agents = f"{size_class.name}: {min(sizes):,}-{max(sizes):,}", len(size_class.agents)
         table.add(
-            f"{size_class.name}: {min(sizes):,}-{max(sizes):,}", size_class.strategy, len(size_class.agents), len(rows),
+            label, size_class.strategy, size_class.plan, agents, len(rows),
             f"{api_recall:.3f}", f"{floor_recall:.3f}", short, *map(harness.ms, api), *map(harness.ms, floor),
             harness.ratio(api[0], floor[0]), harness.ratio(api[1], floor[1]), harness.ms(api[0] - floor[0]),
         )  # fmt: skip
@@ -290,7 +354,7 @@ def latency_table(queries: list[Query], truths: dict) -> harness.Table:
 def cache_table(client, data, specs, topics, requests: int = 1500, pool: int = 300) -> harness.Table:
     """A stream of repeated queries (Zipf popularity over a pool, s = 1): hit rate against
     the ideal (every repeat a hit) and the latency of a hit."""
-    pairs = extra_queries(specs, topics, "cache", pool, data)
+    pairs = extra_queries(specs, topics, "cache", pool)
     rng = np.random.default_rng(7)
     weights = 1.0 / np.arange(1, pool + 1)
     stream = rng.choice(pool, size=requests, p=weights / weights.sum())
@@ -339,7 +403,7 @@ def throughput_table(env, data, specs, topics, seconds: float) -> harness.Table:
     from search import tracking
 
     clients, order = 16, ("0", "1", "1", "0", "0", "1", "1", "0")
-    pairs = extra_queries(specs, topics, "throughput", 8000, data)
+    pairs = extra_queries(specs, topics, "throughput", 8000)
     requests = [("POST", f"/api/v1/agents/{slug}/search", search_body(text)) for slug, text in pairs]
     table = harness.Table(
         f"Throughput: {clients} concurrent keep-alive clients, distinct vector queries over all size classes;"
@@ -391,7 +455,7 @@ def peers_table(data, specs, topics, queries, truths, per_class, lore_count, run
     from knowledge.models import Agent, Document
     from knowledge.services import documents_delete
 
-    subset = [q for c in CLASSES for q in [q for q in queries if q.size_class is c][:per_class]]
+    subset = [q for c in CLASSES if not c.org_wide for q in [q for q in queries if q.size_class is c][:per_class]]
     pg = PGVectorPeer(specs, topics)
     run.note(f"langchain-postgres PGVector: loaded in {pg.load_seconds:.0f} s (one collection per agent; no vector index)")
     lance = LancePeer(specs, topics)
@@ -419,7 +483,7 @@ def peers_table(data, specs, topics, queries, truths, per_class, lore_count, run
             " LanceDB delete(filter)",
         ],
     )
-    for size_class in CLASSES:
+    for size_class in [c for c in CLASSES if not c.org_wide]:
         rows = [q for q in subset if q.size_class is size_class]
         lore = harness.percentiles([q.api_seconds for q in rows])
         cells = [f"{harness.ms(lore[0])}/{harness.ms(lore[1])} ms, recall {mean_recall(truths, rows, lambda q: q.api_keys):.3f}"]
@@ -481,7 +545,7 @@ class LoreInProcess:
             started = time.perf_counter()
             agent = selectors.search_agent_get(org=self.org, slug=query.slug)
             body = services.search(org=self.org, agents=[agent], request=services.SearchRequest(query=query.text, mode="vector", limit=K))
-            out[query.text] = ([r["chunk_key"] for r in body["results"]], time.perf_counter() - started)
+            out[query.text] = ([f"{r['agent']}/{r['chunk_key']}" for r in body["results"]], time.perf_counter() - started)
             assert not body["cached"]
         return out
 
@@ -564,7 +628,7 @@ class PGVectorPeer:
             store = self.stores[query.slug]
             started = time.perf_counter()
             found = store.similarity_search_with_score(query.text, k=K)
-            out[query.text] = ([doc.id.split("/", 1)[1] for doc, _ in found], time.perf_counter() - started)
+            out[query.text] = ([doc.id for doc, _ in found], time.perf_counter() - started)  # ids are "slug/key"
         return out
 
     def count(self, slug: str, expected: int, n: int = 20) -> list[float]:
@@ -650,7 +714,7 @@ class LancePeer:
                 search = search.refine_factor(self.refine_factor)
             # _distance selected explicitly: LanceDB warns on every query otherwise.
             rows = search.limit(K).select(["key", "_distance"]).to_list()
-            out[query.text] = ([r["key"] for r in rows], time.perf_counter() - started)
+            out[query.text] = ([f"{query.slug}/{r['key']}" for r in rows], time.perf_counter() - started)
         return out
 
     def count(self, slug: str, expected: int, n: int = 20) -> list[float]:

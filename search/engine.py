@@ -2,7 +2,7 @@
 
 Vector strategy (bench/search.py measured it; docs/benchmarks.md has the numbers):
 - Agents (or sets of agents) with at most SEARCH_EXACT_MAX_CHUNKS chunks: an exact scan
-  through chunk_org_agent_id_idx, distance computed for each of the agent's rows. Always
+  through an agent_id index, distance computed for each of the agent's rows. Always
   the true top-k, and cheaper than a graph walk at that size.
 - Larger: HNSW with pgvector 0.8 iterative scans (relaxed order, re-sorted) and a large
   ef_search, set per connection at connect time (config/settings/base.py). Agents with
@@ -142,7 +142,9 @@ def vector_statements(
             " SELECT id, d FROM t ORDER BY d"
         )
         statements.append((sql, params))
-    # Exact: "+ 0" keeps the planner off the HNSW index (chunk_org_agent_id_idx instead).
+    # Exact: "+ 0" keeps the planner off the HNSW index; it reads the agent's rows through
+    # an agent_id index (bench/search.py saw the agent_id foreign-key index chosen over
+    # chunk_org_agent_id_idx; either serves).
     statements.append((f"SELECT c.id, (c.embedding <=> %s::halfvec) + 0 AS d {base} ORDER BY d LIMIT %s", params))
     return statements
 

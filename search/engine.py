@@ -2,12 +2,14 @@
 
 Vector strategy (bench/search.py measured it; docs/benchmarks.md has the numbers):
 - Agents (or sets of agents) with at most SEARCH_EXACT_MAX_CHUNKS chunks: an exact scan
-  through chunk_org_agent_id_idx, distance computed for each of the agent's rows. Always
+  through an agent_id index, distance computed for each of the agent's rows. Always
   the true top-k, and cheaper than a graph walk at that size.
 - Larger: HNSW with pgvector 0.8 iterative scans (relaxed order, re-sorted) and a large
   ef_search, set per connection at connect time (config/settings/base.py). Agents with
-  at least SEARCH_AGENT_INDEX_MIN_CHUNKS chunks get a partial HNSW index of their own
-  (search/indexes.py), which the planner picks because agent_id arrives as a literal.
+  at least SEARCH_AGENT_INDEX_MIN_CHUNKS chunks (by default every agent above the exact
+  threshold) get a partial HNSW index of their own (search/indexes.py), which the
+  planner picks because agent_id arrives as a literal; several agents at once use the
+  shared index.
 - Any HNSW answer shorter than asked (a selective filter) is redone exactly, so a
   filtered query always returns a full, correct top-k.
 
@@ -120,32 +122,45 @@ def _agent_condition(agents: list[AgentRef]) -> tuple[str, list]:
     return "c.agent_id = ANY(%s)", [[a.id for a in agents]]
 
 
-def vector_candidates(
+def vector_statements(
     *, org_id: int, agents: list[AgentRef], vector, k: int, filters: tuple[str, list]
-) -> list[tuple[int, float]]:
-    """(chunk id, cosine distance) of the k nearest chunks, nearest first."""
+) -> list[tuple[str, list]]:
+    """The statements of a vector search, in order; each one after the first runs only
+    when the previous returned fewer than k rows. bench/search.py runs these same
+    statements on a raw connection as its latency floor."""
     where, where_params = _agent_condition(agents)
     filter_sql, filter_params = filters
     literal = halfvecs([vector])[0].to_text()
     total = sum(a.total_chunks for a in agents)
     base = f"FROM knowledge_chunk c WHERE c.organization_id = %s AND {where}{filter_sql}"
-    params = [org_id, *where_params, *filter_params]
+    params = [literal, org_id, *where_params, *filter_params, k]
+    statements = []
     if total > settings.SEARCH_EXACT_MAX_CHUNKS:
         # Relaxed-order iterative scan: fetch in approximate order, re-sort exactly.
         sql = (
             f"WITH t AS MATERIALIZED (SELECT c.id, c.embedding <=> %s::halfvec AS d {base} ORDER BY d LIMIT %s)"
             " SELECT id, d FROM t ORDER BY d"
         )
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [literal, *params, k])
-            rows = cursor.fetchall()
-        if len(rows) >= k:
-            return rows
-    # Exact: "+ 0" keeps the planner off the HNSW index (chunk_org_agent_id_idx instead).
-    sql = f"SELECT c.id, (c.embedding <=> %s::halfvec) + 0 AS d {base} ORDER BY d LIMIT %s"
+        statements.append((sql, params))
+    # Exact: "+ 0" keeps the planner off the HNSW index; it reads the agent's rows through
+    # an agent_id index (bench/search.py saw the agent_id foreign-key index chosen over
+    # chunk_org_agent_id_idx; either serves).
+    statements.append((f"SELECT c.id, (c.embedding <=> %s::halfvec) + 0 AS d {base} ORDER BY d LIMIT %s", params))
+    return statements
+
+
+def vector_candidates(
+    *, org_id: int, agents: list[AgentRef], vector, k: int, filters: tuple[str, list]
+) -> list[tuple[int, float]]:
+    """(chunk id, cosine distance) of the k nearest chunks, nearest first."""
+    statements = vector_statements(org_id=org_id, agents=agents, vector=vector, k=k, filters=filters)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [literal, *params, k])
-        return cursor.fetchall()
+        for sql, params in statements:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+            if len(rows) >= k:
+                break
+    return rows
 
 
 _WEBSEARCH_SYNTAX = re.compile(r'"|(^|\s)-\w|\bor\b', re.IGNORECASE)

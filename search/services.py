@@ -39,15 +39,22 @@ class SearchRequest:
         return hashlib.sha256(material.encode()).hexdigest()
 
 
+def _query_key(model: str, text: str) -> str:
+    return f"{model}:{settings.EMBEDDING_DIMENSIONS}:{hashlib.sha256(text.encode()).hexdigest()}"
+
+
 def query_vector(model: str, text: str) -> np.ndarray:
-    dims = settings.EMBEDDING_DIMENSIONS
-    key = f"{model}:{dims}:{hashlib.sha256(text.encode()).hexdigest()}"
-    cached = query_embeddings.get(key)
+    cached = query_embeddings.get(_query_key(model, text))
     if cached is not None:
         return np.frombuffer(cached, dtype=np.float16).astype(np.float32)
     vector = get_provider(model).embed([text])[0]
-    query_embeddings.set(key, np.asarray(vector, dtype=np.float16).tobytes())
+    query_vector_put(model, text, vector)
     return vector
+
+
+def query_vector_put(model: str, text: str, vector) -> None:
+    """Caches a query's embedding (bench/search.py puts precomputed ones here)."""
+    query_embeddings.set(_query_key(model, text), np.asarray(vector, dtype=np.float16).tobytes())
 
 
 def search(*, org: Organization, agents: list[AgentRef], request: SearchRequest) -> dict:

@@ -70,3 +70,27 @@ def test_last_used_at_is_written_once_per_window(org_a, django_assert_num_querie
     with django_assert_num_queries(2):  # key lookup, count (no agents: no page query)
         client.get("/api/v1/agents")
     assert ApiKey.unscoped.get(pk=key.pk).last_used_at == first
+
+
+def test_authentication_accepts_exactly_the_usable_keys(org_a, org_b, django_assert_num_queries):
+    from tenants.auth import api_key_authenticate
+
+    keys = {
+        "valid": api_key_create(org=org_a),
+        "revoked": api_key_create(org=org_a),
+        "expired": api_key_create(org=org_a, expires_at=timezone.now() - timedelta(seconds=1)),
+        "expiring": api_key_create(org=org_a, expires_at=timezone.now() + timedelta(hours=1)),
+        "inactive org": api_key_create(org=org_b),
+    }
+    api_key_revoke(org=org_a, key_id=keys["revoked"][0].pk)
+    org_b.is_active = False
+    org_b.save()
+    usable = set(ApiKey.unscoped.usable().values_list("pk", flat=True))
+    for name, (key, raw) in keys.items():
+        found = api_key_authenticate(raw)
+        assert (found is not None) == (key.pk in usable), name
+    # The key arrives with its organization: one query, no lazy load afterwards.
+    api_key_authenticate(keys["valid"][1])  # last_used_at now fresh: no write
+    with django_assert_num_queries(1):
+        found = api_key_authenticate(keys["valid"][1])
+        assert found.organization.slug == "org-a" and found.pk == keys["valid"][0].pk

@@ -1,0 +1,728 @@
+"""What every Lore benchmark shares: one place, so every bench measures the same way.
+
+    import harness                                     # first, from a script in bench/
+    env = harness.setup("search", dimensions=384, redis_db=7, fresh=True)
+    specs = harness.agent_specs(harness.zipf_sizes(1000, 200_000))
+    data = harness.load_synthetic(org_slug="bench", specs=specs, topics=harness.Topics(384))
+    with harness.Gunicorn(env, workers=2, threads=4) as server:
+        client = harness.Client(server.url, data.api_key)
+        status, body, seconds = client.post("/api/v1/agents/a-0001/search", {"query": "..."})
+    print(harness.Table("Title", ["col", ...], rows).text())
+
+- `setup()` points Django at the bench's own embedded PostgreSQL (`bench/.data-NAME`, never
+  DATABASE_URL), its own Redis database (flushed, and only that one) and the production
+  settings, runs `django.setup()` and migrate, and returns the environment for
+  subprocesses. `create_database()` adds a database on the same server (for a peer),
+  `raw_connection()` is psycopg with Django's exact connection parameters,
+  `stop_database()` stops the server at the end.
+- `load_synthetic()` creates an organization, its agents (through `agent_create`), a few
+  ready documents per agent and their chunks with bulk INSERT … SELECT FROM unnest
+  (vectors sent as binary halfvec), with the HNSW and GIN indexes dropped during the load
+  and rebuilt afterwards (much faster than maintaining them row by row; the rebuild is
+  timed separately), then makes AgentStats exact with `stats_reconcile(fix=True)`.
+- `Topics`: clustered vectors of low intrinsic dimension, like real embeddings (see the
+  class). Everything derives from seeds, so a bench can draw held-out queries from an
+  agent's own distribution (`Topics.sample(spec, n, "queries")`) and re-create the exact
+  chunk rows (`chunk_rows`) to load the same data into another store.
+- `stored_vectors()`, `exact_neighbours()`, `recall_at_k()`: ground truth by numpy brute
+  force over the vectors as stored.
+- `Gunicorn` runs the real WSGI app on 127.0.0.1 with persistent database connections
+  (CONN_MAX_AGE, as production); `Client` is a keep-alive HTTP/1.1 client; `run_load()`
+  drives concurrent keep-alive clients for a bounded number of requests and seconds and
+  charges the server processes' CPU time to the run (`cpu_seconds()`, Linux /proc).
+- `percentiles()`, `ms()`, `ratio()`, `Table` (text and markdown) and `machine()` (cores,
+  load average: record it with every figure on a shared machine) report.
+
+The benches are not part of the test suite and install nothing: bench-only packages are
+in requirements/bench.txt.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+# Two cores shared with PostgreSQL and gunicorn: BLAS threads would only contend
+# (a 384x24 QR took 50x longer with them). Before numpy is imported; inherited by subprocesses.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DATABASE_NAME = "lore"
+
+
+# --- environment, database, Django -----------------------------------------------------
+
+
+def data_dir(name: str) -> Path:
+    return ROOT / "bench" / f".data-{name}"
+
+
+def setup(name: str, *, dimensions: int, redis_db: int | None = None, fresh: bool = False, **extra: str) -> dict:
+    """Configures this process for bench `name` and migrates; returns the environment
+    to hand to subprocesses. `fresh` drops the bench's database first (its data
+    directory and server stay). `extra` adds settings, e.g. SEARCH_TRACK_ACCESS="0"."""
+    directory = data_dir(name)
+    env = {
+        # Empty, not unset: a DATABASE_URL in .env must not point a bench (which drops and
+        # loads its database) at a real one.
+        "DATABASE_URL": "",
+        "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}" if redis_db is not None else "",
+        "LORE_DATA_DIR": str(directory),
+        "EMBEDDING_DIMENSIONS": str(dimensions),
+        "EMBEDDING_PROVIDER": "hashing",
+        "DJANGO_SETTINGS_MODULE": "config.settings.production",
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_urlsafe(32),
+        "LOG_LEVEL": "WARNING",
+        **{k: str(v) for k, v in extra.items()},
+    }
+    os.environ.update(env)
+    if fresh:
+        _drop_database(directory)
+    if redis_db is not None:
+        import redis
+
+        redis.Redis.from_url(env["REDIS_URL"]).flushdb()  # only this bench's database
+
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0)
+    _check_dimensions(dimensions)
+    return dict(os.environ)
+
+
+def _drop_database(directory: Path) -> None:
+    import psycopg
+
+    from config import embedded_db
+
+    params = embedded_db.start(directory)
+    with psycopg.connect(host=params["HOST"], user=params["USER"], dbname="postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE_NAME}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+
+
+def _check_dimensions(dimensions: int) -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = 'knowledge_chunk'::regclass AND attname = 'embedding'"
+        )
+        column = cursor.fetchone()[0]
+    if column != f"halfvec({dimensions})":
+        raise SystemExit(f"this bench's database has {column} chunks, not halfvec({dimensions}): run it with a fresh database")
+
+
+def create_database(name: str) -> str:
+    """A further database on the bench's embedded server (for a peer); returns a libpq
+    connection string for it, by Unix socket."""
+    import psycopg
+    from django.conf import settings
+
+    host = settings.DATABASES["default"]["HOST"]
+    with psycopg.connect(host=host, user="postgres", dbname="postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"host={host} user=postgres dbname={name}"
+
+
+def raw_connection():
+    """A psycopg connection with exactly the parameters Django's connections use (the
+    same startup options, client-side binding, no prepared statements), in autocommit."""
+    import psycopg
+    from django.db import connection
+
+    params = connection.get_connection_params()
+    params.pop("context", None)
+    params["cursor_factory"] = psycopg.ClientCursor
+    return psycopg.connect(**params, autocommit=True)
+
+
+def stop_database(name: str) -> None:
+    """Stops the bench's embedded PostgreSQL (it outlives processes otherwise)."""
+    from django.db import connections
+
+    from config import embedded_db
+
+    connections.close_all()
+    embedded_db.stop(data_dir(name))
+
+
+# --- synthetic data ---------------------------------------------------------------------
+
+
+def zipf_sizes(n: int, total: int, *, exponent: float = 1.0, minimum: int = 1) -> list[int]:
+    """n sizes proportional to 1/rank**exponent, largest first, summing to about total."""
+    weights = np.arange(1, n + 1, dtype=np.float64) ** -exponent
+    sizes = np.maximum(np.round(weights / weights.sum() * total), minimum).astype(int)
+    return sizes.tolist()
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    slug: str
+    size: int  # chunks
+    seed: int
+
+
+def agent_specs(sizes: list[int], prefix: str = "a") -> list[AgentSpec]:
+    return [AgentSpec(f"{prefix}-{i:04d}", size, i) for i, size in enumerate(sizes)]
+
+
+class Topics:
+    """Clustered unit vectors with a low intrinsic dimension, like text embeddings.
+
+    `n_global` topics are shared by all agents. An agent has about sqrt(size)/4 centres
+    (1 to 40), each near one global topic (`spread`); a point is its centre plus noise
+    mostly within a random `intrinsic`-dimensional subspace of that centre (norm ~`noise`)
+    and a little in all dimensions (`isotropic`), L2-normalized. With the defaults a
+    query's nearest chunk has cosine ~0.80, its 10th ~0.73, its 100th ~0.64 (20k-chunk
+    agent); agents overlap on global topics as tenants with similar content do, which is
+    what makes a filtered ANN search hard. (Isotropic noise alone would make every
+    neighbour nearly equidistant, which no real embedding model does.)"""
+
+    def __init__(
+        self, dimensions: int, *, n_global: int = 100, spread: float = 0.7, intrinsic: int = 24,
+        noise: float = 0.9, isotropic: float = 0.25, seed: int = 0,
+    ):  # fmt: skip
+        self.dimensions = dimensions
+        self.spread, self.intrinsic, self.noise, self.isotropic = spread, min(intrinsic, dimensions), noise, isotropic
+        self.seed = seed
+        self.global_topics = _unit(np.random.default_rng([seed, 0]).standard_normal((n_global, dimensions)))
+
+    def centres(self, spec: AgentSpec) -> tuple[np.ndarray, np.ndarray]:
+        """(centres, one orthonormal noise basis per centre)."""
+        rng = np.random.default_rng([self.seed, 1, spec.seed])
+        count = int(np.clip(round(math.sqrt(spec.size) / 4), 1, 40))
+        topics = self.global_topics[rng.integers(len(self.global_topics), size=count)]
+        centres = _unit(topics + self.spread * _unit(rng.standard_normal((count, self.dimensions))))
+        bases = np.stack([np.linalg.qr(rng.standard_normal((self.dimensions, self.intrinsic)))[0] for _ in range(count)])
+        return centres, bases
+
+    def sample(self, spec: AgentSpec, n: int, stream: str = "chunks") -> np.ndarray:
+        """n points of the agent's distribution, float32. Each stream (any name) is an
+        independent sequence, so points of "queries" are held out from "chunks"."""
+        centres, bases = self.centres(spec)
+        rng = np.random.default_rng([self.seed, 2, spec.seed, zlib.crc32(stream.encode())])
+        assigned = rng.integers(len(centres), size=n)
+        latent = rng.standard_normal((n, self.intrinsic)) * (self.noise / math.sqrt(self.intrinsic))
+        points = centres[assigned] + rng.standard_normal((n, self.dimensions)) * (self.isotropic / math.sqrt(self.dimensions))
+        for c in range(len(centres)):
+            members = assigned == c
+            points[members] += latent[members] @ bases[c].T
+        return _unit(points).astype(np.float32)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+WORDS = np.array([f"w{i}" for i in range(5000)])
+
+
+def docs_for(size: int) -> int:
+    """Documents per agent: one per ~400 chunks, 1 to 50."""
+    return int(np.clip(math.ceil(size / 400), 1, 50))
+
+
+@dataclass
+class ChunkRows:
+    doc_keys: list[str]  # per chunk
+    ordinals: list[int]
+    keys: list[str]
+    texts: list[str]
+    vectors: np.ndarray  # float32, rounded through float16: exactly what halfvec stores
+
+
+def chunk_rows(spec: AgentSpec, topics: Topics) -> ChunkRows:
+    """An agent's chunks, reproducibly: document keys "doc-N", chunk keys "doc-N#ordinal",
+    a short text of words tied to the chunk's nearest centre (so keyword search has
+    something to match), and the vectors."""
+    vectors = topics.sample(spec, spec.size).astype(np.float16).astype(np.float32)
+    n_docs = docs_for(spec.size)
+    doc_of = np.arange(spec.size) * n_docs // spec.size
+    ordinals = np.arange(spec.size) - np.searchsorted(doc_of, doc_of)
+    centre = np.argmax(vectors @ topics.centres(spec)[0].T, axis=1)
+    rng = np.random.default_rng([topics.seed, 3, spec.seed])
+    words = WORDS[(centre[:, None] * 37 + rng.integers(0, 60, size=(spec.size, 12))) % len(WORDS)]
+    doc_keys = [f"doc-{d}" for d in doc_of]
+    return ChunkRows(
+        doc_keys=doc_keys,
+        ordinals=ordinals.tolist(),
+        keys=[f"{d}#{o}" for d, o in zip(doc_keys, ordinals)],
+        texts=[" ".join(row) for row in words],
+        vectors=vectors,
+    )
+
+
+@dataclass
+class Dataset:
+    org: object
+    api_key: str
+    specs: list[AgentSpec]
+    agent_ids: dict[str, int]  # slug -> id
+    timings: dict[str, float] = field(default_factory=dict)
+    reused: bool = False
+
+
+# Dropped while loading and rebuilt after: maintaining them row by row is the slow part of a load.
+LOAD_DROPPED_INDEXES = ("chunk_embedding_hnsw", "chunk_search_vector_gin", "chunk_metadata_gin")
+
+
+@contextmanager
+def indexes_dropped(table: str, names: tuple[str, ...], timings: dict):
+    """Drops the named indexes of `table` and recreates them from their own definitions
+    on the way out (also after a failure, so the schema is never left without them)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s AND indexname = ANY(%s)", [table, list(names)])
+        definitions = cursor.fetchall()
+        for index, _ in definitions:
+            cursor.execute(f'DROP INDEX IF EXISTS "{index}"')
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            for index, definition in definitions:
+                started = time.perf_counter()
+                cursor.execute(definition)
+                timings[f"index {index}"] = time.perf_counter() - started
+
+
+def load_synthetic(*, org_slug: str, specs: list[AgentSpec], topics: Topics, batch_chunks: int = 20000) -> Dataset:
+    """The organization with one agent per spec and its chunks; reused as it is when a
+    previous run loaded the same specs (same agents, same total). Returns a fresh API key."""
+    from django.db import connection, transaction
+
+    from knowledge.models import Agent, AgentStats
+    from knowledge.services import agent_create, stats_reconcile
+    from tenants.models import Organization
+    from tenants.services import api_key_create, organization_create
+
+    timings: dict[str, float] = {}
+    org = Organization.objects.filter(slug=org_slug).first()
+    if org is not None:
+        ids = dict(Agent.objects.for_org(org).values_list("slug", "id"))
+        total = sum(AgentStats.objects.for_org(org).values_list("total_chunks", flat=True))
+        if set(ids) == {s.slug for s in specs} and total == sum(s.size for s in specs):
+            return Dataset(org, api_key_create(org=org, name="bench")[1], specs, ids, timings, reused=True)
+        raise SystemExit(f"organization {org_slug!r} holds other data: run the bench with a fresh database")
+
+    started = time.perf_counter()
+    org = organization_create(slug=org_slug, name=org_slug)
+    ids = {spec.slug: agent_create(org=org, slug=spec.slug).pk for spec in specs}
+    timings["agents"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    with indexes_dropped("knowledge_chunk", LOAD_DROPPED_INDEXES, timings):
+        batch: list[AgentSpec] = []
+        for spec in specs:
+            batch.append(spec)
+            if sum(s.size for s in batch) >= batch_chunks:
+                with transaction.atomic():
+                    _insert(org.pk, ids, batch, topics)
+                batch = []
+        if batch:
+            with transaction.atomic():
+                _insert(org.pk, ids, batch, topics)
+        timings["rows"] = time.perf_counter() - started
+    timings["load total"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    stats_reconcile(org=org, fix=True)
+    total = sum(AgentStats.objects.for_org(org).values_list("total_chunks", flat=True))
+    assert total == sum(s.size for s in specs), "stats_reconcile must make AgentStats exact"
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE knowledge_chunk")
+        cursor.execute("VACUUM ANALYZE knowledge_document")
+    timings["stats + analyze"] = time.perf_counter() - started
+    return Dataset(org, api_key_create(org=org, name="bench")[1], specs, ids, timings)
+
+
+def _insert(org_id: int, ids: dict[str, int], specs: list[AgentSpec], topics: Topics) -> None:
+    from django.db import connection
+
+    from knowledge.embeddings import binary_cursor, halfvecs
+
+    rows = {spec.slug: chunk_rows(spec, topics) for spec in specs}
+    doc_agent, doc_key, doc_size, doc_chunks = [], [], [], []
+    for spec in specs:
+        r = rows[spec.slug]
+        sizes: dict[str, list[int]] = {}
+        for key, text in zip(r.doc_keys, r.texts):
+            sizes.setdefault(key, []).append(len(text.encode()) + 1)
+        for key, lengths in sizes.items():
+            doc_agent.append(ids[spec.slug])
+            doc_key.append(key)
+            doc_size.append(sum(lengths))
+            doc_chunks.append(len(lengths))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO knowledge_document (organization_id, agent_id, key, title, source, content_type, content_hash,"
+            " ingest_hash, size_bytes, chunk_count, metadata, status, error, version, created_at, updated_at)"
+            " SELECT %s, a, k, k, '', 'markdown', '', '', s, n, '{}', 'ready', '', 1, now(), now()"
+            " FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::int[]) AS x(a, k, s, n)"
+            " RETURNING id, agent_id, key",
+            [org_id, doc_agent, doc_key, doc_size, doc_chunks],
+        )
+        doc_ids = {(agent, key): doc_id for doc_id, agent, key in cursor.fetchall()}
+    agent_col, doc_col, ordinal_col, key_col, text_col, vectors = [], [], [], [], [], []
+    for spec in specs:
+        r = rows[spec.slug]
+        agent_id = ids[spec.slug]
+        agent_col += [agent_id] * spec.size
+        doc_col += [doc_ids[(agent_id, k)] for k in r.doc_keys]
+        ordinal_col += r.ordinals
+        key_col += r.keys
+        text_col += r.texts
+        vectors.append(r.vectors)
+    with binary_cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO knowledge_chunk (organization_id, agent_id, document_id, section_id, ordinal, key, text,"
+            " char_count, embedding, metadata, search_vector)"
+            " SELECT %s, a, d, NULL, o, k, t, char_length(t), e, '{}', to_tsvector('english', t)"
+            " FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::text[], %s::text[], %b::halfvec[])"
+            " AS x(a, d, o, k, t, e)",
+            [org_id, agent_col, doc_col, ordinal_col, key_col, text_col, halfvecs(np.vstack(vectors))],
+        )
+
+
+def stored_vectors(org_id: int, agent_id: int | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(ids, keys "agent-slug/chunk-key", vectors as float32) of an agent's chunks, or
+    of the whole organization's, as stored (halfvec, read in binary)."""
+    from knowledge.embeddings import binary_cursor
+
+    agent_sql, params = ("", [org_id]) if agent_id is None else (" AND c.agent_id = %s", [org_id, agent_id])
+    with binary_cursor() as cursor:
+        cursor.execute(
+            "SELECT c.id, a.slug || '/' || c.key, c.embedding FROM knowledge_chunk c"
+            f" JOIN knowledge_agent a ON a.id = c.agent_id WHERE c.organization_id = %s{agent_sql} ORDER BY c.id",
+            params,
+            binary=True,
+        )
+        rows = cursor.fetchall()
+    ids = np.array([r[0] for r in rows], dtype=np.int64)
+    return ids, [r[1] for r in rows], np.vstack([r[2].to_numpy() for r in rows]).astype(np.float32)
+
+
+def exact_neighbours(vectors: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, cosine distances) of the k nearest rows, brute force, nearest first."""
+    distances = 1.0 - (vectors @ query) / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(query))
+    top = np.argpartition(distances, min(k, len(distances) - 1))[:k] if len(distances) > k else np.arange(len(distances))
+    top = top[np.argsort(distances[top], kind="stable")]
+    return top, distances
+
+
+def recall_at_k(found: list[int], exact: np.ndarray, distances: np.ndarray, position_of: dict[int, int], k: int) -> float:
+    """Share of the true top-k found. A returned row whose true distance ties the k-th
+    nearest (within 1e-5, float rounding between pgvector and numpy) counts as found."""
+    wanted = min(k, len(distances))
+    if wanted == 0:
+        return 1.0
+    kth = distances[exact[wanted - 1]]
+    hits = sum(1 for row in found[:wanted] if row in position_of and distances[position_of[row]] <= kth + 1e-5)
+    return hits / wanted
+
+
+# --- the web server and HTTP clients ------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Gunicorn:
+    """gunicorn (gthread workers) serving config.wsgi on a free loopback port, with the
+    bench's environment plus `extra` settings; stopped on exit. `root`: the checkout to
+    serve (another commit's, to compare two versions on the same data)."""
+
+    def __init__(
+        self, env: dict, *, workers: int = 2, threads: int = 4, log: Path | None = None, root: Path = ROOT, **extra: str
+    ):
+        self.env = {**env, **{k: str(v) for k, v in extra.items()}}
+        self.root = root
+        self.workers, self.threads = workers, threads
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log or Path(env["LORE_DATA_DIR"]) / "gunicorn.log"
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> "Gunicorn":
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        command = [
+            str(Path(sys.executable).parent / "gunicorn"), "config.wsgi", "--bind", f"127.0.0.1:{self.port}",
+            "--workers", str(self.workers), "--threads", str(self.threads), "--worker-class", "gthread",
+            "--keep-alive", "30", "--log-level", "warning",
+        ]  # fmt: skip
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited ({self.process.returncode}); see {self.log}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.__exit__(None, None, None)
+        raise RuntimeError(f"gunicorn did not become healthy; see {self.log}")
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection (http.client) with the API key."""
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 30):
+        parsed = urlparse(url)
+        self.host, self.port, self.timeout = parsed.hostname, parsed.port, timeout
+        self.headers = {"Content-Type": "application/json"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+        self.conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+
+    def request(self, method: str, path: str, body=None) -> tuple[int, dict, float]:
+        """(status, JSON body, seconds from sending to the last byte read)."""
+        payload = None if body is None else json.dumps(body).encode()
+        for attempt in (1, 2):
+            try:
+                started = time.perf_counter()
+                self.conn.request(method, path, body=payload, headers=self.headers)
+                response = self.conn.getresponse()
+                raw = response.read()
+                elapsed = time.perf_counter() - started
+                return response.status, json.loads(raw) if raw else {}, elapsed
+            except (http.client.HTTPException, ConnectionError):
+                # The server closed an idle keep-alive connection: reconnect once.
+                self.conn.close()
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def post(self, path: str, body) -> tuple[int, dict, float]:
+        return self.request("POST", path, body)
+
+    def get(self, path: str) -> tuple[int, dict, float]:
+        return self.request("GET", path)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+    client_cpu: float  # CPU seconds of this process (the load generator) per wall second
+    server_cpu: float = 0.0  # CPU seconds of the server processes during the run
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_per_request(self) -> float:
+        return self.server_cpu / self.requests if self.requests else float("nan")
+
+    @classmethod
+    def combine(cls, parts: list["LoadResult"]) -> "LoadResult":
+        """Several runs as one (e.g. interleaved slices of two settings)."""
+        seconds = sum(p.seconds for p in parts)
+        return cls(
+            sum(p.requests for p in parts), sum(p.errors for p in parts), seconds, [x for p in parts for x in p.latencies],
+            sum(p.client_cpu * p.seconds for p in parts) / seconds, sum(p.server_cpu for p in parts),
+        )  # fmt: skip
+
+
+def run_load(
+    url: str, api_key: str, requests: list[tuple[str, str, dict | None]], *, clients: int, seconds: float, server_pids=()
+) -> LoadResult:
+    """Sends `requests` (method, path, body) in order from `clients` keep-alive
+    connections until they are all sent or `seconds` have passed. Bounded both ways.
+    `server_pids`: process trees whose CPU time the run is charged (LoadResult.server_cpu)."""
+    lock = threading.Lock()
+    position = {"next": 0}
+    latencies: list[float] = []
+    errors = [0]
+    deadline = time.perf_counter() + seconds
+
+    def worker():
+        client = Client(url, api_key)
+        try:
+            while time.perf_counter() < deadline:
+                with lock:
+                    i = position["next"]
+                    position["next"] += 1
+                if i >= len(requests):
+                    return
+                method, path, body = requests[i]
+                try:
+                    status, _, elapsed = client.request(method, path, body)
+                except OSError:
+                    status, elapsed = 0, 0.0
+                with lock:
+                    if status == 200:
+                        latencies.append(elapsed)
+                    else:
+                        errors[0] += 1
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(clients)]
+    server_cpu = cpu_seconds(list(server_pids))
+    cpu, started = time.process_time(), time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    client_cpu = (time.process_time() - cpu) / wall
+    return LoadResult(len(latencies), errors[0], wall, latencies, client_cpu, cpu_seconds(list(server_pids)) - server_cpu)
+
+
+# --- CPU accounting (Linux /proc) -----------------------------------------------------------
+# Wall-clock throughput on a shared machine says as much about the neighbours as about
+# Lore; CPU seconds per request, summed over the server's processes, does not.
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()  # fields from the 3rd (state) on
+
+
+def process_tree(root: int) -> list[int]:
+    """root and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def cpu_seconds(roots: list[int]) -> float:
+    """CPU time (user + system, including reaped children) of the process trees under `roots`."""
+    total = 0
+    for pid in {p for root in roots for p in process_tree(root)}:
+        if fields := _stat(pid):
+            total += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    return total / _TICK
+
+
+def postgres_pid(name: str) -> int:
+    """The bench's embedded PostgreSQL postmaster."""
+    return int((data_dir(name) / "pg" / "postmaster.pid").read_text().split()[0])
+
+
+def redis_pid() -> int | None:
+    if not os.environ.get("REDIS_URL"):
+        return None
+    import redis
+
+    return int(redis.Redis.from_url(os.environ["REDIS_URL"]).info("server")["process_id"])
+
+
+# --- reporting -------------------------------------------------------------------------
+
+
+def percentiles(values, *points: float) -> list[float]:
+    """The given percentiles (default p50, p95) of `values`; NaN when there are none."""
+    points = points or (50, 95)
+    if len(values) == 0:
+        return [float("nan")] * len(points)
+    return [float(v) for v in np.percentile(np.asarray(values, dtype=np.float64), points)]
+
+
+def ms(seconds: float) -> str:
+    if seconds != seconds:  # NaN
+        return "-"
+    value = seconds * 1000
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def ratio(value: float, baseline: float) -> str:
+    if not baseline or value != value or baseline != baseline:
+        return "-"
+    return f"{value / baseline:.2f}x"
+
+
+def machine() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{os.cpu_count()} cores, load average {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, *cells) -> None:
+        self.rows.append([str(c) for c in cells])
+
+    def text(self) -> str:
+        widths = [max(len(str(x)) for x in column) for column in zip(self.headers, *self.rows)]
+        line = "  ".join("-" * w for w in widths)
+        out = [self.title, line, "  ".join(h.ljust(w) for h, w in zip(self.headers, widths)), line]
+        out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in self.rows]
+        out += [line, *self.notes]
+        return "\n".join(out)
+
+    def markdown(self) -> str:
+        out = [f"**{self.title}**", "", "| " + " | ".join(self.headers) + " |", "|" + "---|" * len(self.headers)]
+        out += ["| " + " | ".join(row) + " |" for row in self.rows]
+        if self.notes:
+            out += [""] + [f"- {n}" for n in self.notes]
+        return "\n".join(out)

@@ -5,7 +5,8 @@ a score sum and the last access time; per agent the search count, cache hits,
 latency total and last search time. The buffer lives in Redis (hashes, one script
 call per search) when configured, else in process. It is flushed in bulk: one
 INSERT … ON CONFLICT DO UPDATE for accesses and one UPDATE for stats, by a scheduled
-Django-Q2 task, when it grows past SEARCH_BUFFER_MAX entries, and (in-process buffer)
+Django-Q2 task, when it grows past SEARCH_BUFFER_MAX entries (a queued task for Redis;
+the process itself for its own buffer), and (in-process buffer)
 every SEARCH_FLUSH_SECONDS by a background thread of each process.
 """
 
@@ -119,8 +120,24 @@ def record(*, org_id: int, results: list[dict], agent_ids: list[int], latency_ms
     if size is None:
         size = _local.add(access_items, stats_items)
         _ensure_local_flusher()
-    if size > settings.SEARCH_BUFFER_MAX:
-        flush()
+        if size > settings.SEARCH_BUFFER_MAX:
+            flush_local()  # this process's own buffer: only it can drain it
+    elif size > settings.SEARCH_BUFFER_MAX:
+        _queue_flush()
+
+
+def _queue_flush() -> None:
+    """A full Redis buffer is flushed by the worker, not by the search that noticed: that
+    request would otherwise wait for the bulk write. One queued flush at a time (NX)."""
+    try:
+        if not caching._redis_client().set(cache.make_key("track:flush-queued"), 1, nx=True, ex=30):
+            return
+    except Exception as exc:  # noqa: BLE001
+        caching.shared_cache_failed(exc)
+        return
+    from django_q.tasks import async_task
+
+    async_task("search.tasks.flush_tracking")
 
 
 def _record_redis(now: float, access_items, stats_items) -> int:

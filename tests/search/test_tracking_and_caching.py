@@ -174,3 +174,27 @@ def test_by_default_every_agent_too_large_for_the_exact_scan_gets_its_own_index(
     assert indexes.sync_agent_indexes() == ([agent.pk], [])
     AgentStats.objects.for_org(org_a).filter(agent=agent).update(total_chunks=0)
     assert indexes.sync_agent_indexes() == ([], [agent.pk])
+
+
+def test_full_in_process_buffer_is_flushed_by_the_process_itself(client_a, org_a, kb_a, settings):
+    settings.SEARCH_BUFFER_MAX = 0
+    client_a.post(URL, {"query": "git"}, format="json")
+    assert AgentStats.objects.for_org(org_a).get(agent=kb_a).search_count == 1
+
+
+@pytest.mark.redis
+def test_full_redis_buffer_queues_one_flush_task_for_the_worker(client_a, org_a, kb_a, redis_url, settings, monkeypatch):
+    queued = []
+    monkeypatch.setattr("django_q.tasks.async_task", lambda func, *args: queued.append(func))
+    settings.SEARCH_BUFFER_MAX = 0
+    with override_settings(CACHES=_redis_caches(redis_url)):
+        caches["default"].delete_pattern("*")
+        try:
+            for query in ("git", "tar", "zip"):
+                client_a.post(URL, {"query": query}, format="json")
+            assert queued == ["search.tasks.flush_tracking"]  # once, not per search
+            assert AgentStats.objects.for_org(org_a).get(agent=kb_a).search_count == 0  # no inline write
+            tasks.flush_tracking()
+            assert AgentStats.objects.for_org(org_a).get(agent=kb_a).search_count == 3
+        finally:
+            caches["default"].delete_pattern("*")

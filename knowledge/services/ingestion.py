@@ -375,30 +375,6 @@ def _ingestion_job_finish(job, status, counts, errors) -> IngestionJob:
     return job
 
 
-@transaction.atomic
-def documents_delete(*, org: Organization, agent: Agent, keys: list[str]) -> tuple[int, int]:
-    """Deletes documents with their sections and chunks, moving stats by exact deltas.
-    Returns (documents, chunks) deleted. For small deletions; large ones go through
-    deletion jobs."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT id, status, size_bytes FROM knowledge_document"
-            " WHERE organization_id = %s AND agent_id = %s AND key = ANY(%s) ORDER BY key FOR UPDATE",
-            [org.pk, agent.pk, keys],
-        )
-        rows = cursor.fetchall()
-        ids = [r[0] for r in rows]
-        if not ids:
-            return 0, 0
-        cursor.execute("DELETE FROM knowledge_chunk WHERE organization_id = %s AND document_id = ANY(%s)", [org.pk, ids])
-        chunks = cursor.rowcount
-        cursor.execute("DELETE FROM knowledge_section WHERE organization_id = %s AND document_id = ANY(%s)", [org.pk, ids])
-        cursor.execute("DELETE FROM knowledge_document WHERE organization_id = %s AND id = ANY(%s)", [org.pk, ids])
-    ready = [r for r in rows if r[1] == Document.Status.READY]
-    stats_apply(org=org, agent=agent, chunks=-chunks, documents=-len(ready), size_bytes=-sum(r[2] for r in ready))
-    return len(ids), chunks
-
-
 def enqueue(func: str, *args) -> None:
     from django_q.tasks import async_task
 

@@ -91,7 +91,7 @@ class DeletionJobListApi(OrgAPIView):
     @extend_schema(responses=DeletionJobOutput(many=True))
     def get(self, request):
         wanted = {}
-        for name, choices in (("status", DeletionJob.Status.values), ("scope", DeletionJob.Scope.values)):
+        for name, choices in (("status", DeletionJob.Status.values), ("scope", selectors.API_DELETION_SCOPES)):
             value = request.query_params.get(name)
             if value and value not in choices:
                 raise invalid(name, f"Must be one of {', '.join(choices)}.")

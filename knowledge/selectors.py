@@ -76,13 +76,18 @@ def ingestion_job_get(*, org: Organization, job_id: int) -> IngestionJob | None:
     return IngestionJob.objects.for_org(org).select_related("agent").filter(pk=job_id).first()
 
 
+API_DELETION_SCOPES = [DeletionJob.Scope.AGENT, DeletionJob.Scope.DOCUMENT, DeletionJob.Scope.KEYS]
+
+
 def deletion_job_list(*, org: Organization, status: str | None = None, scope: str | None = None):
+    """The organization's deletions that its API keys may see and control: not the
+    deletion of the organization itself, which only operators start, cancel or retry."""
     # Index deljob_org_status_idx (organization, status, created_at).
-    qs = DeletionJob.objects.for_org(org).select_related("agent").order_by("-created_at", "-pk")
+    qs = DeletionJob.objects.for_org(org).filter(scope__in=API_DELETION_SCOPES).select_related("agent")
     if status:
         qs = qs.filter(status=status)
-    return qs.filter(scope=scope) if scope else qs
+    return (qs.filter(scope=scope) if scope else qs).order_by("-created_at", "-pk")
 
 
 def deletion_job_get(*, org: Organization, job_id: int) -> DeletionJob | None:
-    return DeletionJob.objects.for_org(org).select_related("agent").filter(pk=job_id).first()
+    return deletion_job_list(org=org).filter(pk=job_id).first()

@@ -198,7 +198,9 @@ def deletion_job_cancel(*, org: Organization, job: DeletionJob) -> DeletionJob:
             for agent_job in agent_jobs.select_for_update(of=("self",)).select_related("agent").order_by("pk"):
                 _cancel(org, agent_job)
             Organization.objects.filter(pk=org.pk).update(is_active=True)
-        elif job.scope == Scope.AGENT and not Organization.objects.filter(pk=org.pk, is_active=True).exists():
+        elif job.scope == Scope.AGENT and DeletionJob.objects.for_org(org).filter(
+            scope=Scope.ORGANIZATION, status__in=(Status.PENDING, Status.PROCESSING, Status.FAILED)
+        ).exists():
             raise conflict("organization_deleting", "The organization is being deleted; cancel that deletion instead.")
         _cancel(org, job)
     return job
@@ -334,10 +336,12 @@ def _agent_step(job: DeletionJob) -> str:
     org, agent = job.organization, job.agent
     with connection.cursor() as cursor:
         # chunk_org_agent_id_idx (organization, agent, id), from the cursor on: a batch never
-        # walks the dead index entries that earlier batches left behind.
+        # walks the dead index entries that earlier batches left behind. "= ANY(ARRAY(...))"
+        # deletes the batch through one sorted primary-key index search; "IN (SELECT ...)"
+        # plans a nested loop of one index search per row, three times slower (bench/delete.py).
         cursor.execute(
-            "WITH gone AS (DELETE FROM knowledge_chunk WHERE id IN (SELECT id FROM knowledge_chunk"
-            " WHERE organization_id = %s AND agent_id = %s AND id > %s ORDER BY id LIMIT %s) RETURNING id)"
+            "WITH gone AS (DELETE FROM knowledge_chunk WHERE id = ANY(ARRAY(SELECT id FROM knowledge_chunk"
+            " WHERE organization_id = %s AND agent_id = %s AND id > %s ORDER BY id LIMIT %s)) RETURNING id)"
             " SELECT count(*), max(id) FROM gone",
             [org.pk, agent.pk, job.cursor, job.batch_size],
         )
@@ -391,8 +395,8 @@ def _document_step(job: DeletionJob) -> str:
             return SUPERSEDED
         # chunk_org_doc_ord_idx (organization, document, ordinal), from the cursor on.
         cursor.execute(
-            "WITH gone AS (DELETE FROM knowledge_chunk WHERE id IN (SELECT id FROM knowledge_chunk"
-            " WHERE organization_id = %s AND document_id = %s AND ordinal >= %s ORDER BY ordinal LIMIT %s)"
+            "WITH gone AS (DELETE FROM knowledge_chunk WHERE id = ANY(ARRAY(SELECT id FROM knowledge_chunk"
+            " WHERE organization_id = %s AND document_id = %s AND ordinal >= %s ORDER BY ordinal LIMIT %s))"
             " RETURNING ordinal) SELECT count(*), max(ordinal) FROM gone",
             [org.pk, target["document_id"], job.cursor, job.batch_size],
         )

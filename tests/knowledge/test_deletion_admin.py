@@ -146,9 +146,17 @@ def test_cancelling_an_organization_deletion_reactivates_it_and_its_agents(org_a
     agent_job = DeletionJob.objects.for_org(org_a).get(scope="agent")
     with pytest.raises(ApiError, match="organization is being deleted"):
         deletion_job_cancel(org=org_a, job=agent_job)
-    deletion_job_cancel(org=org_a, job=DeletionJob.objects.for_org(org_a).get(scope="organization"))
-    assert api_client(raw_key).get("/api/v1/agents/support").json()["status"] == "active"
+    org_job = DeletionJob.objects.for_org(org_a).get(scope="organization")
+    deletion_job_cancel(org=org_a, job=org_job)
+    client = api_client(raw_key)
+    assert client.get("/api/v1/agents/support").json()["status"] == "active"
     assert DeletionJob.objects.for_org(org_a).get(pk=agent_job.pk).status == "cancelled"
+    # Only operators delete organizations: the API neither shows nor restarts that job.
+    assert client.post(f"/api/v1/deletions/{org_job.pk}/retry").status_code == 404
+    assert client.get(f"/api/v1/deletions/{org_job.pk}").status_code == 404
+    assert [job["scope"] for job in client.get("/api/v1/deletions").json()["results"]] == ["agent"]
+    assert client.get("/api/v1/deletions?scope=organization").status_code == 400
+    assert DeletionJob.objects.for_org(org_a).get(pk=org_job.pk).status == "cancelled"
 
 
 def test_deletions_command_lists_progress_and_requeues_stuck_jobs(org_a, filled, django_capture_on_commit_callbacks):

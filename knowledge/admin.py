@@ -1,9 +1,21 @@
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import ValidationError
+from django.template.response import TemplateResponse
+from django.utils.html import format_html
 
-from knowledge.models import Agent, AgentStats
-from knowledge.services import CONFIG_KEYS, agent_config_validate, agent_create, agent_update
+from knowledge.models import Agent, AgentStats, DeletionJob
+from knowledge.services import (
+    CONFIG_KEYS,
+    agent_config_validate,
+    agent_create,
+    agent_delete_request,
+    agent_update,
+    deletion_job_cancel,
+    deletion_job_retry,
+)
+from tenants.errors import ApiError
 
 STATS_FIELDS = [
     "total_chunks", "document_count", "total_size_bytes", "data_version", "last_ingested_at",
@@ -32,8 +44,29 @@ class AgentForm(forms.ModelForm):
         return cleaned
 
 
+def confirm_deletion_page(modeladmin, request, queryset, *, rows: list[dict], intro: str, confirm: str):
+    """The confirmation step of a deletion action: what goes, with its size from the stats
+    rows (never a COUNT of chunks); posting it runs the action again with post=yes."""
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": confirm.rstrip("."), "intro": intro, "confirm": confirm, "rows": rows, "queryset": queryset,
+        "total_chunks": sum(row["chunks"] for row in rows), "total_documents": sum(row["documents"] for row in rows),
+        "opts": modeladmin.model._meta, "action": request.POST.get("action"),
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+    }  # fmt: skip
+    return TemplateResponse(request, "admin/knowledge/confirm_deletion.html", context)
+
+
+class NoBlockingDeleteMixin:
+    """Django's own delete would cascade through every chunk in one request: deletions
+    go through jobs (the admin actions) instead."""
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Agent)
-class AgentAdmin(admin.ModelAdmin):
+class AgentAdmin(NoBlockingDeleteMixin, admin.ModelAdmin):
     form = AgentForm
     list_display = ["slug", "organization", "name", "status", "chunks", "documents", "created_at"]
     list_filter = ["status", "organization", "language"]
@@ -41,6 +74,7 @@ class AgentAdmin(admin.ModelAdmin):
     list_select_related = ["organization", "stats"]
     inlines = [AgentStatsInline]
     fields = ["organization", "slug", "name", "status", *CONFIG_KEYS, "created_at", "deleted_at"]
+    actions = ["queue_deletion"]
 
     def get_queryset(self, request):
         return Agent.unscoped.select_related("organization", "stats")
@@ -67,3 +101,78 @@ class AgentAdmin(admin.ModelAdmin):
 
     def get_inlines(self, request, obj):
         return self.inlines if obj else []
+
+    @admin.action(description="Queue deletion of selected agents")
+    def queue_deletion(self, request, queryset):
+        agents = [a for a in queryset.select_related("organization", "stats") if a.status != Agent.Status.DELETED]
+        if request.POST.get("post") != "yes":
+            rows = [
+                {"label": f"{a.organization.slug}/{a.slug}", "chunks": a.stats.total_chunks, "documents": a.stats.document_count}
+                for a in agents
+            ]
+            intro = "These agents become invisible to search and stop taking documents now; their data is deleted in the background."
+            return confirm_deletion_page(self, request, queryset, rows=rows, intro=intro, confirm="Queue the deletion")
+        jobs = [agent_delete_request(org=a.organization, agent=a, user=request.user) for a in agents]
+        self.message_user(request, f"Deletion queued for {len(jobs)} agent(s): job(s) {', '.join(str(j.pk) for j in jobs)}.")
+
+
+@admin.register(DeletionJob)
+class DeletionJobAdmin(admin.ModelAdmin):
+    list_display = [
+        "id", "organization", "agent", "scope", "status", "progress_bar", "items", "attempts", "heartbeat_at",
+        "created_at", "requested_by",
+    ]  # fmt: skip
+    list_filter = ["status", "scope"]
+    search_fields = ["organization__slug", "agent__slug"]
+    list_select_related = ["organization", "agent", "requested_by_key", "requested_by_user"]
+    fields = [
+        "organization", "agent", "scope", "target", "status", "progress_bar", "total_items", "processed_items",
+        "eta_seconds", "batch_size", "cursor", "attempts", "last_error", "requested_by_key", "requested_by_user",
+        "created_at", "started_at", "heartbeat_at", "finished_at",
+    ]  # fmt: skip
+    readonly_fields = fields
+    actions = ["cancel", "retry"]
+
+    def get_queryset(self, request):
+        return DeletionJob.unscoped.select_related("organization", "agent")
+
+    # Read-only: jobs change through their worker and the cancel/retry actions.
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="progress")
+    def progress_bar(self, obj):
+        return format_html('<progress value="{}" max="100"></progress> {}%', obj.progress, obj.progress)
+
+    @admin.display(description="items")
+    def items(self, obj):
+        return f"{obj.processed_items:,} / {obj.total_items:,}"
+
+    @admin.display(description="requested by")
+    def requested_by(self, obj):
+        return obj.requested_by_user or obj.requested_by_key or "command line"
+
+    @admin.action(description="Cancel selected deletions")
+    def cancel(self, request, queryset):
+        self._each(request, queryset, deletion_job_cancel, "Cancelled")
+
+    @admin.action(description="Retry selected deletions")
+    def retry(self, request, queryset):
+        self._each(request, queryset, deletion_job_retry, "Queued again")
+
+    def _each(self, request, queryset, service, verb):
+        done = []
+        for job in queryset.select_related("organization").order_by("pk"):
+            try:
+                service(org=job.organization, job=job)
+                done.append(str(job.pk))
+            except ApiError as exc:
+                self.message_user(request, f"Job {job.pk}: {exc.detail}", level=messages.WARNING)
+        if done:
+            self.message_user(request, f"{verb}: job(s) {', '.join(done)}.")

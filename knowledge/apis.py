@@ -3,6 +3,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from knowledge import selectors, services
+from knowledge.deletion_apis import AgentDeleteMixin
 from knowledge.services import CONFIG_LIMITS
 from tenants.api import OrgAPIView, created, not_found
 
@@ -65,7 +66,7 @@ class AgentListCreateApi(OrgAPIView):
         return created(AgentOutput(selectors.agent_get(org=self.org, slug=agent.slug)).data)
 
 
-class AgentDetailApi(OrgAPIView):
+class AgentDetailApi(AgentDeleteMixin, OrgAPIView):
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200, required=False, allow_blank=True)
         config = _config_field()

@@ -5,6 +5,7 @@ from rest_framework.response import Response
 
 from knowledge import selectors, services
 from knowledge.chunking import CONTENT_TYPES, FILE_TYPES
+from knowledge.deletion_apis import ChunksDeleteMixin, DocumentDeleteMixin
 from knowledge.models import Agent, Document
 from knowledge.services import DocumentInput
 from tenants.api import OrgAPIView
@@ -129,7 +130,7 @@ class DocumentListCreateApi(AgentScopedAPIView):
         return Response(body, status=status.HTTP_201_CREATED if result.outcome == "added" else status.HTTP_200_OK)
 
 
-class DocumentDetailApi(AgentScopedAPIView):
+class DocumentDetailApi(DocumentDeleteMixin, AgentScopedAPIView):
     @extend_schema(responses=DocumentOutput)
     def get(self, request, slug, key):
         document = selectors.document_get(org=self.org, agent=self.get_agent(slug), key=key)
@@ -165,6 +166,14 @@ class DocumentBatchApi(AgentScopedAPIView):
     def get(self, request, slug):
         # A document whose key is literally "batch".
         return DocumentDetailApi.as_view()(request._request, slug=slug, key="batch")
+
+    @extend_schema(exclude=True)  # documented as DELETE /documents/{key}
+    def delete(self, request, slug):
+        return DocumentDetailApi.as_view()(request._request, slug=slug, key="batch")
+
+
+class ChunksDeleteApi(ChunksDeleteMixin, AgentScopedAPIView):
+    pass
 
 
 class IngestionJobApi(OrgAPIView):

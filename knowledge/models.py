@@ -286,7 +286,9 @@ class DeletionJob(models.Model):
     total_items = models.BigIntegerField(default=0)
     processed_items = models.BigIntegerField(default=0)
     batch_size = models.IntegerField(default=5000)
-    # Highest chunk id already deleted: batches walk the id index forward from here.
+    # Where the next batch starts, committed with the batch before it: for scope agent the
+    # highest chunk id deleted (batches walk chunk_org_agent_id_idx forward from here), for
+    # document the next chunk ordinal, for keys the position in target["keys"].
     cursor = models.BigIntegerField(default=0)
     attempts = models.IntegerField(default=0)
     last_error = models.TextField(blank=True)
@@ -308,3 +310,25 @@ class DeletionJob(models.Model):
             models.Index(fields=["organization", "status", "created_at"], name="deljob_org_status_idx"),
             models.Index(fields=["status", "heartbeat_at"], name="deljob_status_heartbeat_idx"),
         ]
+
+    UNFINISHED = (Status.PENDING, Status.PROCESSING)
+
+    @property
+    def progress(self) -> float:
+        """0-100 from processed_items / total_items (chunks; agents for scope organization)."""
+        if self.status == self.Status.COMPLETED:
+            return 100.0
+        if not self.total_items:
+            return 0.0
+        return round(min(100.0, 100.0 * self.processed_items / self.total_items), 1)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Remaining items at the rate measured since the job started; None until measurable."""
+        if self.status != self.Status.PROCESSING or not self.started_at or not self.processed_items:
+            return None
+        elapsed = ((self.heartbeat_at or timezone.now()) - self.started_at).total_seconds()
+        if elapsed <= 0:
+            return None
+        remaining = max(0, self.total_items - self.processed_items)
+        return round(remaining / (self.processed_items / elapsed), 1)

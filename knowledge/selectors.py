@@ -3,7 +3,7 @@
 from django.db import connection
 from django.db.models import Count, Q, Sum
 
-from knowledge.models import Agent, AgentStats, Document, IngestionJob
+from knowledge.models import Agent, AgentStats, DeletionJob, Document, IngestionJob
 from tenants.models import Organization
 
 
@@ -74,3 +74,20 @@ def document_get(*, org: Organization, agent: Agent, key: str) -> Document | Non
 
 def ingestion_job_get(*, org: Organization, job_id: int) -> IngestionJob | None:
     return IngestionJob.objects.for_org(org).select_related("agent").filter(pk=job_id).first()
+
+
+API_DELETION_SCOPES = [DeletionJob.Scope.AGENT, DeletionJob.Scope.DOCUMENT, DeletionJob.Scope.KEYS]
+
+
+def deletion_job_list(*, org: Organization, status: str | None = None, scope: str | None = None):
+    """The organization's deletions that its API keys may see and control: not the
+    deletion of the organization itself, which only operators start, cancel or retry."""
+    # Index deljob_org_status_idx (organization, status, created_at).
+    qs = DeletionJob.objects.for_org(org).filter(scope__in=API_DELETION_SCOPES).select_related("agent")
+    if status:
+        qs = qs.filter(status=status)
+    return (qs.filter(scope=scope) if scope else qs).order_by("-created_at", "-pk")
+
+
+def deletion_job_get(*, org: Organization, job_id: int) -> DeletionJob | None:
+    return deletion_job_list(org=org).filter(pk=job_id).first()

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from knowledge import apis, document_apis
+from knowledge import apis, deletion_apis, document_apis
 
 urlpatterns = [
     path("agents", apis.AgentListCreateApi.as_view(), name="agent-list"),
@@ -10,6 +10,11 @@ urlpatterns = [
     path("agents/<slug:slug>/documents/batch", document_apis.DocumentBatchApi.as_view(), name="document-batch"),
     # Keys are the caller's stable ids and may contain slashes (file paths).
     path("agents/<slug:slug>/documents/<path:key>", document_apis.DocumentDetailApi.as_view(), name="document-detail"),
+    path("agents/<slug:slug>/chunks/delete", document_apis.ChunksDeleteApi.as_view(), name="chunk-delete"),
     path("ingestions/<int:job_id>", document_apis.IngestionJobApi.as_view(), name="ingestion-detail"),
+    path("deletions", deletion_apis.DeletionJobListApi.as_view(), name="deletion-list"),
+    path("deletions/<int:job_id>", deletion_apis.DeletionJobDetailApi.as_view(), name="deletion-detail"),
+    path("deletions/<int:job_id>/cancel", deletion_apis.DeletionJobCancelApi.as_view(), name="deletion-cancel"),
+    path("deletions/<int:job_id>/retry", deletion_apis.DeletionJobRetryApi.as_view(), name="deletion-retry"),
     path("stats", apis.OrganizationStatsApi.as_view(), name="org-stats"),
 ]

@@ -185,6 +185,16 @@ LORE_MAX_BATCH_DOCUMENTS = env.int("LORE_MAX_BATCH_DOCUMENTS", default=500)
 LORE_MAX_BATCH_BYTES = env.int("LORE_MAX_BATCH_BYTES", default=20 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = LORE_MAX_BATCH_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = LORE_MAX_DOCUMENT_BYTES + 1024 * 1024
+# Deletion. A document (or set of chunk keys) of at most LORE_SYNC_DELETE_MAX_CHUNKS
+# chunks is deleted in the request; larger ones, and every agent, through a DeletionJob.
+LORE_SYNC_DELETE_MAX_CHUNKS = env.int("LORE_SYNC_DELETE_MAX_CHUNKS", default=2000)
+LORE_MAX_DELETE_KEYS = env.int("LORE_MAX_DELETE_KEYS", default=10_000)
+# Chunks per batch transaction (bench/delete.py measured the choice; docs/benchmarks.md).
+LORE_DELETION_BATCH_SIZE = env.int("LORE_DELETION_BATCH_SIZE", default=5000)
+# A processing job whose heartbeat is older than this lost its worker and is requeued.
+LORE_DELETION_STALE_SECONDS = env.int("LORE_DELETION_STALE_SECONDS", default=120)
+# A run hands the job back to the queue after this long, well inside Q_CLUSTER["timeout"].
+LORE_DELETION_SLICE_SECONDS = env.int("LORE_DELETION_SLICE_SECONDS", default=300)
 # API keys are throttled: last_used_at is written at most once per this many seconds.
 LORE_API_KEY_TOUCH_SECONDS = env.int("LORE_API_KEY_TOUCH_SECONDS", default=60)
 

@@ -8,13 +8,26 @@ from knowledge.services.agents import (  # noqa: F401
     agent_create,
     agent_update,
 )
+from knowledge.services.deletion import (  # noqa: F401
+    DeleteResult,
+    agent_delete_request,
+    chunk_keys_validate,
+    chunks_delete_request,
+    deletion_job_cancel,
+    deletion_job_retry,
+    deletion_job_run,
+    deletion_jobs_requeue_stale,
+    deletion_jobs_stuck,
+    document_delete_request,
+    documents_delete,
+    organization_delete_request,
+)
 from knowledge.services.ingestion import (  # noqa: F401
     BatchResult,
     DocumentInput,
     IngestResult,
     document_ingest,
     document_input_validate,
-    documents_delete,
     documents_ingest,
     enqueue,
     ingestion_job_create,

@@ -117,27 +117,29 @@ def _lock_document_rows(cursor, org: Organization, agent: Agent, keys: list[str]
     deadlock between overlapping batches). A placeholder a concurrent batch inserted
     and made ready is seen as ready here, so it is not counted twice. A row that a
     concurrent delete removes between the insert (which saw it and did nothing) and
-    the lock is simply inserted again on the next round.
+    the lock makes the round start over. Each round is a savepoint rolled back when
+    incomplete, which releases its row locks and placeholders: a round that kept the
+    locks of the one before would then insert out of key order and could deadlock
+    with a concurrent batch.
     """
-    locked: dict = {}
-    missing = keys
     for _ in range(10):
-        cursor.execute(
-            "INSERT INTO knowledge_document (organization_id, agent_id, key, title, source, content_type, content_hash,"
-            " ingest_hash, size_bytes, chunk_count, metadata, status, error, version, created_at, updated_at)"
-            " SELECT %s, %s, k, '', '', 'markdown', '', '', 0, 0, '{}', 'pending', '', 0, %s, %s FROM unnest(%s::text[]) AS k"
-            " ON CONFLICT (organization_id, agent_id, key) DO NOTHING",
-            [org.pk, agent.pk, now, now, missing],
-        )
-        cursor.execute(
-            "SELECT id, key, status, size_bytes FROM knowledge_document"
-            " WHERE organization_id = %s AND agent_id = %s AND key = ANY(%s) ORDER BY key FOR UPDATE",
-            [org.pk, agent.pk, missing],
-        )
-        locked.update({key: (doc_id, status, size) for doc_id, key, status, size in cursor.fetchall()})
-        missing = [k for k in keys if k not in locked]
-        if not missing:
-            return locked
+        with transaction.atomic():
+            cursor.execute(
+                "INSERT INTO knowledge_document (organization_id, agent_id, key, title, source, content_type,"
+                " content_hash, ingest_hash, size_bytes, chunk_count, metadata, status, error, version, created_at,"
+                " updated_at) SELECT %s, %s, k, '', '', 'markdown', '', '', 0, 0, '{}', 'pending', '', 0, %s, %s"
+                " FROM unnest(%s::text[]) AS k ON CONFLICT (organization_id, agent_id, key) DO NOTHING",
+                [org.pk, agent.pk, now, now, keys],
+            )
+            cursor.execute(
+                "SELECT id, key, status, size_bytes FROM knowledge_document"
+                " WHERE organization_id = %s AND agent_id = %s AND key = ANY(%s) ORDER BY key FOR UPDATE",
+                [org.pk, agent.pk, keys],
+            )
+            locked = {key: (doc_id, status, size) for doc_id, key, status, size in cursor.fetchall()}
+            if len(locked) == len(keys):
+                return locked
+            transaction.set_rollback(True)
     raise conflict("concurrent_delete", "Documents were deleted concurrently too often; try again.")
 
 
@@ -371,30 +373,6 @@ def _ingestion_job_finish(job, status, counts, errors) -> IngestionJob:
     )
     job.refresh_from_db()
     return job
-
-
-@transaction.atomic
-def documents_delete(*, org: Organization, agent: Agent, keys: list[str]) -> tuple[int, int]:
-    """Deletes documents with their sections and chunks, moving stats by exact deltas.
-    Returns (documents, chunks) deleted. For small deletions; large ones go through
-    deletion jobs."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT id, status, size_bytes FROM knowledge_document"
-            " WHERE organization_id = %s AND agent_id = %s AND key = ANY(%s) ORDER BY key FOR UPDATE",
-            [org.pk, agent.pk, keys],
-        )
-        rows = cursor.fetchall()
-        ids = [r[0] for r in rows]
-        if not ids:
-            return 0, 0
-        cursor.execute("DELETE FROM knowledge_chunk WHERE organization_id = %s AND document_id = ANY(%s)", [org.pk, ids])
-        chunks = cursor.rowcount
-        cursor.execute("DELETE FROM knowledge_section WHERE organization_id = %s AND document_id = ANY(%s)", [org.pk, ids])
-        cursor.execute("DELETE FROM knowledge_document WHERE organization_id = %s AND id = ANY(%s)", [org.pk, ids])
-    ready = [r for r in rows if r[1] == Document.Status.READY]
-    stats_apply(org=org, agent=agent, chunks=-chunks, documents=-len(ready), size_bytes=-sum(r[2] for r in ready))
-    return len(ids), chunks
 
 
 def enqueue(func: str, *args) -> None:

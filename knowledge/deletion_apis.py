@@ -1,0 +1,119 @@
+"""Deletion endpoints. DELETE on an agent or a document, and the chunk-keys delete, are
+mixins: /agents/{slug} and /agents/{slug}/documents/{key} stay one view each (in apis and
+document_apis, which supply `get_agent`), while the deletion code lives here."""
+
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.response import Response
+
+from knowledge import selectors, services
+from knowledge.models import DeletionJob
+from tenants.api import OrgAPIView
+from tenants.errors import invalid, not_found
+
+
+class DeletionJobOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    scope = serializers.CharField()
+    status = serializers.CharField()
+    agent = serializers.CharField(source="agent.slug", allow_null=True, default=None)
+    document_key = serializers.CharField(source="target.document_key", allow_null=True, default=None)
+    total_items = serializers.IntegerField()
+    processed_items = serializers.IntegerField()
+    progress = serializers.FloatField(help_text="0 to 100")
+    eta_seconds = serializers.FloatField(allow_null=True)
+    attempts = serializers.IntegerField()
+    last_error = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField()
+    heartbeat_at = serializers.DateTimeField()
+
+
+DeletedOutput = inline_serializer(
+    "DeletedOutput",
+    {
+        "async": serializers.BooleanField(),
+        "deleted": inline_serializer(
+            "DeletedCounts", {"documents": serializers.IntegerField(), "chunks": serializers.IntegerField()}, required=False
+        ),
+        "deletion": DeletionJobOutput(required=False),
+        "unknown_keys": serializers.ListField(child=serializers.CharField(), required=False),
+    },
+)
+
+
+def _deleted_response(result: services.DeleteResult, **extra) -> Response:
+    """200 with what was deleted in the request, or 202 with the job doing it."""
+    if result.job is not None:
+        return Response({"async": True, "deletion": DeletionJobOutput(result.job).data, **extra}, status=status.HTTP_202_ACCEPTED)
+    return Response({"async": False, "deleted": {"documents": result.documents, "chunks": result.chunks}, **extra})
+
+
+class AgentDeleteMixin:
+    @extend_schema(responses={202: DeletionJobOutput})
+    def delete(self, request, slug):
+        job = services.agent_delete_request(org=self.org, agent=self.get_agent(slug), api_key=request.auth)
+        return Response(DeletionJobOutput(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class DocumentDeleteMixin:
+    @extend_schema(responses={200: DeletedOutput, 202: DeletedOutput})
+    def delete(self, request, slug, key):
+        agent = self.get_agent(slug, for_write=True)
+        result = services.document_delete_request(org=self.org, agent=agent, key=key, api_key=request.auth)
+        return _deleted_response(result)
+
+
+# Documents the body; services.chunk_keys_validate checks it (400/413 naming the field).
+ChunksDeleteInput = inline_serializer(
+    "ChunksDeleteInput", {"keys": serializers.ListField(child=serializers.CharField(max_length=600), max_length=10_000)}
+)
+
+
+class ChunksDeleteMixin:
+    @extend_schema(request=ChunksDeleteInput, responses={200: DeletedOutput, 202: DeletedOutput})
+    def post(self, request, slug):
+        agent = self.get_agent(slug, for_write=True)
+        keys = request.data.get("keys") if isinstance(request.data, dict) else None
+        result = services.chunks_delete_request(org=self.org, agent=agent, keys=keys, api_key=request.auth)
+        return _deleted_response(result, unknown_keys=result.unknown_keys)
+
+
+def _job_or_404(org, job_id: int) -> DeletionJob:
+    job = selectors.deletion_job_get(org=org, job_id=job_id)
+    if job is None:
+        raise not_found("Deletion job not found.")
+    return job
+
+
+class DeletionJobListApi(OrgAPIView):
+    @extend_schema(responses=DeletionJobOutput(many=True))
+    def get(self, request):
+        wanted = {}
+        for name, choices in (("status", DeletionJob.Status.values), ("scope", selectors.API_DELETION_SCOPES)):
+            value = request.query_params.get(name)
+            if value and value not in choices:
+                raise invalid(name, f"Must be one of {', '.join(choices)}.")
+            wanted[name] = value
+        return self.paginate(selectors.deletion_job_list(org=self.org, **wanted), DeletionJobOutput)
+
+
+class DeletionJobDetailApi(OrgAPIView):
+    @extend_schema(responses=DeletionJobOutput)
+    def get(self, request, job_id):
+        return Response(DeletionJobOutput(_job_or_404(self.org, job_id)).data)
+
+
+class DeletionJobCancelApi(OrgAPIView):
+    @extend_schema(request=None, responses=DeletionJobOutput)
+    def post(self, request, job_id):
+        job = services.deletion_job_cancel(org=self.org, job=_job_or_404(self.org, job_id))
+        return Response(DeletionJobOutput(job).data)
+
+
+class DeletionJobRetryApi(OrgAPIView):
+    @extend_schema(request=None, responses={202: DeletionJobOutput})
+    def post(self, request, job_id):
+        job = services.deletion_job_retry(org=self.org, job=_job_or_404(self.org, job_id))
+        return Response(DeletionJobOutput(job).data, status=status.HTTP_202_ACCEPTED)

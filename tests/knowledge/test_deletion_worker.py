@@ -1,0 +1,81 @@
+"""A real Django-Q2 worker (`manage.py qcluster`) SIGKILLed in the middle of a deletion."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+from django_q.brokers.orm import ORM
+from django_q.tasks import async_task
+
+from knowledge.models import AgentStats, Chunk, DeletionJob
+from knowledge.services import agent_delete_request, deletion_jobs_requeue_stale, stats_reconcile
+from knowledge.services import deletion
+from tests.factories import SMALL_CHUNKS, AgentFactory, OrganizationFactory, fill_agent
+
+
+def _worker_env() -> dict:
+    db = connection.settings_dict
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.local",
+        # The test database, through the same socket directory; no Redis: the ORM broker.
+        "DATABASE_URL": f"postgres://{db['USER']}@/{db['NAME']}",
+        "PGHOST": db["HOST"],
+        "REDIS_URL": "",
+        "LORE_WORKERS": "1",
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+def _wait_for(predicate, seconds: float):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sigkilled_worker_leaves_a_job_that_the_requeue_finishes_with_exact_counts(monkeypatch):
+    org = OrganizationFactory()
+    agent = AgentFactory(organization=org, config=SMALL_CHUNKS)
+    fill_agent(org, agent, documents=20, paragraphs=30)
+    total = Chunk.objects.for_org(org).filter(agent=agent).count()
+    monkeypatch.setattr(deletion, "enqueue", lambda *args: None)  # queued below, to the real worker
+    job = agent_delete_request(org=org, agent=agent)
+    DeletionJob.objects.for_org(org).filter(pk=job.pk).update(batch_size=1)  # hundreds of batches
+    monkeypatch.undo()
+
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "qcluster"], cwd=settings.BASE_DIR, env=_worker_env(),
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        async_task("knowledge.tasks.deletion_job_run", job.pk, sync=False, broker=ORM(list_key=settings.Q_CLUSTER["name"]))
+        _wait_for(lambda: DeletionJob.objects.for_org(org).get(pk=job.pk).processed_items >= 20, 60)
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)  # the cluster and its worker processes
+        worker.wait(10)
+
+    dead = DeletionJob.objects.for_org(org).get(pk=job.pk)
+    state = (dead.status, dead.processed_items, total, dead.last_error)
+    assert dead.status == "processing" and 20 <= dead.processed_items < total, state
+    remaining = Chunk.objects.for_org(org).filter(agent=agent).count()
+    assert AgentStats.objects.for_org(org).get(agent=agent).total_chunks == remaining == total - dead.processed_items
+    assert not [row for row in stats_reconcile(org=org) if row.drift]
+
+    # Runs the requeued job here (tests run Django-Q2 tasks inline).
+    assert deletion_jobs_requeue_stale(now=timezone.now() + timedelta(seconds=settings.LORE_DELETION_STALE_SECONDS + 1)) == [job.pk]
+    done = DeletionJob.objects.for_org(org).get(pk=job.pk)
+    assert (done.status, done.attempts, done.processed_items) == ("completed", 2, total)
+    assert AgentStats.objects.for_org(org).get(agent=agent).total_chunks == 0
+    assert not Chunk.objects.for_org(org).filter(agent=agent).exists()

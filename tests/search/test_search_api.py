@@ -113,7 +113,9 @@ def test_hnsw_path_returns_the_same_top_k_and_full_results_under_selective_filte
     exact = _search(client_a, "compress files", mode="vector", limit=5)
     settings.SEARCH_EXACT_MAX_CHUNKS = 0
     approx = _search(client_a, "compress files", mode="vector", limit=5, filters={"year": {"$gte": 2000}})
-    assert [r["chunk_key"] for r in approx["results"]] == [r["chunk_key"] for r in exact["results"]]
+    # Same top-k by score (chunks sharing no word with the query tie, in any order).
+    assert [r["score"] for r in approx["results"]] == pytest.approx([r["score"] for r in exact["results"]], abs=1e-3)
+    assert approx["results"][0]["chunk_key"] == exact["results"][0]["chunk_key"]
     selective = _search(client_a, "compress files", mode="vector", limit=3, filters={"platform": "osx"})
     assert len(selective["results"]) == 3 or len(selective["results"]) == 2  # the osx document has 2 chunks
     assert {r["document_key"] for r in selective["results"]} == {"zip"}

@@ -54,9 +54,9 @@ def sync_agent_indexes() -> tuple[list[int], list[int]]:
         aid for aid in have
         if aid not in agents or agents[aid][0] != "active" or agents[aid][1] < threshold // 2
     ]  # fmt: skip
+    for agent_id in unwanted:
+        drop_agent_index(agent_id)
     with connection.cursor() as cursor:
-        for agent_id in unwanted:
-            cursor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{index_name(agent_id)}"')
         for agent_id in wanted:
             logger.info("search: building partial HNSW index for agent %s", agent_id)
             # A failed concurrent build leaves an INVALID index behind; drop it first.
@@ -67,3 +67,14 @@ def sync_agent_indexes() -> tuple[list[int], list[int]]:
                 f" WHERE agent_id = {int(agent_id)}"
             )
     return wanted, unwanted
+
+
+def drop_agent_index(agent_id: int) -> bool:
+    """Drops the agent's partial index, if any, CONCURRENTLY: searches and writes on
+    knowledge_chunk go on meanwhile. Only in autocommit (a plain DROP would lock the whole
+    table); inside a transaction it returns False and the scheduled sync drops it later."""
+    if not connection.get_autocommit():
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{index_name(agent_id)}"')
+    return True

@@ -31,6 +31,7 @@ from django.utils import timezone
 from knowledge.models import Agent, AgentStats, DeletionJob, Document
 from knowledge.services.ingestion import enqueue
 from knowledge.services.stats import stats_apply
+from search import indexes
 from tenants.errors import conflict, invalid, not_found, too_large
 from tenants.models import Organization
 
@@ -264,6 +265,10 @@ def deletion_job_run(*, job: DeletionJob) -> DeletionJob | None:
     step = STEPS[job.scope]
     deadline = time.monotonic() + settings.LORE_DELETION_SLICE_SECONDS
     try:
+        if job.scope == Scope.AGENT:
+            # Search no longer reads the agent's own HNSW index (it answers 409 for a deleting
+            # agent); dropped first, it is not left for autovacuum to clean entry by entry.
+            indexes.drop_agent_index(job.agent_id)
         while _batch(job, attempt, step):
             if time.monotonic() >= deadline:
                 _hand_back(job, attempt)

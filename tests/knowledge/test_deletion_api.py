@@ -257,3 +257,25 @@ def test_other_organization_gets_404_like_a_missing_one(client_a, client_b, org_
 def test_deletion_endpoints_need_a_key(anon_client, org_a, filled, method, url):
     assert getattr(anon_client, method)(url, {}, format="json").status_code == 401
     assert Chunk.objects.for_org(org_a).count() == 30
+
+
+def test_search_stops_at_once_resumes_after_cancel_and_a_new_agent_with_the_slug_starts_empty(
+    client_a, org_a, filled, django_capture_on_commit_callbacks
+):
+    def search(url=AGENT + "/search"):
+        return client_a.post(url, {"query": "paragraph subject", "mode": "vector"}, format="json")
+
+    assert search().json()["results"] and search().json()["cached"] is True
+    with django_capture_on_commit_callbacks():
+        job_id = client_a.delete(AGENT).json()["id"]
+    refused = search()
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "agent_deleting"
+    assert client_a.post("/api/v1/search", {"query": "paragraph subject"}, format="json").json()["results"] == []
+    client_a.post(f"/api/v1/deletions/{job_id}/cancel")
+    assert search().json()["results"]  # searchable again with what remains
+    with django_capture_on_commit_callbacks(execute=True):
+        client_a.delete(AGENT)
+    assert search().status_code == 404
+    client_a.post("/api/v1/agents", {"slug": "support"}, format="json")
+    fresh = search()
+    assert fresh.status_code == 200 and fresh.json()["results"] == []  # no cached result of the old agent

@@ -79,3 +79,27 @@ def test_sigkilled_worker_leaves_a_job_that_the_requeue_finishes_with_exact_coun
     assert (done.status, done.attempts, done.processed_items) == ("completed", 2, total)
     assert AgentStats.objects.for_org(org).get(agent=agent).total_chunks == 0
     assert not Chunk.objects.for_org(org).filter(agent=agent).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_agent_deletion_drops_the_agents_partial_search_index_first(settings):
+    from search import indexes
+
+    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 10
+    org = OrganizationFactory()
+    agent = AgentFactory(organization=org, config=SMALL_CHUNKS)
+    fill_agent(org, agent, documents=2, paragraphs=10)
+    assert indexes.sync_agent_indexes() == ([agent.pk], [])
+    dropped = []
+    original = indexes.drop_agent_index
+
+    def drop(agent_id):
+        dropped.append((agent_id, Chunk.objects.for_org(org).filter(agent=agent).count()))
+        return original(agent_id)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(indexes, "drop_agent_index", drop)
+        agent_delete_request(org=org, agent=agent)  # runs the job once committed (tests run tasks inline)
+    assert dropped == [(agent.pk, 20)]  # before any chunk went
+    assert indexes.existing() == {}
+    assert DeletionJob.objects.for_org(org).get().status == "completed"

@@ -29,3 +29,19 @@ def kb_b(org_b, agent_b):
     # Same slug, same content: anything of B's showing up for A is a leak.
     ingest(org_b, agent_b)
     return agent_b
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _vacuumed_chunk_indexes(django_db_setup, django_db_blocker):
+    """Every rolled-back test that ingested chunks leaves dead entries in the shared HNSW
+    index until a vacuum. Many of them (the knowledge tests run first) crowd a graph walk
+    enough that HNSW stops matching exact results and the planner's estimates move; these
+    tests compare exactly that, so each module starts from a vacuumed table."""
+    import psycopg
+    from django.db import connection
+
+    with django_db_blocker.unblock():
+        db = connection.settings_dict
+        with psycopg.connect(host=db["HOST"], port=db["PORT"] or None, user=db["USER"], password=db["PASSWORD"] or None,
+                             dbname=db["NAME"], autocommit=True) as conn:  # fmt: skip
+            conn.execute("VACUUM knowledge_chunk")

@@ -1,256 +1,97 @@
-#!/usr/bin/env python
-"""Deletion benchmark (issue 5), on its own embedded database (bench/.data-delete):
+"""Deletion benchmark (issue 5). One command:
 
-    .venv/bin/python bench/delete.py               # about 10 minutes on 2 cores
-    .venv/bin/python bench/delete.py --scale 0.1   # a quick smoke run
+    .venv/bin/python bench/delete.py                          # about 15 minutes on 2 cores
+    .venv/bin/python bench/delete.py --vacuum-cost-delay 2    # chunk autovacuum unthrottled, to compare
 
-Loads ~200k synthetic chunks (384 dimensions, clustered per agent) in agents of mixed
-sizes, with the HNSW index dropped during the load and built afterwards exactly as the
-migration defines it, plus the partial per-agent HNSW indexes search's scheduled task
-builds for agents of 20k chunks or more; then measures in one run:
+Data: its own embedded PostgreSQL (bench/.data-delete), dropped and reloaded every run
+(deleting is destructive); no Redis, so queued tasks go to the ORM broker in that
+database and can reach no shared queue. 199k chunks x 384 dimensions (harness.Topics)
+in 120 agents: "big" (50k, the agent deleted), "oldway" (2k), four probed agents (30k,
+15k, 5k, 1k), four of 12.5k for the batch-size runs and 110 of 100 to 4,000 chunks.
+Loaded by bulk SQL with the HNSW and GIN indexes dropped, then rebuilt; per-agent
+partial HNSW indexes by search.indexes.sync_agent_indexes(), as the scheduled task
+builds them; 10k access rows for "big".
 
-- DELETE /api/v1/agents/{slug} response time by agent size (Django test client, in
-  process: the whole Django stack, auth and the broker insert of the queued task);
-- the background deletion rate of a 50k-chunk agent (the Django-Q2 task function, in a
-  process of its own), against the old way on a 2,000-chunk agent in the same run (find
-  50 chunks by search, delete them one by one through the ORM, repeat) and against one
-  raw DELETE statement;
-- other agents' search latency (search.engine.vector_candidates: the SQL search runs,
-  on Django's persistent connection) and stats latency (HTTP, Django test client) before,
-  during the deletion, after it and during the autovacuum of knowledge_chunk that
-  follows, with a fixed piece of CPU work timed alongside to show how busy the shared
+Measured, in this order:
+- DELETE /api/v1/agents/{slug} over HTTP (gunicorn, production settings), every small
+  agent once and "big" 30 times (each of those cancelled before any worker runs);
+- the old way on "oldway": find 50 chunks by search, delete them one by one through
+  the ORM, repeat until none is left;
+- in a worker process of its own (the Django-Q2 task function), one raw DELETE of a
+  12.5k agent (rolled back) and then the deletion job of "big", while this process
+  probes the other agents: vector search (search.engine.vector_candidates, the SQL
+  search runs, on Django's persistent connection) and GET /agents/{slug}/stats over
+  HTTP, with a fixed piece of CPU work timed alongside to show how busy the shared
   machine itself was;
-- batch sizes: deletion rate and longest batch transaction.
-
---vacuum-cost-delay MS overrides knowledge_chunk's autovacuum_vacuum_cost_delay (the
-migration sets 20) for comparison runs.
+- the same probes after the deletion, during the autovacuum of knowledge_chunk that it
+  triggers (throttled by migration knowledge.0002; --vacuum-cost-delay overrides it)
+  and after;
+- the four 12.5k agents deleted with batch sizes 1,000 to 10,000, probes running.
+Figures are absolute and as ratios against baselines of the same run.
 """
 
 import argparse
 import json
-import math
-import os
 import subprocess
 import sys
 import threading
 import time
 from importlib import import_module
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-os.environ.setdefault("LORE_DATA_DIR", str(ROOT / "bench" / ".data-delete"))
-os.environ.update(
-    {
-        "DJANGO_SETTINGS_MODULE": "config.settings.local",
-        "EMBEDDING_DIMENSIONS": "384",
-        "DEBUG": "false",
-        # The ORM broker, in this database: no queued task can reach a shared Redis queue.
-        "REDIS_URL": "",
-        "ALLOWED_HOSTS": "testserver,localhost",
-        "LOG_LEVEL": "WARNING",
-    }
-)
-sys.path.insert(0, str(ROOT))
-
-import django  # noqa: E402
-
-django.setup()
+import harness  # first: sets up sys.path and the environment
 
 import numpy as np  # noqa: E402
-import psycopg  # noqa: E402
-from django.conf import settings  # noqa: E402
-from django.core.management import call_command  # noqa: E402
-from django.db import connection, transaction  # noqa: E402
-from django.test import Client  # noqa: E402
 
-from knowledge.embeddings import binary_cursor, halfvecs  # noqa: E402
-from knowledge.models import Chunk, DeletionJob  # noqa: E402
-from knowledge.services import agent_create, deletion_job_cancel, stats_apply  # noqa: E402
-from knowledge.services import deletion  # noqa: E402
-from search import indexes  # noqa: E402
-from search.engine import AgentRef, vector_candidates  # noqa: E402
-from tenants.services import api_key_create, organization_create  # noqa: E402
-
+NAME = "delete"
 DIMS = 384
-CHUNKS_PER_DOC = 50
-CHUNKS_PER_SECTION = 5
 BATCH_SIZES = [1000, 2500, 5000, 10000]
-VACUUM_START_WAIT = 200  # autovacuum_naptime is 1 min
-VACUUM_MAX = 900
+PROBE_SIZES = [30_000, 15_000, 5_000, 1_000]
+SMALL_SIZES = [(60, 100), (40, 250), (10, 1_000), (5, 4_000)]
+VACUUM_START_WAIT = 200  # autovacuum_naptime is a minute; the launcher may need two
 
 
-def agents_spec(scale: float) -> list[tuple[str, str, int]]:
-    """(role, slug, chunks): ~200k chunks at scale 1."""
-    def n(x):
-        return max(10, int(x * scale))
+def agent_specs(scale: float) -> dict[str, list]:
+    """Specs by role; sizes times `scale` (a quick run: --scale 0.1)."""
+    seeds = iter(range(10_000))
 
-    spec = [("big", "big", n(50_000)), ("oldway", "oldway", n(2_000))]
-    spec += [("probe", f"probe-{i}", n(size)) for i, size in enumerate([30_000, 15_000, 5_000, 1_000])]
-    spec += [("sweep", f"sweep-{i}", n(17_500)) for i in range(len(BATCH_SIZES))]
-    for count, size in [(60, 100), (40, 250), (10, 1_000)]:
-        spec += [("small", f"small-{size}-{i}", n(size)) for i in range(max(2, int(count * min(1.0, scale * 3))))]
-    return spec
+    def spec(slug, size):
+        return harness.AgentSpec(slug, max(10, int(size * scale)), next(seeds))
 
-
-# --- Loading ---------------------------------------------------------------------------
+    roles = {"big": [spec("big", 50_000)], "oldway": [spec("oldway", 2_000)]}
+    roles["probe"] = [spec(f"probe-{i}", size) for i, size in enumerate(PROBE_SIZES)]
+    roles["sweep"] = [spec(f"sweep-{i}", 12_500) for i in range(len(BATCH_SIZES))]
+    roles["small"] = [spec(f"small-{size}-{i}", size) for count, size in SMALL_SIZES for i in range(count)]
+    return roles
 
 
-def reset():
-    with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE tenants_organization, django_q_ormq, django_q_task RESTART IDENTITY CASCADE")
-    hnsw = next(i for i in Chunk._meta.indexes if i.name == "chunk_embedding_hnsw")
-    with connection.cursor() as cursor:
-        cursor.execute("DROP INDEX IF EXISTS chunk_embedding_hnsw")
-        for name in indexes.existing().values():  # a previous run's partial indexes
-            cursor.execute(f'DROP INDEX "{name}"')
-    return hnsw
-
-
-def words(rng, count: int, length: int) -> list[str]:
-    vocab = np.array([f"w{i}" for i in range(5000)])
-    picks = rng.integers(0, len(vocab), size=(count, length))
-    return [" ".join(row) for row in vocab[picks]]
-
-
-def load_agent(org, slug: str, size: int, rng) -> tuple:
-    agent = agent_create(org=org, slug=slug, config={"embedding_model": "bench"})
-    centroid = rng.standard_normal(DIMS)
-    centroid /= np.linalg.norm(centroid)
-    texts = words(rng, size, 30)
-    n_docs = math.ceil(size / CHUNKS_PER_DOC)
-    doc_of = [i // CHUNKS_PER_DOC for i in range(size)]
-    sizes = [0] * n_docs
-    for i, text in enumerate(texts):
-        sizes[doc_of[i]] += len(text)
-    counts = [min(CHUNKS_PER_DOC, size - d * CHUNKS_PER_DOC) for d in range(n_docs)]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO knowledge_document (organization_id, agent_id, key, title, source, content_type, content_hash,"
-            " ingest_hash, size_bytes, chunk_count, metadata, status, error, version, created_at, updated_at)"
-            " SELECT %s, %s, 'doc-' || o, '', '', 'markdown', '', '', s, c, '{}', 'ready', '', 1, now(), now()"
-            " FROM unnest(%s::int[], %s::bigint[], %s::int[]) AS x(o, s, c) ORDER BY o RETURNING id",
-            [org.pk, agent.pk, list(range(n_docs)), sizes, counts],
-        )
-        doc_ids = [row[0] for row in cursor.fetchall()]
-        sec_doc = [doc_ids[i // CHUNKS_PER_DOC] for i in range(0, size, CHUNKS_PER_SECTION)]
-        sec_text = words(rng, len(sec_doc), 150)
-        cursor.execute(
-            "INSERT INTO knowledge_section (organization_id, agent_id, document_id, ordinal, text)"
-            " SELECT %s, %s, d, o, t FROM unnest(%s::bigint[], %s::text[]) WITH ORDINALITY AS x(d, t, o)"
-            " ORDER BY o RETURNING id",
-            [org.pk, agent.pk, sec_doc, sec_text],
-        )
-        sec_ids = [row[0] for row in cursor.fetchall()]
-    for start in range(0, size, 10_000):
-        idx = range(start, min(size, start + 10_000))
-        vectors = centroid + rng.standard_normal((len(idx), DIMS)) / math.sqrt(DIMS)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        binary_cursor().execute(
-            "INSERT INTO knowledge_chunk (organization_id, agent_id, document_id, section_id, ordinal, key, text,"
-            " char_count, embedding, metadata, search_vector)"
-            " SELECT %s, %s, d, s, o, k, t, char_length(t), e, '{}', to_tsvector('english', t)"
-            " FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::text[], %s::text[], %b::halfvec[])"
-            " AS x(d, s, o, k, t, e)",
-            [org.pk, agent.pk, [doc_ids[doc_of[i]] for i in idx], [sec_ids[i // CHUNKS_PER_SECTION] for i in idx],
-             [i % CHUNKS_PER_DOC for i in idx], [f"doc-{doc_of[i]}#{i % CHUNKS_PER_DOC}" for i in idx],
-             [texts[i] for i in idx], halfvecs(vectors)],
-        )  # fmt: skip
-    stats_apply(org=org, agent=agent, chunks=size, documents=n_docs, size_bytes=sum(sizes))
-    return agent, centroid
-
-
-def load(scale: float, seed: int = 5):
-    rng = np.random.default_rng(seed)
-    hnsw = reset()
-    org = organization_create(slug="bench", name="Bench")
-    _, raw_key = api_key_create(org=org, name="bench")
-    agents = {}
-    started = time.perf_counter()
-    for role, slug, size in agents_spec(scale):
-        agent, centroid = load_agent(org, slug, size, rng)
-        agents[slug] = {"role": role, "agent": agent, "centroid": centroid, "size": size}
-    big = agents["big"]["agent"]
-    with connection.cursor() as cursor:  # a year of access counts for the big agent
-        cursor.execute(
-            "INSERT INTO search_chunkaccess (organization_id, agent_id, chunk_id, day, access_count, score_sum,"
-            " last_accessed_at) SELECT %s, %s, id, current_date - (id %% 30)::int, 1, 0.5, now()"
-            " FROM knowledge_chunk WHERE agent_id = %s AND id %% 5 = 0",
-            [org.pk, big.pk, big.pk],
-        )
-    timings = {"insert": time.perf_counter() - started}
-    started = time.perf_counter()
-    with connection.schema_editor() as editor:  # as the migration builds it
-        editor.add_index(Chunk, hnsw)
-    timings["hnsw"] = time.perf_counter() - started
-    started = time.perf_counter()
-    timings["partial_agents"] = len(indexes.sync_agent_indexes()[0])  # what search's scheduled task builds
-    timings["partial"] = time.perf_counter() - started
-    started = time.perf_counter()
-    with connection.cursor() as cursor:
-        cursor.execute("VACUUM (ANALYZE) knowledge_chunk, knowledge_section, knowledge_document, search_chunkaccess")
-        cursor.execute("CHECKPOINT")
-    timings["vacuum"] = time.perf_counter() - started
-    return org, raw_key, agents, timings
-
-
-# --- Measuring -------------------------------------------------------------------------
-
-
-def pct(values, q):
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
-
-
-def side_connection():
-    """For watching and starting vacuums, apart from Django's connection."""
-    db = connection.settings_dict
-    return psycopg.connect(host=db["HOST"], port=db["PORT"] or None, dbname=db["NAME"], user=db["USER"], autocommit=True)
-
-
-def agent_ref(item) -> AgentRef:
-    agent = item["agent"]
-    return AgentRef(agent.pk, agent.slug, agent.language, item["size"], 0, 1.0, 1.0, agent.embedding_model)
-
-
-def nearest(org, item, vector, k: int) -> list:
-    """The vector search that search runs (search.engine), on Django's persistent connection."""
-    return vector_candidates(org_id=org.pk, agents=[agent_ref(item)], vector=vector, k=k, filters=("", []))
+# --- measuring -------------------------------------------------------------------------
 
 
 class Probe:
-    """Other agents' vector search and stats (HTTP), alternately, timestamped."""
+    """Other agents' vector search (in process) and stats (HTTP), alternately, timestamped."""
 
-    def __init__(self, org, raw_key, agents, rng):
-        self.org = org
-        self.client = Client(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
-        self.targets = []
-        for item in agents.values():
-            if item["role"] == "probe":
-                queries = item["centroid"] + rng.standard_normal((64, DIMS)) / math.sqrt(DIMS)
-                queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-                self.targets.append((item, queries))
+    def __init__(self, data, client, specs, topics):
+        self.data, self.client = data, client
+        self.targets = [(spec, topics.sample(spec, 64, "queries")) for spec in specs]
         self.i = 0
-        self.samples = []  # (time, kind, ms)
+        self.samples = []  # (time, kind, seconds)
 
     def once(self):
-        item, queries = self.targets[self.i % len(self.targets)]
-        agent, query = item["agent"], queries[(self.i // len(self.targets)) % len(queries)]
+        spec, queries = self.targets[self.i % len(self.targets)]
+        query = queries[(self.i // len(self.targets)) % len(queries)]
         self.i += 1
         t0 = time.perf_counter()
-        rows = nearest(self.org, item, query, 10)
+        rows = nearest(self.data, spec, query, 10)
         t1 = time.perf_counter()
         assert len(rows) == 10
-        response = self.client.get(f"/api/v1/agents/{agent.slug}/stats")
+        status, _, stats_seconds = self.client.get(f"/api/v1/agents/{spec.slug}/stats")
+        assert status == 200, status
         t2 = time.perf_counter()
-        assert response.status_code == 200, response.content
         x = 0
-        for n in range(20_000):  # a fixed piece of CPU work: how much the machine itself slows down
+        for n in range(20_000):  # fixed CPU work: how much the machine itself slows down
             x += n * n
-        t3 = time.perf_counter()
         now = time.time()
-        self.samples += [(now, "search", (t1 - t0) * 1000), (now, "stats", (t2 - t1) * 1000), (now, "cpu", (t3 - t2) * 1000)]
+        self.samples += [(now, "search", t1 - t0), (now, "stats", stats_seconds), (now, "cpu", time.perf_counter() - t2)]
 
     def run(self, seconds=None, until=None):
         end = time.monotonic() + seconds if seconds else None
@@ -260,63 +101,124 @@ class Probe:
                 return
 
     def between(self, start, end, kind):
-        return [ms for t, k, ms in self.samples if k == kind and start <= t <= end]
+        return [s for t, k, s in self.samples if k == kind and start <= t <= end]
 
 
-def measure_deletes(org, raw_key, agents, cycles: int):
-    """DELETE response times: every small and sweep agent once, the big one `cycles` times
-    (each deletion cancelled before any worker runs, so its size stays)."""
-    client = Client(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
-    by_size = {}
+def nearest(data, spec, vector, k: int) -> list:
+    """The vector search that search runs, for one agent."""
+    from search.engine import AgentRef, vector_candidates
 
-    def delete(item):
-        t0 = time.perf_counter()
-        response = client.delete(f"/api/v1/agents/{item['agent'].slug}")
-        ms = (time.perf_counter() - t0) * 1000
-        assert response.status_code == 202, response.content
-        by_size.setdefault(item["size"], []).append(ms)
-        return response.json()["id"]
+    ref = AgentRef(data.agent_ids[spec.slug], spec.slug, "english", spec.size, 0, 1.0, 1.0, "bench")
+    return vector_candidates(org_id=data.org.pk, agents=[ref], vector=vector, k=k, filters=("", []))
 
-    for item in agents.values():
-        if item["role"] in ("small", "sweep"):
-            delete(item)
+
+def measure_deletes(data, client, roles, cycles: int) -> dict[int, list[float]]:
+    """DELETE response times by agent size."""
+    by_size: dict[int, list[float]] = {}
+
+    def delete(spec):
+        status, body, seconds = client.request("DELETE", f"/api/v1/agents/{spec.slug}")
+        assert status == 202, (status, body)
+        by_size.setdefault(spec.size, []).append(seconds)
+        return body["id"]
+
+    for spec in roles["small"] + roles["sweep"]:
+        delete(spec)
     for _ in range(cycles):
-        job_id = delete(agents["big"])
-        deletion_job_cancel(org=org, job=DeletionJob.objects.for_org(org).get(pk=job_id))
+        job_id = delete(roles["big"][0])
+        assert client.post(f"/api/v1/deletions/{job_id}/cancel", {})[0] == 200
     return by_size
 
 
-def old_way(org, item) -> float:
+def old_way(data, spec, topics) -> float:
     """Chunks per second: find 50 chunks by search, delete them one by one through the ORM."""
-    deleted = 0
-    t0 = time.perf_counter()
-    while True:
-        ids = [row[0] for row in nearest(org, item, item["centroid"], 50)]
-        if not ids:
-            break
+    from knowledge.models import Chunk
+
+    deleted, query = 0, topics.sample(spec, 1, "queries")[0]
+    started = time.perf_counter()
+    while ids := [row[0] for row in nearest(data, spec, query, 50)]:
         for chunk in Chunk.unscoped.filter(pk__in=ids):
             chunk.delete()
             deleted += 1
-    elapsed = time.perf_counter() - t0
-    assert deleted == item["size"], (deleted, item["size"])
-    return deleted / elapsed
+    seconds = time.perf_counter() - started
+    assert deleted == spec.size, (deleted, spec.size)
+    return deleted / seconds
 
 
-def job_rate(job) -> tuple[float, float]:
-    seconds = (job.finished_at - job.started_at).total_seconds()
-    return seconds, job.processed_items / seconds
+def run_jobs(spec: str) -> None:
+    """Worker process: "job:batch_size" items through the Django-Q2 task function, "raw:agent"
+    items as one DELETE statement rolled back; prints a JSON line for each."""
+    import django
+
+    django.setup()
+    from django.db import connection, transaction
+
+    from knowledge.models import DeletionJob
+    from knowledge.services import deletion
+    from knowledge.tasks import deletion_job_run as task
+
+    original = deletion._batch
+    for item in spec.split(","):
+        kind, value = item.split(":", 1)
+        if kind == "raw":
+            with transaction.atomic(), connection.cursor() as cursor:
+                started = time.perf_counter()
+                cursor.execute("DELETE FROM knowledge_chunk WHERE agent_id = %s", [int(value)])
+                print(json.dumps({"rows": cursor.rowcount, "seconds": time.perf_counter() - started}), flush=True)
+                transaction.set_rollback(True)
+            continue
+        job_id, batch_size = int(kind), int(value)
+        DeletionJob.unscoped.filter(pk=job_id).update(batch_size=batch_size)
+        batches = []
+
+        def timed(job, *rest):
+            started = time.perf_counter()
+            more = original(job, *rest)
+            processed = DeletionJob.unscoped.filter(pk=job.pk).values_list("processed_items", flat=True).first()
+            batches.append([time.perf_counter() - started, processed])
+            return more
+
+        deletion._batch = timed
+        task(job_id)
+        print(json.dumps({"job": job_id, "batches": batches}), flush=True)
+
+
+def run_worker(env, probe, items: list[str]) -> list[dict]:
+    """Runs the items in a worker process of their own while `probe` measures the others."""
+    worker = subprocess.Popen(
+        [sys.executable, __file__, "--run-jobs", ",".join(items)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    probe.run(until=lambda: worker.poll() is not None)
+    lines = [json.loads(line) for line in worker.stdout.read().splitlines() if line.startswith("{")]
+    assert worker.returncode == 0 and len(lines) == len(items), (worker.returncode, lines)
+    return lines
+
+
+def chunk_batches(batches) -> tuple[float, int, list[float]]:
+    """(seconds, chunks, each batch's seconds) of the batches that deleted chunks."""
+    seconds, last, chunks, each = 0.0, 0, 0, []
+    for batch_seconds, processed in batches:
+        if processed != last:
+            seconds, chunks = seconds + batch_seconds, chunks + processed - last
+            each.append(batch_seconds)
+        last = processed
+    return seconds, chunks, each
+
+
+def job_seconds(job) -> float:
+    return (job.finished_at - job.started_at).total_seconds()
 
 
 class VacuumWatch:
-    """Polls pg_stat_progress_vacuum for knowledge_chunk: [(start, end, phases)]."""
+    """Polls pg_stat_progress_vacuum for knowledge_chunk: the runs seen, with their phases."""
 
     def __init__(self):
-        self.conn = side_connection()
+        self.conn = harness.raw_connection()
         self.current = None
         self.done = []
         self.last_poll = 0.0
 
-    def poll(self):
+    def poll(self) -> None:
         if time.monotonic() - self.last_poll < 0.5:
             return
         self.last_poll = time.monotonic()
@@ -330,230 +232,214 @@ class VacuumWatch:
         if row:
             self.current["phases"].setdefault(row[0], now)
         elif self.current is not None:
-            self.current["end"] = now
-            self.done.append(self.current)
+            self.done.append({**self.current, "end": now})
             self.current = None
 
-
-def run_jobs(spec: str) -> None:
-    """Worker process: runs "job:batch_size" items through the Django-Q2 task function, and
-    "raw:agent" items as one DELETE statement rolled back; prints a JSON line for each."""
-    from knowledge.tasks import deletion_job_run as task
-
-    original = deletion._batch
-    for item in spec.split(","):
-        kind, value = item.split(":", 1)
-        if kind == "raw":
-            with transaction.atomic(), connection.cursor() as cursor:
-                started = time.perf_counter()
-                cursor.execute("DELETE FROM knowledge_chunk WHERE agent_id = %s", [int(value)])
-                print(json.dumps({"raw": int(value), "rows": cursor.rowcount, "seconds": time.perf_counter() - started}))
-                transaction.set_rollback(True)
-            continue
-        job_id, batch_size = int(kind), int(value)
-        DeletionJob.unscoped.filter(pk=job_id).update(batch_size=batch_size)
-        batches = []
-
-        def timed(job, *rest):
-            started = time.perf_counter()
-            more = original(job, *rest)
-            processed = DeletionJob.unscoped.filter(pk=job.pk).values_list("processed_items", flat=True).first()
-            batches.append([(time.perf_counter() - started) * 1000, processed])
-            return more
-
-        deletion._batch = timed
-        task(job_id)
-        print(json.dumps({"job": job_id, "batches": batches}), flush=True)
+    def started(self) -> bool:
+        self.poll()
+        return self.current is not None or bool(self.done)
 
 
-def run_worker(probe, items: list[str]) -> list[dict]:
-    """Runs the items in a worker process of their own while `probe` measures the others."""
-    worker = subprocess.Popen([sys.executable, __file__, "--run-jobs", ",".join(items)], stdout=subprocess.PIPE, text=True)
-    probe.run(until=lambda: worker.poll() is not None)
-    lines = [json.loads(line) for line in worker.stdout.read().splitlines() if line.startswith("{")]
-    assert worker.returncode == 0 and len(lines) == len(items), (worker.returncode, lines)
-    return lines
+def manual_vacuum() -> None:
+    with harness.raw_connection() as conn:
+        conn.execute("VACUUM knowledge_chunk")
 
 
-def chunk_phase(batches) -> tuple[float, int, int]:
-    """(seconds, chunks, batches) of the batches that deleted chunks (processed_items moved)."""
-    seconds, last, chunks, count = 0.0, 0, 0, 0
-    for ms, processed in batches:
-        if processed != last:
-            seconds, chunks, count = seconds + ms / 1000, chunks + processed - last, count + 1
-        last = processed
-    return seconds, chunks, count
+def set_vacuum_cost_delay(value: float | None) -> str:
+    """knowledge_chunk's autovacuum_vacuum_cost_delay: `value` ms, or what the migration sets."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if value is None:
+            cursor.execute(import_module("knowledge.migrations.0002_chunk_autovacuum_cost_delay").Migration.operations[0].sql)
+        else:
+            cursor.execute(f"ALTER TABLE knowledge_chunk SET (autovacuum_vacuum_cost_delay = {value:g})")
+        cursor.execute("SELECT array_to_string(reloptions, ', ') FROM pg_class WHERE oid = 'knowledge_chunk'::regclass")
+        table = cursor.fetchone()[0]
+        cursor.execute("SHOW autovacuum_vacuum_cost_delay")
+        return f"{table or 'no table options'} (server default {cursor.fetchone()[0]})"
 
 
-def manual_vacuum():
-    conn = side_connection()
-    conn.execute("SET vacuum_cost_delay = '2ms'")  # what autovacuum would use
-    conn.execute("VACUUM knowledge_chunk")
-    conn.close()
-
-
-# --- The run ---------------------------------------------------------------------------
+# --- the run ---------------------------------------------------------------------------
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--scale", type=float, default=1.0, help="agent sizes times this (a quick run: 0.1)")
+    parser.add_argument("--vacuum-cost-delay", type=float, help="knowledge_chunk's autovacuum_vacuum_cost_delay (ms) for this run")
     parser.add_argument(
-        "--vacuum-cost-delay", type=float,
-        help="autovacuum_vacuum_cost_delay (ms) for knowledge_chunk in this run; default: what the migrations set",
+        "--vacuum-max", type=float, default=600,
+        help="seconds to probe during the autovacuum before moving on if it is still running (default 600)",
     )  # fmt: skip
+    parser.add_argument("--keep-server", action="store_true", help="leave the embedded PostgreSQL running")
     parser.add_argument("--run-jobs", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_jobs:
         return run_jobs(args.run_jobs)
 
-    report = []
-    out = report.append
-    load_seen = [os.getloadavg()[0]]
-    call_command("migrate", verbosity=0)
-    t0 = time.perf_counter()
-    org, raw_key, agents, timings = load(args.scale)
-    with connection.cursor() as cursor:
-        if args.vacuum_cost_delay is None:  # what the migration sets (a previous run may have changed it)
-            cursor.execute(import_module("knowledge.migrations.0002_chunk_autovacuum_cost_delay").Migration.operations[0].sql)
-        else:
-            cursor.execute(f"ALTER TABLE knowledge_chunk SET (autovacuum_vacuum_cost_delay = {args.vacuum_cost_delay:g})")
-        cursor.execute("SELECT coalesce(array_to_string(reloptions, ', '), '') FROM pg_class WHERE oid = 'knowledge_chunk'::regclass")
-        reloptions = cursor.fetchone()[0]
-        cursor.execute("SHOW autovacuum_vacuum_cost_delay")
-        server_delay = cursor.fetchone()[0]
-    total = sum(item["size"] for item in agents.values())
-    rng = np.random.default_rng(7)
-    probe = Probe(org, raw_key, agents, rng)
-    probe.run(seconds=5)  # warm-up, not counted
-    probe.samples.clear()
+    run = harness.Run()
+    run.phase("setup and load")
+    env = harness.setup(NAME, dimensions=DIMS, fresh=True)
+    from django.conf import settings
+    from django.db import connection
 
+    from knowledge.models import DeletionJob
+    from search import indexes
+
+    roles = agent_specs(args.scale)
+    specs = [spec for group in roles.values() for spec in group]
+    topics = harness.Topics(DIMS)
+    data = harness.load_synthetic(org_slug="bench", specs=specs, topics=topics)
+    started = time.perf_counter()
+    created, _ = indexes.sync_agent_indexes()
+    data.timings[f"partial HNSW indexes ({len(created)})"] = time.perf_counter() - started
+    big, oldway, sweep = roles["big"][0], roles["oldway"][0], roles["sweep"]
+    with connection.cursor() as cursor:  # a month of access counts for a fifth of big's chunks
+        cursor.execute(
+            "INSERT INTO search_chunkaccess (organization_id, agent_id, chunk_id, day, access_count, score_sum,"
+            " last_accessed_at) SELECT organization_id, agent_id, id, current_date - (id %% 30)::int, 1, 0.5, now()"
+            " FROM knowledge_chunk WHERE agent_id = %s AND id %% 5 = 0",
+            [data.agent_ids["big"]],
+        )
+        access_rows = cursor.rowcount
+        cursor.execute("VACUUM ANALYZE search_chunkaccess")
+    vacuum_setting = set_vacuum_cost_delay(args.vacuum_cost_delay)
+    run.note(
+        f"data: {sum(s.size for s in specs):,} chunks, {len(specs)} agents: "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in data.timings.items())
+    )
+    run.note(f"knowledge_chunk autovacuum_vacuum_cost_delay: {vacuum_setting}")
+
+    tables = []
     phases = {}
-    start = time.time()
-    load_seen.append(os.getloadavg()[0])
-    probe.run(seconds=max(5, 30 * args.scale))
-    phases["before"] = (start, time.time())
+    with harness.Gunicorn(env, workers=2, threads=4) as server:
+        client = harness.Client(server.url, data.api_key)
+        probe = Probe(data, client, roles["probe"], topics)
+        run.phase("before")
+        probe.run(seconds=5)  # warm-up, not counted
+        probe.samples.clear()
+        start = time.time()
+        probe.run(seconds=max(5, 30 * args.scale))
+        phases["before"] = (start, time.time())
 
-    deletes = measure_deletes(org, raw_key, agents, cycles=30)
-    oldway_rate = old_way(org, agents["oldway"])
+        run.phase("DELETE requests")
+        deletes = measure_deletes(data, client, roles, cycles=30)
+        run.phase("old way")
+        oldway_rate = old_way(data, oldway, topics)
 
-    # The deletion of the big agent, in a worker process of its own, with others probing;
-    # first, in the same process and conditions, one raw DELETE of a 17.5k agent, rolled back.
-    client = Client(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
-    job_id = client.delete("/api/v1/agents/big").json()["id"]
-    load_seen.append(os.getloadavg()[0])
-    raw, big = run_worker(probe, [f"raw:{agents['sweep-0']['agent'].pk}", f"{job_id}:{settings.LORE_DELETION_BATCH_SIZE}"])
-    raw_rate, big_batches = raw["rows"] / raw["seconds"], big["batches"]
-    job = DeletionJob.objects.for_org(org).get(pk=job_id)
-    assert job.status == "completed", (job.status, job.last_error)
-    phases["during deletion"] = (job.started_at.timestamp(), job.finished_at.timestamp())
-    big_seconds, big_rate = job_rate(job)
-    load_seen.append(os.getloadavg()[0])
+        run.phase("deletion of big")
+        job_id = client.request("DELETE", "/api/v1/agents/big")[1]["id"]
+        raw, big_run = run_worker(env, probe, [f"raw:{data.agent_ids[sweep[0].slug]}", f"{job_id}:{settings.LORE_DELETION_BATCH_SIZE}"])
+        job = DeletionJob.objects.for_org(data.org).get(pk=job_id)
+        assert job.status == "completed", (job.status, job.last_error)
+        phases["during the deletion"] = (job.started_at.timestamp(), job.finished_at.timestamp())
 
-    # Then the autovacuum of knowledge_chunk that the deleted rows trigger.
-    watch = VacuumWatch()
-    after_start = time.time()
-    waited = time.monotonic()
-    vacuum_kind = "autovacuum"
+        run.phase("waiting for autovacuum")
+        watch = VacuumWatch()
+        after = time.time()
+        waited = time.monotonic()
+        probe.run(until=lambda: watch.started() or time.monotonic() - waited > VACUUM_START_WAIT * min(1, args.scale * 4))
+        phases["after it, before autovacuum"] = (after, time.time())
+        vacuum_kind = "autovacuum"
+        if not watch.started():
+            vacuum_kind = "a manual VACUUM (autovacuum had not started)"
+            threading.Thread(target=manual_vacuum, daemon=True).start()
+            probe.run(until=watch.started)
+        run.phase(f"during {vacuum_kind}")
+        waited = time.monotonic()
+        probe.run(until=lambda: (watch.poll(), bool(watch.done) or time.monotonic() - waited > args.vacuum_max)[1])
+        vacuum = watch.done[0] if watch.done else {**watch.current, "end": time.time(), "unfinished": True}
+        phases[f"during {vacuum_kind} of knowledge_chunk"] = (vacuum["start"], vacuum["end"])
+        if not vacuum.get("unfinished"):
+            run.phase("after autovacuum")
+            start = time.time()
+            probe.run(seconds=max(5, 15 * args.scale))
+            phases["after it"] = (start, time.time())
 
-    def vacuum_started():
-        watch.poll()
-        return watch.current is not None or watch.done or time.monotonic() - waited > VACUUM_START_WAIT * min(1, args.scale * 4)
+        run.phase("batch sizes")
+        sweep_jobs = [
+            (DeletionJob.objects.for_org(data.org).get(agent_id=data.agent_ids[spec.slug], scope="agent").pk, size)
+            for spec, size in zip(sweep, BATCH_SIZES)
+        ]
+        results = run_worker(env, probe, [f"{job_id}:{size}" for job_id, size in sweep_jobs])
+        windows = []
+        for (job_id, _), result in zip(sweep_jobs, results):
+            done = DeletionJob.objects.for_org(data.org).get(pk=job_id)
+            windows.append((done, result["batches"]))
+        phases["during the batch-size runs"] = (windows[0][0].started_at.timestamp(), windows[-1][0].finished_at.timestamp())
+        client.close()
 
-    probe.run(until=vacuum_started)
-    phases["after deletion, before vacuum"] = (after_start, time.time())
-    if watch.current is None and not watch.done:
-        vacuum_kind = "manual VACUUM (autovacuum had not started)"
-        threading.Thread(target=manual_vacuum, daemon=True).start()
-        probe.run(until=lambda: (watch.poll(), watch.current is not None or watch.done)[1])
-    load_seen.append(os.getloadavg()[0])
-    vac_wait = time.monotonic()
-    probe.run(until=lambda: (watch.poll(), bool(watch.done) or time.monotonic() - vac_wait > VACUUM_MAX)[1])
-    vacuum = watch.done[0] if watch.done else {**watch.current, "end": time.time(), "unfinished": True}
-    phases[f"during {vacuum_kind}"] = (vacuum["start"], vacuum["end"])
-    probe.run(seconds=max(5, 15 * args.scale))
-    phases["after vacuum"] = (vacuum["end"], time.time())
-    load_seen.append(os.getloadavg()[0])
-
-    # Batch sizes: one agent each, in the worker process, with others probing.
-    sweep_jobs = [
-        (DeletionJob.objects.for_org(org).get(agent=agents[f"sweep-{i}"]["agent"], scope="agent").pk, size)
-        for i, size in enumerate(BATCH_SIZES)
-    ]
-    results = run_worker(probe, [f"raw:{agents['sweep-0']['agent'].pk}"] + [f"{j}:{size}" for j, size in sweep_jobs])
-    raw_again = results[0]["rows"] / results[0]["seconds"]
-    sweep = []
-    windows = []
-    for (job_id, size), result in zip(sweep_jobs, results[1:]):
-        done = DeletionJob.objects.for_org(org).get(pk=job_id)
-        windows.append((done.started_at.timestamp(), done.finished_at.timestamp()))
-        ms = [b[0] for b in result["batches"]]
-        seconds, chunks, count = chunk_phase(result["batches"])
-        sweep.append((size, done.processed_items, chunks / seconds, job_rate(done)[1], max(ms[:count]), pct(ms[:count], 95)))
-    phases["during the batch-size jobs"] = (windows[0][0], windows[-1][1])
-    load_seen.append(os.getloadavg()[0])
-
-    # --- The table ---
-    elapsed = time.perf_counter() - t0
-    out(f"bench/delete.py --scale {args.scale:g}: {total:,} chunks ({DIMS}-d halfvec, HNSW m=16 ef_construction=64) "
-        f"in {len(agents)} agents; {os.cpu_count()} cores; load average seen {min(load_seen):.1f} to {max(load_seen):.1f}; "
-        f"whole run {elapsed / 60:.1f} min")  # fmt: skip
-    out(f"load: rows {timings['insert']:.0f} s with the HNSW index dropped, HNSW build {timings['hnsw']:.0f} s, "
-        f"{timings['partial_agents']} partial per-agent HNSW indexes {timings['partial']:.0f} s, "
-        f"VACUUM ANALYZE {timings['vacuum']:.0f} s")  # fmt: skip
-    out("")
-    out("DELETE /api/v1/agents/{slug} (Django test client, in process; target p95 <= 50 ms)")
-    out("| agent chunks | requests | p50 ms | p95 ms | max ms |")
-    out("|---:|---:|---:|---:|---:|")
+    # --- tables ---
+    table = harness.Table(
+        "DELETE /api/v1/agents/{slug} over HTTP (gunicorn 2x4, production settings; target p95 <= 50 ms)",
+        ["agent chunks", "requests", "p50 ms", "p95 ms", "max ms"],
+    )
     every = []
     for size in sorted(deletes):
         values = deletes[size]
         every += values
-        out(f"| {size:,} | {len(values)} | {pct(values, 50):.1f} | {pct(values, 95):.1f} | {max(values):.1f} |")
-    out(f"| all | {len(every)} | {pct(every, 50):.1f} | {pct(every, 95):.1f} | {max(every):.1f} |")
-    out("")
-    out("Deleting chunks (target >= 50,000 chunks/s)")
-    out("| how | chunks | chunks/s | vs old way |")
-    out("|---|---:|---:|---:|")
-    out(f"| old way: search 50, ORM delete() each, repeat | {agents['oldway']['size']:,} | {oldway_rate:,.0f} | 1.0x |")
-    out(f"| one raw DELETE statement (rolled back), worker process, others probing | {agents['sweep-0']['size']:,} | "
-        f"{raw_rate:,.0f} | {raw_rate / oldway_rate:,.0f}x |")  # fmt: skip
-    out(f"| deletion job, batch {settings.LORE_DELETION_BATCH_SIZE:,}, worker process, others probing: whole job "
-        f"({big_seconds:.2f} s, documents, sections and access rows included) | {job.processed_items:,} | {big_rate:,.0f} "
-        f"| {big_rate / oldway_rate:,.0f}x |")  # fmt: skip
-    chunk_seconds, chunk_count, chunk_batches = chunk_phase(big_batches)
-    out(f"| the same job, its chunk batches only ({chunk_seconds:.2f} s in {chunk_batches} of its {len(big_batches)} "
-        f"batches) | {chunk_count:,} | {chunk_count / chunk_seconds:,.0f} | "
-        f"{chunk_count / chunk_seconds / oldway_rate:,.0f}x |")  # fmt: skip
-    out("")
-    out("Other agents while the 50k agent is deleted: search = search.engine.vector_candidates, k=10 (the SQL search "
-        "runs, on Django's persistent connection), stats = GET /agents/{slug}/stats (Django test client); "
-        "target p95 <= 1.5x before")  # fmt: skip
-    out("| phase | seconds | samples | search p50 ms | search p95 ms | p95 vs before | stats p50 ms | stats p95 ms "
-        "| p95 vs before | CPU control p50 / p95 vs before |")
-    out("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    base = {q: {k: pct(probe.between(*phases["before"], k), q) for k in ("search", "stats", "cpu")} for q in (50, 95)}
+        table.add(f"{size:,}", len(values), *map(harness.ms, harness.percentiles(values)), harness.ms(max(values)))
+    table.add("all", len(every), *map(harness.ms, harness.percentiles(every)), harness.ms(max(every)))
+    tables.append(table)
+
+    raw_rate = raw["rows"] / raw["seconds"]
+    seconds, chunks, each = chunk_batches(big_run["batches"])
+    table = harness.Table(
+        "Deleting chunks (target >= 50,000 chunks/s)",
+        ["how", "chunks", "seconds", "chunks/s", "vs old way"],
+        notes=[
+            "Worker process: the Django-Q2 task function in a process of its own, while this process probes other agents.",
+            f"The whole job also drops big's partial HNSW index and deletes its {harness.docs_for(big.size)} documents and "
+            f"{access_rows:,} access rows; its chunk batches are the batches that deleted chunks.",
+        ],
+    )
+    table.add("old way: search 50, ORM delete() each, repeat", f"{oldway.size:,}", f"{oldway.size / oldway_rate:.2f}",
+              f"{oldway_rate:,.0f}", "1.00x")  # fmt: skip
+    table.add(f"one raw DELETE of a {sweep[0].size:,}-chunk agent (rolled back), worker process", f"{raw['rows']:,}",
+              f"{raw['seconds']:.3f}", f"{raw_rate:,.0f}", harness.ratio(raw_rate, oldway_rate))  # fmt: skip
+    rate = job.processed_items / job_seconds(job)
+    table.add(f"deletion job of big, batch {settings.LORE_DELETION_BATCH_SIZE:,}, worker process: whole job",
+              f"{job.processed_items:,}", f"{job_seconds(job):.2f}", f"{rate:,.0f}", harness.ratio(rate, oldway_rate))  # fmt: skip
+    table.add(f"the same job: its {len(each)} chunk batches (longest {harness.ms(max(each))} ms)", f"{chunks:,}",
+              f"{seconds:.2f}", f"{chunks / seconds:,.0f}", harness.ratio(chunks / seconds, oldway_rate))  # fmt: skip
+    tables.append(table)
+
+    table = harness.Table(
+        "Other agents while big is deleted (probes: vector search in process, stats over HTTP; target p95 <= 1.5x before)",
+        ["phase", "seconds", "samples", "search p50 ms", "search p95 ms", "p95 vs before", "stats p50 ms",
+         "stats p95 ms", "p95 vs before", "CPU control p50 / p95 vs before"],  # fmt: skip
+        notes=[
+            f"search: {', '.join(f'{s.slug} ({s.size:,} chunks)' for s in roles['probe'])} in turn; "
+            "exact scan up to SEARCH_EXACT_MAX_CHUNKS, else the agent's partial HNSW index.",
+            f"vacuum of knowledge_chunk ({vacuum['kind']}, {vacuum_setting}): {vacuum['end'] - vacuum['start']:.0f} s"
+            + (" so far: still running when the bench moved on (--vacuum-max)" if vacuum.get("unfinished") else "")
+            + "; phases from: "
+            + ", ".join(f"{p} +{t - vacuum['start']:.0f} s" for p, t in sorted(vacuum["phases"].items(), key=lambda kv: kv[1])),
+        ],
+    )  # fmt: skip
+    base = {k: harness.percentiles(probe.between(*phases["before"], k)) for k in ("search", "stats", "cpu")}
     for name, (s, e) in phases.items():
         search, stats, cpu = (probe.between(s, e, kind) for kind in ("search", "stats", "cpu"))
-        out(f"| {name} | {e - s:.1f} | {len(search)} | {pct(search, 50):.2f} | {pct(search, 95):.2f} | "
-            f"{pct(search, 95) / base[95]['search']:.2f}x | {pct(stats, 50):.2f} | {pct(stats, 95):.2f} | "
-            f"{pct(stats, 95) / base[95]['stats']:.2f}x | {pct(cpu, 50) / base[50]['cpu']:.2f}x / "
-            f"{pct(cpu, 95) / base[95]['cpu']:.2f}x |")  # fmt: skip
-    phase_times = sorted(vacuum["phases"].items(), key=lambda kv: kv[1])
-    out(f"vacuum of knowledge_chunk ({vacuum.get('kind')}; server autovacuum_vacuum_cost_delay {server_delay}, "
-        f"table options: {reloptions or 'none'}): {vacuum['end'] - vacuum['start']:.0f} s"
-        + (" (stopped watching: still running)" if vacuum.get("unfinished") else "") + "; phases: "
-        + ", ".join(f"{p} from +{t - vacuum['start']:.0f} s" for p, t in phase_times))  # fmt: skip
-    out("")
-    out(f"Batch size ({agents['sweep-0']['size']:,}-chunk agents, one job each, worker process, others probing; "
-        f"one raw DELETE of such an agent just before: {raw_again:,.0f} chunks/s)")  # fmt: skip
-    out("| batch | chunks | chunks/s, chunk batches | chunks/s, whole job | longest chunk batch ms | p95 chunk batch ms |")
-    out("|---:|---:|---:|---:|---:|---:|")
-    for size, chunks, chunk_rate, rate, longest, p95 in sweep:
-        out(f"| {size:,} | {chunks:,} | {chunk_rate:,.0f} | {rate:,.0f} | {longest:.1f} | {p95:.1f} |")
-    print("\n".join(report))
-    with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE django_q_ormq")
+        (s50, s95), (t50, t95), (c50, c95) = (harness.percentiles(x) for x in (search, stats, cpu))
+        table.add(name, f"{e - s:.1f}", len(search), harness.ms(s50), harness.ms(s95), harness.ratio(s95, base["search"][1]),
+                  harness.ms(t50), harness.ms(t95), harness.ratio(t95, base["stats"][1]),
+                  f"{harness.ratio(c50, base['cpu'][0])} / {harness.ratio(c95, base['cpu'][1])}")  # fmt: skip
+    tables.append(table)
+
+    table = harness.Table(
+        f"Batch size ({sweep[0].size:,}-chunk agents, one job each, worker process, probes running)",
+        ["batch", "chunks/s, whole job", "chunks/s, chunk batches", "longest chunk batch ms", "median chunk batch ms"],
+    )
+    for done, batches in windows:
+        seconds, chunks, each = chunk_batches(batches)
+        table.add(f"{done.batch_size:,}", f"{done.processed_items / job_seconds(done):,.0f}", f"{chunks / seconds:,.0f}",
+                  harness.ms(max(each)), harness.ms(harness.percentiles(each, 50)[0]))  # fmt: skip
+    tables.append(table)
+
+    tables.insert(0, run.table())
+    harness.print_tables(tables)
+    if not args.keep_server:
+        harness.stop_database(NAME)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@
   (CONN_MAX_AGE, as production); `Client` is a keep-alive HTTP/1.1 client; `run_load()`
   drives concurrent keep-alive clients for a bounded number of requests and seconds and
   charges the server processes' CPU time to the run (`cpu_seconds()`, Linux /proc).
-- `percentiles()`, `ms()`, `ratio()`, `Table` (text and markdown) and `machine()` (cores,
+- `Run` (phases with their duration and the load when each started), `percentiles()`,
+  `ms()`, `ratio()`, `Table` (text and markdown, `print_tables()`) and `machine()` (cores,
   load average: record it with every figure on a shared machine) report.
 
 The benches are not part of the test suite and install nothing: bench-only packages are
@@ -676,6 +677,36 @@ def redis_pid() -> int | None:
 # --- reporting -------------------------------------------------------------------------
 
 
+class Run:
+    """Phases with their duration and the machine's load when each started."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.phases: list[list] = []
+        self.notes: list[str] = []
+
+    def phase(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.phases:
+            self.phases[-1][1] = now - self.phases[-1][1]
+        self.phases.append([name, now, machine()])
+        print(f"[{now - self.started:6.0f} s] {name}: {machine()}", flush=True)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print("   ", text, flush=True)
+
+    def table(self) -> Table:
+        now = time.perf_counter()
+        self.phases[-1][1] = now - self.phases[-1][1]
+        table = Table("Run", ["phase", "seconds", "machine at start"], notes=self.notes)
+        for name, seconds, load in self.phases:
+            table.add(name, f"{seconds:.0f}", load)
+        table.add("total", f"{now - self.started:.0f}", machine() + " (at end)")
+        return table
+
+
+
 def percentiles(values, *points: float) -> list[float]:
     """The given percentiles (default p50, p95) of `values`; NaN when there are none."""
     points = points or (50, 95)
@@ -726,3 +757,13 @@ class Table:
         if self.notes:
             out += [""] + [f"- {n}" for n in self.notes]
         return "\n".join(out)
+
+
+def print_tables(tables: list[Table]) -> None:
+    """Every table as text, then all of them again as markdown (for docs/benchmarks.md)."""
+    print()
+    for table in tables:
+        print(table.text(), end="\n\n")
+    print("--- markdown ---\n")
+    for table in tables:
+        print(table.markdown(), end="\n\n")

@@ -127,7 +127,7 @@ def main():
     parser.add_argument("--keep-server", action="store_true", help="leave the embedded PostgreSQL running")
     args = parser.parse_args()
 
-    run = Run()
+    run = harness.Run()
     run.phase("setup and load")
     env = harness.setup("search", dimensions=384, redis_db=REDIS_DB, fresh=not args.reuse)
     from search import indexes
@@ -164,43 +164,9 @@ def main():
         run.phase("peers")
         tables.append(peers_table(data, specs, topics, queries, truths, args.peer_queries, lore_count, run))
     tables.insert(0, run.table())
-    print()
-    for table in tables:
-        print(table.text(), end="\n\n")
-    print("--- markdown ---\n")
-    for table in tables:
-        print(table.markdown(), end="\n\n")
+    harness.print_tables(tables)
     if not args.keep_server:
         harness.stop_database("search")
-
-
-class Run:
-    """Phases with their duration and the machine's load when each started."""
-
-    def __init__(self):
-        self.started = time.perf_counter()
-        self.phases: list[list] = []
-        self.notes: list[str] = []
-
-    def phase(self, name: str) -> None:
-        now = time.perf_counter()
-        if self.phases:
-            self.phases[-1][1] = now - self.phases[-1][1]
-        self.phases.append([name, now, harness.machine()])
-        print(f"[{now - self.started:6.0f} s] {name}: {harness.machine()}", flush=True)
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
-        print("   ", text, flush=True)
-
-    def table(self) -> harness.Table:
-        now = time.perf_counter()
-        self.phases[-1][1] = now - self.phases[-1][1]
-        table = harness.Table("Run", ["phase", "seconds", "machine at start"], notes=self.notes)
-        for name, seconds, machine in self.phases:
-            table.add(name, f"{seconds:.0f}", machine)
-        table.add("total", f"{now - self.started:.0f}", harness.machine() + " (at end)")
-        return table
 
 
 def largest(specs):

@@ -46,7 +46,8 @@ def test_duplicate_or_bad_agent_slug_is_an_error(org_a):
 
 
 def test_demo_setup_prints_a_working_key_and_is_rerunnable(db, tmp_path):
-    (tmp_path / "pagination.md").write_text("# Pagination\n\nPaginate a list with LimitOffsetPagination.")
+    (tmp_path / "throttling.md").write_text("# Throttling\n\nThrottling limits requests per user.")
+    (tmp_path / "other.md").write_text("# Other\n\nSomething unrelated.")
     first = _run("demo_setup", "--corpus", str(tmp_path))
     second = _run("demo_setup", "--corpus", str(tmp_path))
     key = second.split("Bearer ")[1].split("'")[0]
@@ -56,4 +57,4 @@ def test_demo_setup_prints_a_working_key_and_is_rerunnable(db, tmp_path):
     search = second.split("Search: ")[1]
     body = search.split("-d '")[1].split("'")[0]
     results = api_client(key).post("/api/v1/agents/docs/search", body, content_type="application/json").json()["results"]
-    assert results[0]["document_key"] == "pagination.md"
+    assert results[0]["document_key"] == "throttling.md"

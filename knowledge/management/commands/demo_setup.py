@@ -54,5 +54,5 @@ class Command(BaseCommand):
             f"  API:    {url}/api/v1/docs/\n"
             f"  Try:    curl -H 'Authorization: Bearer {raw_key}' {url}/api/v1/agents\n"
             f"  Search: curl -H 'Authorization: Bearer {raw_key}' -H 'Content-Type: application/json'"
-            f" -d '{{\"query\": \"how do I paginate a list\"}}' {url}/api/v1/agents/docs/search\n"
+            f" -d '{{\"query\": \"throttling requests per user\"}}' {url}/api/v1/agents/docs/search\n"
         )

@@ -1,11 +1,11 @@
 """Autovacuum of knowledge_chunk throttled to PostgreSQL's pre-12 default (20 ms).
 
-After a large deletion, autovacuum repairs the HNSW graph around every deleted node;
-at the default 2 ms it kept a core busy for over a minute on a 2-core machine and other
-agents' search p95 rose 1.7 to 2.8 times. At 20 ms the same vacuum takes about 3.5 times
-longer and their p95 stayed within 1.15 times (bench/delete.py, docs/benchmarks.md).
-A table storage parameter, so it holds on any PostgreSQL, embedded or not. Operators
-can change it: ALTER TABLE knowledge_chunk SET (autovacuum_vacuum_cost_delay = ...).
+After a large deletion, autovacuum repairs the HNSW graph around every deleted node, which
+keeps a core busy. On 2 cores, after deleting a 50k-chunk agent among 200k (bench/delete.py,
+docs/benchmarks.md): at the server default (2 ms) the vacuum took 93 s and other agents'
+stats p95 rose to 1.62x (search 1.21x; up to 2.8x under heavier load); at 20 ms it took
+703 s, with 1.47x and 1.14x. A table storage parameter, so it holds on any PostgreSQL.
+Change it with ALTER TABLE knowledge_chunk SET (autovacuum_vacuum_cost_delay = ...).
 """
 
 from django.db import migrations

@@ -207,10 +207,10 @@ def deletion_job_cancel(*, org: Organization, job: DeletionJob) -> DeletionJob:
     return job
 
 
-def _cancel(org: Organization, job: DeletionJob, *, reason: str = "") -> None:
+def _cancel(org: Organization, job: DeletionJob) -> None:
     now = timezone.now()
-    job.status, job.finished_at, job.heartbeat_at, job.last_error = Status.CANCELLED, now, now, reason
-    job.save(update_fields=["status", "finished_at", "heartbeat_at", "last_error"])
+    job.status, job.finished_at, job.heartbeat_at = Status.CANCELLED, now, now
+    job.save(update_fields=["status", "finished_at", "heartbeat_at"])
     if job.scope == Scope.AGENT:
         Agent.objects.for_org(org).filter(pk=job.agent_id, status=Agent.Status.DELETING).update(
             status=Agent.Status.ACTIVE, updated_at=now
@@ -298,9 +298,11 @@ def _batch(job: DeletionJob, attempt: int, step) -> bool:
     """One batch in one transaction; True when there is more to do."""
     org = job.organization
     with transaction.atomic():
+        # The job row only (of=self: its agent is a nullable join, and stays unlocked). Held for
+        # the batch: a cancel or a second run waits here, then sees what this batch committed.
         locked = DeletionJob.objects.for_org(org).select_for_update(of=("self",)).select_related("agent").filter(pk=job.pk).first()
         if locked is None or locked.status != Status.PROCESSING or locked.attempts != attempt:
-            return False
+            return False  # cancelled, or requeued as stale and claimed by another run
         locked.organization = org
         outcome = step(locked)
         if outcome == REMOVED:

@@ -112,19 +112,15 @@ def _blocks(text: str, content_type: str) -> list[Block]:
     return blocks
 
 
-def _split_words(text: str, size: int) -> list[str]:
+def _greedy_join(parts: list[str], size: int, joiner: str) -> list[str]:
+    """Consecutive parts joined while the result stays within `size` (a part longer
+    than `size` on its own stands alone)."""
     pieces, current = [], ""
-    for word in text.split(" "):
-        while len(word) > size:  # a "word" longer than a chunk (a URL, base64): cut it
-            if current:
-                pieces.append(current)
-                current = ""
-            pieces.append(word[:size])
-            word = word[size:]
-        candidate = f"{current} {word}" if current else word
+    for part in parts:
+        candidate = f"{current}{joiner}{part}" if current else part
         if len(candidate) > size and current:
             pieces.append(current)
-            current = word
+            current = part
         else:
             current = candidate
     if current:
@@ -132,28 +128,24 @@ def _split_words(text: str, size: int) -> list[str]:
     return pieces
 
 
+def _split_words(text: str, size: int) -> list[str]:
+    words = []
+    for word in text.split(" "):
+        # A "word" longer than a chunk (a URL, base64) is cut; nothing else is.
+        words += [word[i : i + size] for i in range(0, len(word), size)] if len(word) > size else [word]
+    return _greedy_join(words, size, " ")
+
+
 def _split_oversized(block: Block, size: int) -> list[Block]:
     """Pieces of one block no longer than `size`: code by lines, prose by sentences."""
     if len(block.text) <= size:
         return [block]
     if block.is_code:
-        units = block.text.split("\n")
-        joiner = "\n"
+        units, joiner = block.text.split("\n"), "\n"
     else:
-        units = _SENTENCE_END.split(block.text)
-        joiner = " "
-    pieces, current = [], ""
-    for unit in units:
-        for part in [unit] if len(unit) <= size else _split_words(unit, size):
-            candidate = f"{current}{joiner}{part}" if current else part
-            if len(candidate) > size and current:
-                pieces.append(current)
-                current = part
-            else:
-                current = candidate
-    if current:
-        pieces.append(current)
-    return [Block(p, block.heading_path, is_code=block.is_code) for p in pieces]
+        units, joiner = _SENTENCE_END.split(block.text), " "
+    parts = [part for unit in units for part in ([unit] if len(unit) <= size else _split_words(unit, size))]
+    return [Block(p, block.heading_path, is_code=block.is_code) for p in _greedy_join(parts, size, joiner)]
 
 
 def _pack(blocks: list[Block], size: int, break_at_headings: bool) -> list[list[Block]]:

@@ -4,6 +4,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 
 from tenants.models import Organization
+from tenants.selectors import organization_get_by_slug
 
 
 def command_error(exc: ValidationError) -> CommandError:
@@ -13,7 +14,7 @@ def command_error(exc: ValidationError) -> CommandError:
 
 
 def organization_or_error(slug: str) -> Organization:
-    org = Organization.objects.filter(slug=slug).first()
+    org = organization_get_by_slug(slug=slug)
     if org is None:
         raise CommandError(f"Unknown organization '{slug}'.")
     return org

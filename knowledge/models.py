@@ -3,7 +3,7 @@ from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVectorField
 from django.db import models
 from django.utils import timezone
-from pgvector.django import HalfVectorField, HnswIndex
+from pgvector.django import HalfVectorField
 
 from tenants.models import ApiKey, Organization, slug_validator
 from tenants.scoping import TenantManager
@@ -192,13 +192,8 @@ class Chunk(models.Model):
             models.Index(fields=["organization", "agent", "id"], name="chunk_org_agent_id_idx"),
             # Replacing or deleting one document, and neighbouring chunks for chunk_context.
             models.Index(fields=["organization", "document", "ordinal"], name="chunk_org_doc_ord_idx"),
-            HnswIndex(
-                name="chunk_embedding_hnsw",
-                fields=["embedding"],
-                m=16,
-                ef_construction=64,
-                opclasses=["halfvec_cosine_ops"],
-            ),
+            # No table-wide HNSW index: graphs are partial, per large agent and large
+            # organization, where search walks them (search/indexes.py).
             GinIndex(fields=["search_vector"], name="chunk_search_vector_gin"),
             GinIndex(fields=["metadata"], name="chunk_metadata_gin", opclasses=["jsonb_path_ops"]),
         ]

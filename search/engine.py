@@ -5,11 +5,12 @@ Vector strategy (bench/search.py measured it; docs/benchmarks.md has the numbers
   through an agent_id index, distance computed for each of the agent's rows. Always
   the true top-k, and cheaper than a graph walk at that size.
 - Larger: HNSW with pgvector 0.8 iterative scans (relaxed order, re-sorted) and a large
-  ef_search, set per connection at connect time (config/settings/base.py). Agents with
-  at least SEARCH_AGENT_INDEX_MIN_CHUNKS chunks (by default every agent above the exact
-  threshold) get a partial HNSW index of their own (search/indexes.py), which the
-  planner picks because agent_id arrives as a literal; several agents at once use the
-  shared index.
+  ef_search, set per connection at connect time (config/settings/base.py), on the
+  graphs search/indexes.py keeps: the agent's own (agents of at least
+  SEARCH_AGENT_INDEX_MIN_CHUNKS), else its organization's (organizations of at least
+  SEARCH_ORG_INDEX_MIN_CHUNKS; searches over several agents use that one). The planner
+  matches them because organization_id and agent_id arrive as literals. Where no graph
+  exists (yet) the same statement is an exact scan and sorts.
 - Any HNSW answer shorter than asked (a selective filter) is redone exactly, so a
   filtered query always returns a full, correct top-k.
 

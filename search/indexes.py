@@ -1,80 +1,194 @@
-"""Partial HNSW indexes for the agents searched through HNSW.
+"""HNSW graphs where search walks them, and nowhere else.
 
-On the shared index, a filtered walk for one agent must skip every other agent's
-neighbours, and on clustered data it can settle in the wrong cluster altogether; an
-agent's own graph holds only its chunks, so it answers in about half the time at the
-same ef_search, and right (bench/search.py: recall@10 0.90-0.92 on the shared index
-for agents of 6.7k-13k chunks, 0.997 on their own). The planner picks the partial index
-whenever a query says `agent_id = <literal>`, which is how search/engine.py asks. The
-shared index still serves searches over several agents.
+knowledge_chunk has no table-wide vector index. Small agents, and sets of agents small
+enough, are searched exactly (search/engine.py): the true top-k, faster than a graph walk
+at that size. A graph costs every insert a walk of its own (≈ 2.5 ms of PostgreSQL CPU
+per chunk into a graph of 200k, against ≈ 0.1 ms for the rest of the row:
+bench/ingest_stats.py), so it exists only where a search needs it:
 
-Built CONCURRENTLY (writes continue meanwhile) by a scheduled task; dropped when the
-agent is deleted or shrinks below half the threshold (hysteresis, so an agent near
-the line is not rebuilt over and over).
+- `chunk_hnsw_agent_<id>` (WHERE agent_id = id) for an agent of at least
+  SEARCH_AGENT_INDEX_MIN_CHUNKS chunks. Its own graph answers right where a shared one
+  makes a filtered walk skip other agents' neighbours (bench/search.py: recall@10
+  0.90-0.92 on a shared graph for agents of 6.7k-13k chunks, 0.997 on their own).
+- `chunk_hnsw_org_<id>` (WHERE organization_id = id) for an organization of at least
+  SEARCH_ORG_INDEX_MIN_CHUNKS chunks: searches across several of its agents. It holds no
+  other tenant's vectors, so another tenant's load neither slows its inserts nor crowds
+  its walks.
+
+Queries say `organization_id = <literal> AND agent_id = <literal>` (the engine's cursor
+interpolates client-side), so the planner matches these partial indexes, preferring the
+smaller agent graph where both apply. Where none exists yet the same statement is an
+exact scan: slower, never wrong.
+
+Built CONCURRENTLY (ingests and searches go on) by a scheduled task; dropped when the
+agent or organization is deleted or shrinks below half its threshold (hysteresis, so a
+size near the line is not rebuilt over and over). One sync at a time, under an advisory
+lock: a build can outlast the schedule's interval, and an index left INVALID by a build
+that died is then known to be dead, not in progress, and is rebuilt.
+
+Each partial index adds a predicate check to every chunk insert and a proof to every
+plan; at hundreds of graphs, partitioning knowledge_chunk by organization (or Citus,
+distributed by organization_id) keeps each tenant's graphs on its own partition.
 """
 
 import logging
 import re
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import connection
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "chunk_hnsw_agent_"
+AGENT_PREFIX = "chunk_hnsw_agent_"
+ORG_PREFIX = "chunk_hnsw_org_"
+# Any constant unique to this lock; pg_try_advisory_lock takes a bigint.
+SYNC_LOCK = 0x4C6F7265_0001
+GRAPH = "USING hnsw (embedding halfvec_cosine_ops) WITH (m = 16, ef_construction = 64)"
 
 
 def index_name(agent_id: int) -> str:
-    return f"{PREFIX}{agent_id}"
+    return f"{AGENT_PREFIX}{agent_id}"
+
+
+def org_index_name(org_id: int) -> str:
+    return f"{ORG_PREFIX}{org_id}"
+
+
+@dataclass
+class SyncResult:
+    created_agents: list[int] = field(default_factory=list)
+    dropped_agents: list[int] = field(default_factory=list)
+    created_orgs: list[int] = field(default_factory=list)
+    dropped_orgs: list[int] = field(default_factory=list)
+    skipped: bool = False  # another sync held the lock
+
+
+def _existing(prefix: str, *, valid: bool | None = None) -> dict[int, str]:
+    sql = (
+        "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE i.indrelid = 'knowledge_chunk'::regclass AND c.relname LIKE %s"
+    )
+    if valid is not None:
+        sql += " AND i.indisvalid" if valid else " AND NOT i.indisvalid"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [prefix.replace("_", r"\_") + "%"])
+        names = [row[0] for row in cursor.fetchall()]
+    return {int(m.group(1)): name for name in names if (m := re.fullmatch(re.escape(prefix) + r"(\d+)", name))}
 
 
 def existing() -> dict[int, str]:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT indexname FROM pg_indexes WHERE tablename = 'knowledge_chunk' AND indexname LIKE %s",
-            [PREFIX + "%"],
-        )
-        names = [row[0] for row in cursor.fetchall()]
-    return {int(m.group(1)): name for name in names if (m := re.fullmatch(PREFIX + r"(\d+)", name))}
+    """Agent graphs: agent id -> index name."""
+    return _existing(AGENT_PREFIX)
 
 
-def sync_agent_indexes() -> tuple[list[int], list[int]]:
-    """Creates missing and drops unneeded partial indexes; returns (created, dropped) agent ids.
-    Needs autocommit (CONCURRENTLY cannot run in a transaction): call from a task or command."""
-    threshold = settings.SEARCH_AGENT_INDEX_MIN_CHUNKS
+def existing_org() -> dict[int, str]:
+    """Organization graphs: organization id -> index name."""
+    return _existing(ORG_PREFIX)
+
+
+def _plan(sizes: dict[int, tuple[bool, int]], have: dict[int, str], threshold: int) -> tuple[list[int], list[int]]:
+    wanted = [key for key, (active, total) in sizes.items() if active and total >= threshold and key not in have]
+    unwanted = [key for key in have if key not in sizes or not sizes[key][0] or sizes[key][1] < threshold // 2]
+    return sorted(wanted), sorted(unwanted)
+
+
+def sync_indexes() -> SyncResult:
+    """Creates missing and drops unneeded graphs, agents' and organizations'. Needs
+    autocommit (CONCURRENTLY cannot run in a transaction): call from a task or command."""
+    result = SyncResult()
     with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [SYNC_LOCK])
+        if not cursor.fetchone()[0]:
+            result.skipped = True
+            return result
+    try:
+        _sync(result)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [SYNC_LOCK])
+    return result
+
+
+def _sync(result: SyncResult) -> None:
+    # Under the lock nobody else builds, so an INVALID graph is a dead build's leftover.
+    for prefix in (AGENT_PREFIX, ORG_PREFIX):
+        for name in _existing(prefix, valid=False).values():
+            _drop(name)
+    with connection.cursor() as cursor:
+        # Reads stats rows only (one per agent), never chunks.
         cursor.execute(
-            "SELECT a.id, a.status, s.total_chunks FROM knowledge_agent a"
-            " JOIN knowledge_agentstats s ON s.agent_id = a.id"
+            "SELECT a.id, a.organization_id, a.status = 'active' AND o.is_active, s.total_chunks"
+            " FROM knowledge_agent a JOIN knowledge_agentstats s ON s.agent_id = a.id"
+            " JOIN tenants_organization o ON o.id = a.organization_id"
         )
-        agents = {agent_id: (status, total) for agent_id, status, total in cursor.fetchall()}
-    have = existing()
-    wanted = [aid for aid, (status, total) in agents.items() if status == "active" and total >= threshold and aid not in have]
-    unwanted = [
-        aid for aid in have
-        if aid not in agents or agents[aid][0] != "active" or agents[aid][1] < threshold // 2
-    ]  # fmt: skip
-    for agent_id in unwanted:
-        drop_agent_index(agent_id)
+        rows = cursor.fetchall()
+    agents = {agent_id: (active, total) for agent_id, _, active, total in rows}
+    orgs: dict[int, tuple[bool, int]] = {}
+    for _, org_id, active, total in rows:
+        org_active, org_total = orgs.get(org_id, (False, 0))
+        orgs[org_id] = (org_active or active, org_total + (total if active else 0))
+
+    result.created_agents, result.dropped_agents = _plan(agents, existing(), settings.SEARCH_AGENT_INDEX_MIN_CHUNKS)
+    result.created_orgs, result.dropped_orgs = _plan(orgs, existing_org(), settings.SEARCH_ORG_INDEX_MIN_CHUNKS)
+    for agent_id in result.dropped_agents:
+        _drop(index_name(agent_id))
+    for org_id in result.dropped_orgs:
+        _drop(org_index_name(org_id))
+    for agent_id in result.created_agents:
+        _build(index_name(agent_id), f"agent_id = {int(agent_id)}")
+    for org_id in result.created_orgs:
+        _build(org_index_name(org_id), f"organization_id = {int(org_id)}")
+
+
+def _build(name: str, predicate: str) -> None:
+    logger.info("search: building HNSW graph %s", name)
     with connection.cursor() as cursor:
-        for agent_id in wanted:
-            logger.info("search: building partial HNSW index for agent %s", agent_id)
-            # A failed concurrent build leaves an INVALID index behind; drop it first.
-            cursor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{index_name(agent_id)}"')
-            cursor.execute(
-                f'CREATE INDEX CONCURRENTLY "{index_name(agent_id)}" ON knowledge_chunk'
-                " USING hnsw (embedding halfvec_cosine_ops) WITH (m = 16, ef_construction = 64)"
-                f" WHERE agent_id = {int(agent_id)}"
-            )
-    return wanted, unwanted
+        cursor.execute(f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}" ON knowledge_chunk {GRAPH} WHERE {predicate}')
+
+
+def _drop(name: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
 
 
 def drop_agent_index(agent_id: int) -> bool:
-    """Drops the agent's partial index, if any, CONCURRENTLY: searches and writes on
-    knowledge_chunk go on meanwhile. Only in autocommit (a plain DROP would lock the whole
-    table); inside a transaction it returns False and the scheduled sync drops it later."""
+    return _drop_now(index_name(agent_id))
+
+
+def drop_org_index(org_id: int) -> bool:
+    return _drop_now(org_index_name(org_id))
+
+
+def _drop_now(name: str) -> bool:
+    """Drops a graph, if there, CONCURRENTLY: searches and writes on knowledge_chunk go on
+    meanwhile. Only in autocommit (a plain DROP would lock the whole table); inside a
+    transaction it returns False and the scheduled sync drops it later."""
     if not connection.get_autocommit():
         return False
-    with connection.cursor() as cursor:
-        cursor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{index_name(agent_id)}"')
+    _drop(name)
     return True
+
+
+@dataclass(frozen=True)
+class Graph:
+    name: str
+    scope: str  # "agent" | "organization"
+    owner_id: int
+    valid: bool
+    size_bytes: int
+
+
+def graphs() -> list[Graph]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, i.indisvalid, pg_relation_size(c.oid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE i.indrelid = 'knowledge_chunk'::regclass AND (c.relname LIKE %s OR c.relname LIKE %s) ORDER BY c.relname",
+            [AGENT_PREFIX.replace("_", r"\_") + "%", ORG_PREFIX.replace("_", r"\_") + "%"],
+        )
+        rows = cursor.fetchall()
+    out = []
+    for name, valid, size in rows:
+        scope, prefix = ("agent", AGENT_PREFIX) if name.startswith(AGENT_PREFIX) else ("organization", ORG_PREFIX)
+        out.append(Graph(name, scope, int(name[len(prefix):]), valid, size))
+    return out

@@ -12,7 +12,7 @@ from search.models import ChunkAccess
 SCHEDULES: list[tuple[str, int]] = [
     ("search.tasks.flush_tracking", 1),
     ("search.tasks.prune_access", 60 * 24),
-    ("search.tasks.sync_agent_indexes", 10),
+    ("search.tasks.sync_indexes", 1),
 ]
 
 
@@ -26,5 +26,5 @@ def prune_access() -> int:
     return ChunkAccess.unscoped.filter(day__lt=cutoff).delete()[0]
 
 
-def sync_agent_indexes():
-    return indexes.sync_agent_indexes()
+def sync_indexes():
+    return indexes.sync_indexes()

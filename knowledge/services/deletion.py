@@ -269,6 +269,9 @@ def deletion_job_run(*, job: DeletionJob) -> DeletionJob | None:
             # Search no longer reads the agent's own HNSW index (it answers 409 for a deleting
             # agent); dropped first, it is not left for autovacuum to clean entry by entry.
             indexes.drop_agent_index(job.agent_id)
+            if not Organization.objects.filter(pk=job.organization_id, is_active=True).exists():
+                # The whole organization is going: its graph too, before its rows.
+                indexes.drop_org_index(job.organization_id)
         while _batch(job, attempt, step):
             if time.monotonic() >= deadline:
                 _hand_back(job, attempt)

@@ -89,7 +89,7 @@ def test_agent_deletion_drops_the_agents_partial_search_index_first(settings):
     org = OrganizationFactory()
     agent = AgentFactory(organization=org, config=SMALL_CHUNKS)
     fill_agent(org, agent, documents=2, paragraphs=10)
-    assert indexes.sync_agent_indexes() == ([agent.pk], [])
+    assert indexes.sync_indexes().created_agents == [agent.pk]
     dropped = []
     original = indexes.drop_agent_index
 

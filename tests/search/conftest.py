@@ -33,10 +33,9 @@ def kb_b(org_b, agent_b):
 
 @pytest.fixture(scope="module", autouse=True)
 def _vacuumed_chunk_indexes(django_db_setup, django_db_blocker):
-    """Every rolled-back test that ingested chunks leaves dead entries in the shared HNSW
-    index until a vacuum. Many of them (the knowledge tests run first) crowd a graph walk
-    enough that HNSW stops matching exact results and the planner's estimates move; these
-    tests compare exactly that, so each module starts from a vacuumed table."""
+    """Every rolled-back test that ingested chunks leaves dead rows behind until a vacuum.
+    Many of them (the knowledge tests run first) move the planner's estimates and crowd
+    the graphs that transactional tests build; each module starts from a vacuumed table."""
     import psycopg
     from django.db import connection
 

@@ -109,18 +109,6 @@ def test_filters_restrict_results(client_a, kb_a, filters, expected, mode):
     assert {r["document_key"] for r in body["results"]} == expected
 
 
-def test_hnsw_path_returns_the_same_top_k_and_full_results_under_selective_filters(client_a, kb_a, settings):
-    exact = _search(client_a, "compress files", mode="vector", limit=5)
-    settings.SEARCH_EXACT_MAX_CHUNKS = 0
-    approx = _search(client_a, "compress files", mode="vector", limit=5, filters={"year": {"$gte": 2000}})
-    # Same top-k by score (chunks sharing no word with the query tie, in any order).
-    assert [r["score"] for r in approx["results"]] == pytest.approx([r["score"] for r in exact["results"]], abs=1e-3)
-    assert approx["results"][0]["chunk_key"] == exact["results"][0]["chunk_key"]
-    selective = _search(client_a, "compress files", mode="vector", limit=3, filters={"platform": "osx"})
-    assert len(selective["results"]) == 3 or len(selective["results"]) == 2  # the osx document has 2 chunks
-    assert {r["document_key"] for r in selective["results"]} == {"zip"}
-
-
 def test_min_score_drops_weak_results(client_a, kb_a):
     everything = _search(client_a, "tar archive", mode="vector", limit=50)["results"]
     cut = everything[1]["score"]

@@ -7,7 +7,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from knowledge.models import AgentStats
-from search import caching, indexes, services, tasks, tracking
+from search import caching, services, tasks, tracking
 from search.models import ChunkAccess
 from tests.factories import AgentFactory
 
@@ -137,48 +137,6 @@ def test_redis_down_searches_still_succeed_and_failures_are_counted(client_a, or
         assert client_a.post(URL, {"query": "tar"}, format="json").json()["cached"] is True
         tracking.flush_local()
     assert AgentStats.objects.for_org(org_a).get(agent=kb_a).search_count == 4
-
-
-@pytest.mark.django_db(transaction=True)
-def test_partial_index_is_built_for_large_agents_used_by_the_planner_and_dropped_after(org_a, settings):
-    from tests.search.conftest import DOCS, ingest
-
-    big = AgentFactory(organization=org_a, slug="big")
-    small = AgentFactory(organization=org_a, slug="small")
-    ingest(org_a, big)
-    ingest(org_a, small, {"x": DOCS["git"]})
-    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 5
-    created, dropped = indexes.sync_agent_indexes()
-    assert created == [big.pk] and dropped == []
-    assert set(indexes.existing()) == {big.pk}
-    with connection.cursor() as cursor:
-        # Sorts off too: statistics that earlier tests' committed rows left behind (they
-        # outlive the truncation between tests) can make a btree scan and a sort of "1
-        # row" look cheaper; what is asked is whether the planner can use this index.
-        cursor.execute("SET enable_seqscan = off")
-        cursor.execute("SET enable_sort = off")
-        cursor.execute(
-            f"EXPLAIN SELECT id FROM knowledge_chunk WHERE organization_id = {org_a.pk} AND agent_id = {big.pk}"
-            " ORDER BY embedding <=> (SELECT embedding FROM knowledge_chunk LIMIT 1) LIMIT 10"
-        )
-        plan = "\n".join(row[0] for row in cursor.fetchall())
-        cursor.execute("RESET enable_seqscan")
-        cursor.execute("RESET enable_sort")
-    assert indexes.index_name(big.pk) in plan
-    assert indexes.sync_agent_indexes() == ([], [])
-    AgentStats.objects.for_org(org_a).filter(agent=big).update(total_chunks=1)
-    assert indexes.sync_agent_indexes() == ([], [big.pk])
-    assert indexes.existing() == {}
-
-
-@pytest.mark.django_db(transaction=True)
-def test_by_default_every_agent_too_large_for_the_exact_scan_gets_its_own_index(org_a, settings):
-    # The shared graph gave such agents recall@10 of 0.90 (bench/search.py); their own, 0.997.
-    agent = AgentFactory(organization=org_a, slug="above")
-    AgentStats.objects.for_org(org_a).filter(agent=agent).update(total_chunks=settings.SEARCH_EXACT_MAX_CHUNKS + 1)
-    assert indexes.sync_agent_indexes() == ([agent.pk], [])
-    AgentStats.objects.for_org(org_a).filter(agent=agent).update(total_chunks=0)
-    assert indexes.sync_agent_indexes() == ([], [agent.pk])
 
 
 def test_full_in_process_buffer_is_flushed_by_the_process_itself(client_a, org_a, kb_a, settings):

@@ -1,0 +1,183 @@
+"""Graphs where search walks them (search/indexes.py). CREATE INDEX CONCURRENTLY cannot
+run in a transaction, hence transactional tests."""
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+
+from knowledge.models import AgentStats
+from search import indexes
+from tenants.models import Organization
+from tests.factories import AgentFactory, OrganizationFactory
+from tests.search.conftest import DOCS, ingest
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_graphs_left():
+    """Truncation between transactional tests empties tables, not the schema: a graph one
+    test built would still be there for the next."""
+    yield
+    for graph in indexes.graphs():
+        indexes._drop(graph.name)
+
+
+def _plan(sql: str) -> str:
+    with connection.cursor() as cursor:
+        # Sorts and sequential scans off: statistics that earlier tests' committed rows
+        # left behind can make "sort these few rows" look cheaper; what is asked is which
+        # graph the planner can use.
+        cursor.execute("SET enable_seqscan = off")
+        cursor.execute("SET enable_sort = off")
+        cursor.execute("EXPLAIN " + sql)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute("RESET enable_seqscan")
+        cursor.execute("RESET enable_sort")
+    return plan
+
+
+def _nearest(where: str) -> str:
+    return (
+        f"SELECT id FROM knowledge_chunk WHERE {where}"
+        " ORDER BY embedding <=> (SELECT embedding FROM knowledge_chunk LIMIT 1) LIMIT 10"
+    )
+
+
+def _set_total(agent, total):
+    AgentStats.objects.for_org(agent.organization).filter(agent=agent).update(total_chunks=total)
+
+
+def test_the_chunk_table_has_no_table_wide_vector_index():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'knowledge_chunk' AND indexdef ILIKE '%%USING hnsw%%'"
+        )
+        assert cursor.fetchall() == []
+
+
+def test_large_agents_get_a_graph_the_planner_uses_and_lose_it_when_they_shrink(org_a, settings):
+    big = AgentFactory(organization=org_a, slug="big")
+    small = AgentFactory(organization=org_a, slug="small")
+    ingest(org_a, big)
+    ingest(org_a, small, {"x": DOCS["git"]})
+    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 5
+    result = indexes.sync_indexes()
+    assert (result.created_agents, result.dropped_agents, result.created_orgs) == ([big.pk], [], [])
+    assert set(indexes.existing()) == {big.pk}
+    assert indexes.index_name(big.pk) in _plan(_nearest(f"organization_id = {org_a.pk} AND agent_id = {big.pk}"))
+    assert "hnsw" not in _plan(_nearest(f"organization_id = {org_a.pk} AND agent_id = {small.pk}")).lower()
+    assert indexes.sync_indexes().created_agents == []
+    _set_total(big, 1)  # below half the threshold
+    assert indexes.sync_indexes().dropped_agents == [big.pk]
+    assert indexes.existing() == {}
+
+
+def test_by_default_every_agent_too_large_for_the_exact_scan_gets_its_own_graph(org_a, settings):
+    # A shared graph gave such agents recall@10 of 0.90 (bench/search.py); their own, 0.997.
+    agent = AgentFactory(organization=org_a, slug="above")
+    settings.SEARCH_ORG_INDEX_MIN_CHUNKS = 10**9
+    _set_total(agent, settings.SEARCH_EXACT_MAX_CHUNKS + 1)
+    assert indexes.sync_indexes().created_agents == [agent.pk]
+    _set_total(agent, 0)
+    assert indexes.sync_indexes().dropped_agents == [agent.pk]
+
+
+def test_large_organizations_get_a_graph_for_searches_across_agents_and_only_theirs(org_a, org_b, settings):
+    first = AgentFactory(organization=org_a, slug="first")
+    second = AgentFactory(organization=org_a, slug="second")
+    other = AgentFactory(organization=org_b, slug="first")
+    ingest(org_a, first)
+    ingest(org_a, second, {"x": DOCS["git"], "y": DOCS["zip"]})
+    ingest(org_b, other, {"x": DOCS["git"]})
+    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 10**9
+    settings.SEARCH_ORG_INDEX_MIN_CHUNKS = 10  # org_a holds 12 chunks over two agents, org_b 3
+    result = indexes.sync_indexes()
+    assert (result.created_orgs, result.created_agents) == ([org_a.pk], [])
+    assert set(indexes.existing_org()) == {org_a.pk}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FILTER (WHERE organization_id = %s), count(*) FROM knowledge_chunk", [org_a.pk]
+        )
+        own, everyone = cursor.fetchone()
+    assert everyone > own == 12
+    across = f"organization_id = {org_a.pk} AND agent_id = ANY(ARRAY[{first.pk}, {second.pk}])"
+    assert indexes.org_index_name(org_a.pk) in _plan(_nearest(across))
+    assert "hnsw" not in _plan(_nearest(f"organization_id = {org_b.pk}")).lower()
+
+
+def test_a_deactivated_organization_loses_its_graphs(org_a, settings):
+    agent = AgentFactory(organization=org_a, slug="big")
+    ingest(org_a, agent)
+    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = settings.SEARCH_ORG_INDEX_MIN_CHUNKS = 5
+    result = indexes.sync_indexes()
+    assert (result.created_agents, result.created_orgs) == ([agent.pk], [org_a.pk])
+    Organization.objects.filter(pk=org_a.pk).update(is_active=False)
+    result = indexes.sync_indexes()
+    assert (result.dropped_agents, result.dropped_orgs) == ([agent.pk], [org_a.pk])
+    assert indexes.graphs() == []
+
+
+def test_a_graph_left_invalid_by_a_dead_build_is_rebuilt(org_a, settings):
+    agent = AgentFactory(organization=org_a, slug="big")
+    ingest(org_a, agent)
+    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 5
+    indexes.sync_indexes()
+    # What a CREATE INDEX CONCURRENTLY killed half-way leaves behind.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE pg_index SET indisvalid = false WHERE indexrelid = %s::regclass", [indexes.index_name(agent.pk)]
+        )
+    assert [g.valid for g in indexes.graphs()] == [False]
+    assert indexes.sync_indexes().created_agents == [agent.pk]
+    assert [g.valid for g in indexes.graphs()] == [True]
+
+
+def test_only_one_sync_runs_at_a_time(org_a, settings):
+    import psycopg
+
+    db = connection.settings_dict
+    with psycopg.connect(host=db["HOST"], port=db["PORT"] or None, user=db["USER"], dbname=db["NAME"], autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", [indexes.SYNC_LOCK])
+        assert indexes.sync_indexes().skipped is True
+    assert indexes.sync_indexes().skipped is False
+
+
+def test_search_through_a_graph_matches_the_exact_answer_and_stays_full_under_selective_filters(client_a, kb_a, settings):
+    from tests.search.test_search_api import _search
+
+    exact = _search(client_a, "compress files", mode="vector", limit=5)
+    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 1
+    indexes.sync_indexes()
+    settings.SEARCH_EXACT_MAX_CHUNKS = 0
+    approx = _search(client_a, "compress files", mode="vector", limit=5, filters={"year": {"$gte": 2000}})
+    # Same top-k by score (chunks sharing no word with the query tie, in any order).
+    assert [r["score"] for r in approx["results"]] == pytest.approx([r["score"] for r in exact["results"]], abs=1e-3)
+    assert approx["results"][0]["chunk_key"] == exact["results"][0]["chunk_key"]
+    selective = _search(client_a, "compress files", mode="vector", limit=3, filters={"platform": "osx"})
+    assert {r["document_key"] for r in selective["results"]} == {"zip"}  # the osx document's 2 chunks
+    assert len(selective["results"]) == 2
+
+
+def test_search_indexes_command_syncs_and_lists_the_graphs(org_a, settings, capsys):
+    agent = AgentFactory(organization=org_a, slug="big")
+    ingest(org_a, agent)
+    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 5
+    call_command("search_indexes", "--sync")
+    out = capsys.readouterr().out
+    assert "agents: 1 built, 0 dropped; organizations: 0 built, 0 dropped" in out
+    assert f"{indexes.index_name(agent.pk)}  agent {agent.pk}" in out
+    assert out.rstrip().endswith("1 graphs")
+
+
+def test_deleting_an_organization_drops_its_graph_before_its_rows(settings):
+    from knowledge.services import organization_delete_request
+
+    org = OrganizationFactory()
+    agent = AgentFactory(organization=org, slug="big")
+    ingest(org, agent)
+    settings.SEARCH_ORG_INDEX_MIN_CHUNKS = 5
+    assert indexes.sync_indexes().created_orgs == [org.pk]
+    organization_delete_request(org=org)  # tests run queued tasks inline once committed
+    assert indexes.existing_org() == {}
+    assert not Organization.objects.filter(pk=org.pk).exists()

@@ -8,9 +8,9 @@ Data: its own embedded PostgreSQL (bench/.data-delete), dropped and reloaded eve
 database and can reach no shared queue. 199k chunks x 384 dimensions (harness.Topics)
 in 120 agents: "big" (50k, the agent deleted), "oldway" (2k), four probed agents (30k,
 15k, 5k, 1k), four of 12.5k for the batch-size runs and 110 of 100 to 4,000 chunks.
-Loaded by bulk SQL with the HNSW and GIN indexes dropped, then rebuilt; per-agent
-partial HNSW indexes by search.indexes.sync_agent_indexes(), as the scheduled task
-builds them; 10k access rows for "big".
+Loaded by bulk SQL with the GIN indexes dropped, then rebuilt; the HNSW graphs (per
+agent above the exact threshold, and the organization's) by search.indexes.sync_indexes(),
+as the scheduled task builds them; 10k access rows for "big".
 
 Measured, in this order:
 - DELETE /api/v1/agents/{slug} over HTTP (gunicorn, production settings), every small
@@ -284,15 +284,12 @@ def main():
     from django.db import connection
 
     from knowledge.models import DeletionJob
-    from search import indexes
 
     roles = agent_specs(args.scale)
     specs = [spec for group in roles.values() for spec in group]
     topics = harness.Topics(DIMS)
     data = harness.load_synthetic(org_slug="bench", specs=specs, topics=topics)
-    started = time.perf_counter()
-    created, _ = indexes.sync_agent_indexes()
-    data.timings[f"partial HNSW indexes ({len(created)})"] = time.perf_counter() - started
+    harness.build_graphs(data.timings)
     big, oldway, sweep = roles["big"][0], roles["oldway"][0], roles["sweep"]
     with connection.cursor() as cursor:  # a month of access counts for a fifth of big's chunks
         cursor.execute(

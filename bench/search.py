@@ -9,8 +9,9 @@ Data: its own embedded PostgreSQL (bench/.data-search, dropped and reloaded each
 --reuse) and its own Redis database (7, flushed). 200k chunks x 384 dimensions over 1,000
 agents: the four largest hold 30k, 26k, 23k and 21k chunks, the other 996 are Zipf-sized
 (s = 1) over the remaining 100k (13k down to 15). Vectors are clustered with a low intrinsic
-dimension (harness.Topics). Loaded by bulk SQL with the HNSW and GIN indexes dropped, then
-rebuilt; per-agent partial HNSW indexes by search.indexes.sync_agent_indexes().
+dimension (harness.Topics). Loaded by bulk SQL with the GIN indexes dropped, then rebuilt;
+then the HNSW graphs (per agent above the exact threshold, and the organization's) by
+search.indexes.sync_indexes(), as the scheduled task builds them.
 
 Queries: precomputed vectors, held out from each agent's own distribution, put in the
 query-embedding cache (Redis) under a distinct query text, so the API runs its production
@@ -130,15 +131,10 @@ def main():
     run = harness.Run()
     run.phase("setup and load")
     env = harness.setup("search", dimensions=384, redis_db=REDIS_DB, fresh=not args.reuse)
-    from search import indexes
-
     specs = harness.agent_specs(HEAD_SIZES + harness.zipf_sizes(1000 - len(HEAD_SIZES), 100_000, minimum=1))
     topics = harness.Topics(384)
     data = harness.load_synthetic(org_slug="bench", specs=specs, topics=topics)
-    started = time.perf_counter()
-    created, _ = indexes.sync_agent_indexes()
-    if created:
-        data.timings[f"partial HNSW indexes ({len(created)})"] = time.perf_counter() - started
+    harness.build_graphs(data.timings)
     run.note(
         f"data: {sum(s.size for s in specs):,} chunks, {len(specs)} agents"
         + (" (reused)" if data.reused else ": " + ", ".join(f"{k} {v:.1f} s" for k, v in data.timings.items()))

@@ -158,22 +158,19 @@ def documents_ingest(*, org: Organization, agent: Agent, docs: list[DocumentInpu
         raise invalid("documents", "Each key may appear once per batch.")
     batch = BatchResult()
     prepared = [_prepare(agent, d) for d in docs]
+    # Tuples, not model instances: on a re-ingest of unchanged files this lookup is most
+    # of the work (index document_org_agent_key_uniq).
     current = {
-        d.key: d
-        for d in Document.objects.for_org(org).filter(agent=agent, key__in=keys).only(
-            "key", "status", "content_hash", "ingest_hash", "chunk_count"
-        )
+        key: rest
+        for key, *rest in Document.objects.for_org(org)
+        .filter(agent=agent, key__in=keys)
+        .values_list("key", "pk", "status", "content_hash", "ingest_hash", "chunk_count")
     }
     todo = []
     for item in prepared:
-        existing = current.get(item.doc.key)
-        if (
-            existing is not None
-            and existing.status == Document.Status.READY
-            and existing.content_hash == item.content_hash
-            and existing.ingest_hash == item.ingest_hash
-        ):
-            batch.results.append(IngestResult(item.doc.key, "unchanged", existing.pk, chunk_count=existing.chunk_count))
+        pk, status, content_hash, ingest_hash, chunk_count = current.get(item.doc.key, (None,) * 5)
+        if status == Document.Status.READY and content_hash == item.content_hash and ingest_hash == item.ingest_hash:
+            batch.results.append(IngestResult(item.doc.key, "unchanged", pk, chunk_count=chunk_count))
             continue
         chunked = chunk_document(
             item.doc.text,

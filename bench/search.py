@@ -59,12 +59,12 @@ class SizeClass:
         from django.conf import settings
 
         if self.org_wide:
-            return "HNSW, shared index"
+            return "HNSW, the organization's graph"
         if self.high <= settings.SEARCH_EXACT_MAX_CHUNKS:
             return "exact"
         if self.low >= settings.SEARCH_AGENT_INDEX_MIN_CHUNKS:
-            return "HNSW, own partial index"
-        return "HNSW, shared or own index"
+            return "HNSW, the agent's own graph"
+        return "HNSW, own graph or organization's"
 
 
 CLASSES = [
@@ -236,16 +236,21 @@ def measure_latency(client, data, queries: list[Query]) -> None:
     a raw persistent psycopg connection (engine.vector_statements: what the API runs)."""
     from search import engine, selectors
 
-    refs = {q.slug: [selectors.search_agent_get(org=data.org, slug=q.slug)] for q in queries if not q.size_class.org_wide}
+    refs = {
+        q.slug: engine.AgentSelection([selectors.search_agent_get(org=data.org, slug=q.slug)])
+        for q in queries if not q.size_class.org_wide
+    }  # fmt: skip
     refs[ORG] = selectors.search_agents_get(org=data.org, slugs=None)
     with harness.raw_connection() as conn:
         cursor = conn.cursor()
         for i, query in enumerate(queries):
-            agents = refs[ORG if query.size_class.org_wide else query.slug]
+            selection = refs[ORG if query.size_class.org_wide else query.slug]
             if not query.size_class.plan:
                 query.size_class.plan = plan_indexes(cursor, *engine.vector_statements(
-                    org_id=data.org.pk, agents=agents, vector=query.vector, k=K, filters=("", []))[0])  # fmt: skip
-            steps = [lambda q=query: api_search(client, q), lambda q=query, a=agents: floor_search(cursor, data.org.pk, a, q, engine)]
+                    org_id=data.org.pk, agents=selection.agents, vector=query.vector, k=K, filters=("", []),
+                    everyone_but=selection.everyone_but)[0])  # fmt: skip
+            steps = [lambda q=query: api_search(client, q),
+                     lambda q=query, a=selection: floor_search(cursor, data.org.pk, a, q, engine)]  # fmt: skip
             for step in steps if i % 2 == 0 else reversed(steps):
                 step()
 
@@ -272,9 +277,13 @@ def api_search(client, query: Query) -> None:
     query.api_keys = [f"{r['agent']}/{r['chunk_key']}" for r in body["results"]]
 
 
-def floor_search(cursor, org_id, agents, query: Query, engine) -> None:
+def floor_search(cursor, org_id, selection, query: Query, engine) -> None:
     started = time.perf_counter()
-    for sql, params in engine.vector_statements(org_id=org_id, agents=agents, vector=query.vector, k=K, filters=("", [])):
+    statements = engine.vector_statements(
+        org_id=org_id, agents=selection.agents, vector=query.vector, k=K, filters=("", []),
+        everyone_but=selection.everyone_but,
+    )  # fmt: skip
+    for sql, params in statements:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
         if len(rows) >= K:

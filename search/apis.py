@@ -83,8 +83,10 @@ class OrganizationSearchApi(OrgAPIView):
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        agents = selectors.search_agents_get(org=self.org, slugs=data.validated_data.get("agents"))
-        return Response(search(org=self.org, agents=agents, request=_request(request.data)))
+        selection = selectors.search_agents_get(org=self.org, slugs=data.validated_data.get("agents"))
+        return Response(
+            search(org=self.org, agents=selection.agents, request=_request(request.data), everyone_but=selection.everyone_but)
+        )
 
 
 class HotChunksApi(OrgAPIView):

@@ -4,7 +4,7 @@ from django.db import connection
 from django.utils import timezone
 
 from knowledge.models import Agent
-from search.engine import AgentRef
+from search.engine import AgentRef, AgentSelection
 from tenants.errors import conflict, not_found
 from tenants.models import Organization
 
@@ -33,22 +33,25 @@ def search_agent_get(*, org: Organization, slug: str) -> AgentRef:
     return _refs(rows)[0]
 
 
-def search_agents_get(*, org: Organization, slugs: list[str] | None) -> list[AgentRef]:
-    """The named agents (all active ones by default), ordered by slug."""
+def search_agents_get(*, org: Organization, slugs: list[str] | None) -> AgentSelection:
+    """The named agents, or all active ones by default, ordered by slug."""
     with connection.cursor() as cursor:
         if slugs:
             cursor.execute(_AGENT_SQL + " AND a.slug = ANY(%s) ORDER BY a.slug", [org.pk, org.pk, list(set(slugs))])
         else:
-            cursor.execute(_AGENT_SQL + " AND a.status = 'active' ORDER BY a.slug", [org.pk, org.pk])
+            cursor.execute(_AGENT_SQL + " ORDER BY a.slug", [org.pk, org.pk])
         rows = cursor.fetchall()
-    if slugs:
-        missing = sorted(set(slugs) - {r[1] for r in rows})
-        if missing:
-            raise not_found(f"Agent(s) not found: {', '.join(missing)}.")
-        deleting = sorted(r[1] for r in rows if r[2] != Agent.Status.ACTIVE)
-        if deleting:
-            raise conflict("agent_deleting", f"Agent(s) being deleted cannot be searched: {', '.join(deleting)}.")
-    return _refs(rows)
+    if not slugs:
+        # Deleting agents' chunks are still in the table: the one thing to leave out.
+        active = [r for r in rows if r[2] == Agent.Status.ACTIVE]
+        return AgentSelection(_refs(active), everyone_but=[r[0] for r in rows if r[2] != Agent.Status.ACTIVE])
+    missing = sorted(set(slugs) - {r[1] for r in rows})
+    if missing:
+        raise not_found(f"Agent(s) not found: {', '.join(missing)}.")
+    deleting = sorted(r[1] for r in rows if r[2] != Agent.Status.ACTIVE)
+    if deleting:
+        raise conflict("agent_deleting", f"Agent(s) being deleted cannot be searched: {', '.join(deleting)}.")
+    return AgentSelection(_refs(rows))
 
 
 def hot_chunks(*, org: Organization, agent_id: int, days: int, limit: int) -> list[dict]:

@@ -57,14 +57,15 @@ def query_vector_put(model: str, text: str, vector) -> None:
     query_embeddings.set(_query_key(model, text), np.asarray(vector, dtype=np.float16).tobytes())
 
 
-def search(*, org: Organization, agents: list[AgentRef], request: SearchRequest) -> dict:
+def search(*, org: Organization, agents: list[AgentRef], request: SearchRequest, everyone_but: list[int] | None = None) -> dict:
+    """`everyone_but`: see engine.AgentSelection."""
     started = time.perf_counter()
     filters = engine.filters_sql(org.pk, request.filters)  # validates, even when the answer is cached
     key = request.cache_key(org.pk, agents)
     results = result_cache.get(key)
     cached = results is not None
     if not cached:
-        results = _run(org, agents, request, filters)
+        results = _run(org, agents, request, filters, everyone_but)
         result_cache.set(key, results)
     took_ms = (time.perf_counter() - started) * 1000
     tracking.record(org_id=org.pk, results=results, agent_ids=[a.id for a in agents], latency_ms=took_ms, cache_hit=cached)
@@ -76,16 +77,18 @@ def search(*, org: Organization, agents: list[AgentRef], request: SearchRequest)
     }
 
 
-def _run(org, agents, request, filters) -> list[dict]:
+def _run(org, agents, request, filters, everyone_but) -> list[dict]:
     if not agents:
         return []
     limit = request.limit
     depth = max(limit, settings.SEARCH_HYBRID_CANDIDATES) if request.mode == "hybrid" else limit
     scores: dict[int, float] = {}
     if request.mode in ("vector", "hybrid"):
-        vector_hits = _vector_hits(org, agents, request.query, depth, filters)
+        vector_hits = _vector_hits(org, agents, request.query, depth, filters, everyone_but)
     if request.mode in ("keyword", "hybrid"):
-        keyword_hits = engine.keyword_candidates(org_id=org.pk, agents=agents, query=request.query, k=depth, filters=filters)
+        keyword_hits = engine.keyword_candidates(
+            org_id=org.pk, agents=agents, query=request.query, k=depth, filters=filters, everyone_but=everyone_but
+        )
     if request.mode == "vector":
         scores = {cid: 1.0 - float(d) for cid, d in vector_hits}
     elif request.mode == "keyword":
@@ -122,7 +125,7 @@ def _run(org, agents, request, filters) -> list[dict]:
     return results
 
 
-def _vector_hits(org, agents, query, depth, filters) -> list[tuple[int, float]]:
+def _vector_hits(org, agents, query, depth, filters, everyone_but) -> list[tuple[int, float]]:
     # Distances are only comparable within one embedding model: query each model's
     # agents with that model's query vector, then merge by distance.
     by_model: dict[str, list[AgentRef]] = {}
@@ -131,7 +134,10 @@ def _vector_hits(org, agents, query, depth, filters) -> list[tuple[int, float]]:
     hits = []
     for model, group in by_model.items():
         vector = query_vector(model, query)
-        hits += engine.vector_candidates(org_id=org.pk, agents=group, vector=vector, k=depth, filters=filters)
+        hits += engine.vector_candidates(
+            org_id=org.pk, agents=group, vector=vector, k=depth, filters=filters,
+            everyone_but=everyone_but if len(group) == len(agents) else None,
+        )  # fmt: skip
     return sorted(hits, key=lambda hit: hit[1])[:depth]
 
 

@@ -18,18 +18,35 @@ def agent_get(*, org: Organization, slug: str) -> Agent | None:
     return agent_list(org=org).filter(slug=slug).first()
 
 
+_STATS_FIELDS = [f.attname for f in AgentStats._meta.concrete_fields]
+_STATS_AGENT_FIELDS = ["id", "organization_id", "slug", "status"]  # in field order, as from_db needs
+# One row through agent_org_slug_live_uniq (organization, slug; partial: not deleted)
+# joined to agentstats' primary key: O(1) whatever the agent's size. The organization
+# is filtered on the agent too: with only the stats row's organization_id, the index
+# is searched by slug alone, across every organization that has an agent so named.
+# Written out because it runs on every stats request: building and compiling the ORM
+# query cost more CPU than the rest of the request (bench/ingest_stats.py step 3).
+# tests/knowledge/test_agents_api.py checks its plan and its scoping.
+_STATS_BY_SLUG_SQL = (
+    "SELECT " + ", ".join(f"s.{c}" for c in _STATS_FIELDS) + ", " + ", ".join(f"a.{c}" for c in _STATS_AGENT_FIELDS)
+    + f" FROM {Agent._meta.db_table} a JOIN {AgentStats._meta.db_table} s ON s.agent_id = a.id"
+    f" WHERE a.organization_id = %s AND a.slug = %s AND NOT (a.status = '{Agent.Status.DELETED}')"
+    " AND s.organization_id = %s"
+)  # fmt: skip
+
+
 def agent_stats_get_by_slug(*, org: Organization, slug: str) -> AgentStats | None:
-    # One row through agent_org_slug_live_uniq (organization, slug; partial: not deleted)
-    # joined to agentstats' primary key: O(1) whatever the agent's size. The organization
-    # is filtered on the agent too: with only the stats row's organization_id, the index
-    # is searched by slug alone, across every organization that has an agent so named.
-    return (
-        AgentStats.objects.for_org(org)
-        .select_related("agent")
-        .filter(agent__organization=org, agent__slug=slug)
-        .exclude(agent__status=Agent.Status.DELETED)
-        .first()
-    )
+    """The stats row of the live agent with this slug in this organization, its `agent`
+    loaded with only id, organization, slug and status; None also for another
+    organization's agent."""
+    with connection.cursor() as cursor:
+        cursor.execute(_STATS_BY_SLUG_SQL, [org.pk, slug, org.pk])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    stats = AgentStats.from_db(connection.alias, _STATS_FIELDS, row[: len(_STATS_FIELDS)])
+    stats.agent = Agent.from_db(connection.alias, _STATS_AGENT_FIELDS, row[len(_STATS_FIELDS) :])
+    return stats
 
 
 def organization_stats(*, org: Organization) -> dict:

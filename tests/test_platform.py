@@ -59,3 +59,40 @@ def test_openapi_schema_and_swagger_ui(client, db):
 
 def test_migrations_are_complete(db):
     call_command("makemigrations", "--check", "--dry-run", stdout=StringIO())
+
+
+def _health_checked(wrapper) -> bool:
+    """Runs the check Django runs before a request's first query; True if it sent SELECT 1."""
+    sent = []
+    is_usable = wrapper.is_usable
+    wrapper.is_usable = lambda: sent.append(1) or is_usable()
+    wrapper.health_check_done = False
+    wrapper.close_if_health_check_failed()
+    return bool(sent)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_health_check_skips_the_round_trip_on_a_healthy_connection_and_drops_a_terminated_one():
+    import select
+
+    from django.db import connections
+
+    wrapper = connections.create_connection("default")
+    try:
+        wrapper.ensure_connection()
+        assert not _health_checked(wrapper)
+        assert wrapper.connection is not None
+
+        pid = wrapper.connection.info.backend_pid
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
+        poller = select.poll()
+        poller.register(wrapper.connection.pgconn.socket, select.POLLIN)
+        assert poller.poll(5000)
+        assert _health_checked(wrapper)
+        assert wrapper.connection is None  # closed: the next query reconnects
+        with wrapper.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            assert cursor.fetchone() == (1,)
+    finally:
+        wrapper.close()

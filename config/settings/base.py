@@ -75,9 +75,12 @@ DATABASES["default"].update(
     {
         # Persistent connections: search latency targets assume no connect per request.
         "CONN_MAX_AGE": env.int("CONN_MAX_AGE", default=300),
+        # Checked at each request's first query without a round trip (config/postgresql/base.py).
         "CONN_HEALTH_CHECKS": True,
     }
 )
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["ENGINE"] = "config.postgresql"
 DATABASES["default"].setdefault("OPTIONS", {})
 # Never let psycopg prepare statements: after 5 executions PostgreSQL may switch a
 # prepared vector search to a generic plan, which ignores the per-agent selectivity

@@ -5,7 +5,7 @@ from django.test.utils import CaptureQueriesContext
 from knowledge import selectors
 from knowledge.models import Agent, AgentStats
 from tests.conftest import error_fields
-from tests.factories import AgentFactory
+from tests.factories import AgentFactory, OrganizationFactory
 
 
 def test_create_agent_with_config_returns_it_with_stats(client_a, org_a):
@@ -123,6 +123,19 @@ def test_agent_stats_lookup_searches_the_org_slug_index_by_organization_and_slug
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "agent_org_slug_live_uniq" in plan
     assert f"Index Cond: ((organization_id = {org_a.pk}) AND ((slug)::text = 'support'::text))" in plan
+
+
+def test_agent_stats_lookup_is_the_organizations_live_agent(org_a, agent_a, agent_b):
+    AgentStats.objects.for_org(org_a).filter(agent=agent_a).update(total_chunks=7, search_count=4, search_cache_hits=1)
+    stats = selectors.agent_stats_get_by_slug(org=org_a, slug="support")
+    assert (stats.agent_id, stats.organization_id, stats.total_chunks) == (agent_a.pk, org_a.pk, 7)
+    assert (stats.agent.pk, stats.agent.slug, stats.agent.status) == (agent_a.pk, "support", "active")
+    assert stats.cache_hit_rate == 0.25
+    assert selectors.agent_stats_get_by_slug(org=org_a, slug="missing") is None
+    other = OrganizationFactory(slug="org-c")
+    assert selectors.agent_stats_get_by_slug(org=other, slug="support") is None
+    Agent.objects.for_org(org_a).filter(pk=agent_a.pk).update(status=Agent.Status.DELETED)
+    assert selectors.agent_stats_get_by_slug(org=org_a, slug="support") is None
 
 
 def _captured_sql(call) -> str:

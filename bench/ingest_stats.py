@@ -330,7 +330,10 @@ def ingest_corpus(report: "Report", *, workers: int) -> None:
     provider = get_provider(batches[0][0].embedding_model)
     calls = provider.calls
     # Re-ingest in this process so the provider's own call counter is the witness.
-    second, second_s = timed_ingest(org, batches, 1)
+    # Three re-ingests, the median taken: the first ingest's aftermath (autovacuum of the
+    # new rows, the graph sync) can still hold a core during the first of them.
+    reruns = [timed_ingest(org, batches, 1) for _ in range(3)]
+    second, second_s = sorted(reruns, key=lambda run: run[1])[1]
     second_calls = provider.calls - calls
     docs, chunks = first.documents, first.chunks_added
     # What the scheduled sync does next (search/indexes.py): graphs for what grew past the
@@ -358,13 +361,18 @@ def ingest_corpus(report: "Report", *, workers: int) -> None:
         f"{graphs_s:.1f} s: {len(graphs.created_agents)} agent graph(s), {len(graphs.created_orgs)} organization graph(s)",
         f"first ingest + sync: {chunks / (first_s + graphs_s):,.0f} chunks/s",
     )
-    report.row("re-ingest unchanged", f"{second_s:.2f} s, 1 process, {second.unchanged:,} unchanged", "")
+    report.row(
+        "re-ingest unchanged",
+        f"{second_s:.2f} s, 1 process, {second.unchanged:,} unchanged (median of "
+        + ", ".join(f"{seconds:.2f}" for _, seconds in reruns) + " s)",
+        "",
+    )
     report.row("  time first / second", f"{first_s / second_s:.1f}×", "≥ 10×", first_s / second_s >= 10)
     report.row(
         "  embedding calls made",
-        f"{second_calls} (texts embedded {second.embedded})",
+        f"{second_calls} in the three runs (texts embedded {sum(run.embedded for run, _ in reruns)})",
         "0",
-        second_calls == second.embedded == 0,
+        second_calls == sum(run.embedded for run, _ in reruns) == 0,
     )
     assert first.added == docs and second.unchanged == docs and first.failed == 0
 

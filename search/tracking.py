@@ -1,13 +1,15 @@
 """What search used, recorded without a database write per search.
 
-Each search adds to a buffer: per (organization, agent, chunk, day) an access count,
-a score sum and the last access time; per agent the search count, cache hits,
-latency total and last search time. The buffer lives in Redis (hashes, one script
-call per search) when configured, else in process. It is flushed in bulk: one
+Each search adds to this process's buffer (a dict update): per (organization, agent,
+chunk, day) an access count, a score sum and the last access time; per agent the search
+count, cache hits, latency total and last search time. With Redis, a background thread
+pushes the aggregated buffer into shared Redis hashes every SEARCH_TRACK_PUSH_SECONDS (one
+script call for everything since the last push, so no search waits on Redis for it);
+without Redis, or while it is unreachable, the process keeps it. Flushed in bulk: one
 INSERT … ON CONFLICT DO UPDATE for accesses and one UPDATE for stats, by a scheduled
-Django-Q2 task, when it grows past SEARCH_BUFFER_MAX entries (a queued task for Redis;
-the process itself for its own buffer), and (in-process buffer)
-every SEARCH_FLUSH_SECONDS by a background thread of each process.
+Django-Q2 task, when the Redis buffer grows past SEARCH_BUFFER_MAX entries (a queued
+task), and, for what a process keeps, by the process itself every SEARCH_FLUSH_SECONDS or
+when its buffer is full. A process killed outright loses at most its last push interval.
 """
 
 import logging
@@ -40,30 +42,30 @@ return moved
 """
 
 
-# One search's increments, applied atomically in one round trip; returns the size of the
-# access buffer. A pipeline of the same commands cost ~3x the CPU (34 replies to parse
-# for 10 results), a third of a cached search (bench/search.py).
-# KEYS: access n, s, t, stats n, h, l, t. ARGV: now, number of access items, then
-# (key, score) per access item, then hit 0/1, latency ms and the searched agents' keys
-# as one space-separated string: a search over 1,000 agents packs one argument, not
-# 3,000 (packing them cost ~10 ms per search in Python).
+# A process's aggregated increments, applied atomically in one round trip; returns the
+# size of the access buffer. KEYS: access n, s, t, stats n, h, l, t. ARGV: now, number of
+# access items, then (key, count, score sum) per access item, then (key, count, hits,
+# latency ms total) per stats item. Times are the push's: within a push interval.
 _RECORD = """
 local now, i = ARGV[1], 3
 for _ = 1, tonumber(ARGV[2]) do
-  redis.call('HINCRBY', KEYS[1], ARGV[i], 1)
-  redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 1])
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 2])
   redis.call('HSET', KEYS[3], ARGV[i], now)
-  i = i + 2
+  i = i + 3
 end
-local hit, latency = ARGV[i], ARGV[i + 1]
-for key in string.gmatch(ARGV[i + 2], '%S+') do
-  redis.call('HINCRBY', KEYS[4], key, 1)
-  if hit == '1' then redis.call('HINCRBY', KEYS[5], key, 1) end
-  redis.call('HINCRBYFLOAT', KEYS[6], key, latency)
-  redis.call('HSET', KEYS[7], key, now)
+while i <= #ARGV do
+  redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1])
+  redis.call('HINCRBY', KEYS[5], ARGV[i], ARGV[i + 2])
+  redis.call('HINCRBYFLOAT', KEYS[6], ARGV[i], ARGV[i + 3])
+  redis.call('HSET', KEYS[7], ARGV[i], now)
+  i = i + 4
 end
 return redis.call('HLEN', KEYS[1])
 """
+# Items per script call: a push after a busy interval is split, so Redis (single-threaded)
+# is never held long by one call.
+PUSH_CHUNK = 2000
 _scripts: dict = {}
 
 
@@ -101,6 +103,21 @@ class LocalBuffer:
             self.reset()
         return access, stats
 
+    def merge(self, access: dict, stats: dict) -> None:
+        """Puts drained rows back (a push that failed), adding to what came meanwhile."""
+        with self.lock:
+            for key, (n, score, ts) in access.items():
+                row = self.access[key]
+                row[0] += n
+                row[1] += score
+                row[2] = max(row[2], ts)
+            for key, (n, hits, latency, ts) in stats.items():
+                row = self.stats[key]
+                row[0] += n
+                row[1] += hits
+                row[2] += latency
+                row[3] = max(row[3], ts)
+
 
 _local = LocalBuffer()
 _flusher = {"thread": None}
@@ -112,20 +129,11 @@ def record(*, org_id: int, results: list[dict], agent_ids: list[int], latency_ms
     access_items = []
     if settings.SEARCH_TRACK_ACCESS:
         access_items = [(f"{org_id}:{r['_agent_id']}:{r['_chunk_id']}:{day}", float(r["score"]), now) for r in results]
-    stats_keys = [f"{org_id}:{agent_id}" for agent_id in agent_ids]
-    size = None
-    if caching.uses_redis() and caching.shared_cache_available():
-        try:
-            size = _record_redis(now, access_items, stats_keys, cache_hit, latency_ms)
-        except Exception as exc:  # noqa: BLE001 - tracking must never fail a search
-            caching.shared_cache_failed(exc)
-    if size is None:
-        size = _local.add(access_items, [(key, 1 if cache_hit else 0, latency_ms, now) for key in stats_keys])
-        _ensure_local_flusher()
-        if size > settings.SEARCH_BUFFER_MAX:
-            flush_local()  # this process's own buffer: only it can drain it
-    elif size > settings.SEARCH_BUFFER_MAX:
-        _queue_flush()
+    hit = 1 if cache_hit else 0
+    size = _local.add(access_items, [(f"{org_id}:{agent_id}", hit, latency_ms, now) for agent_id in agent_ids])
+    _ensure_flusher()
+    if size > settings.SEARCH_BUFFER_MAX and push() is None:
+        flush_local()  # no Redis to take it: this process's own buffer, only it can drain it
 
 
 def _queue_flush() -> None:
@@ -142,29 +150,63 @@ def _queue_flush() -> None:
     async_task("search.tasks.flush_tracking")
 
 
-def _record_redis(now: float, access_items, stats_keys: list[str], cache_hit: bool, latency_ms: float) -> int:
+def push() -> int | None:
+    """Moves this process's buffer into the shared Redis buffer; returns the size of that
+    buffer (queueing a flush when it is full), or None without Redis or when it is
+    unreachable: then the rows stay in this process."""
+    if not (caching.uses_redis() and caching.shared_cache_available()):
+        return None
+    access, stats = _local.drain()
+    if not access and not stats:
+        return 0
+    try:
+        size = _push_redis(access, stats)
+    except Exception as exc:  # noqa: BLE001 - tracking must never fail a search
+        caching.shared_cache_failed(exc)
+        _local.merge(access, stats)
+        return None
+    if size > settings.SEARCH_BUFFER_MAX:
+        _queue_flush()
+    return size
+
+
+def _push_redis(access: dict, stats: dict) -> int:
     client = caching._redis_client()
     script = _scripts.get(_RECORD) or _scripts.setdefault(_RECORD, client.register_script(_RECORD))
-    args = [now, len(access_items)]
-    for key, score, _ in access_items:
-        args += [key, score]  # every item's time is `now`
-    args += [1 if cache_hit else 0, latency_ms, " ".join(stats_keys)]
     keys = _keys("access", ACCESS_FIELDS) + _keys("stats", STATS_FIELDS)
-    # EVALSHA, loading the script first on a server that does not know it yet.
-    return int(script(keys=keys, args=args, client=client))
+    access_items, stats_items = list(access.items()), list(stats.items())
+    size = 0
+    for start in range(0, max(len(access_items), len(stats_items)), PUSH_CHUNK):
+        a, st = access_items[start : start + PUSH_CHUNK], stats_items[start : start + PUSH_CHUNK]
+        args = [time.time(), len(a)]
+        for key, (n, score, _) in a:
+            args += [key, n, score]
+        for key, (n, hits, latency, _) in st:
+            args += [key, n, hits, latency]
+        # EVALSHA, loading the script first on a server that does not know it yet.
+        size = int(script(keys=keys, args=args, client=client))
+    return size
 
 
-def _ensure_local_flusher() -> None:
-    if not settings.SEARCH_FLUSH_SECONDS or (_flusher["thread"] is not None and _flusher["thread"].is_alive()):
+def _ensure_flusher() -> None:
+    """One background thread per process: pushes to Redis every SEARCH_TRACK_PUSH_SECONDS,
+    and writes what it keeps (no Redis, or Redis down) every SEARCH_FLUSH_SECONDS."""
+    if _flusher["thread"] is not None and _flusher["thread"].is_alive():
+        return
+    push_every, flush_every = settings.SEARCH_TRACK_PUSH_SECONDS, settings.SEARCH_FLUSH_SECONDS
+    if not (push_every and caching.uses_redis()) and not flush_every:
         return
 
     def loop():
+        last_flush = time.monotonic()
         while True:
-            time.sleep(settings.SEARCH_FLUSH_SECONDS)
+            time.sleep(push_every if push_every and caching.uses_redis() else flush_every)
             try:
-                flush_local()
+                if push() is None and flush_every and time.monotonic() - last_flush >= flush_every:
+                    flush_local()
+                    last_flush = time.monotonic()
             except Exception:  # noqa: BLE001 - keep the thread alive; the data stays buffered
-                logger.exception("search: flushing the in-process tracking buffer failed")
+                logger.exception("search: pushing or flushing the tracking buffer failed")
             finally:
                 connection.close()
 
@@ -174,8 +216,9 @@ def _ensure_local_flusher() -> None:
 
 def flush() -> tuple[int, int]:
     """Writes everything buffered (Redis and this process) to the database."""
+    push()
     a1, s1 = flush_redis() if caching.uses_redis() else (0, 0)
-    a2, s2 = flush_local()
+    a2, s2 = flush_local()  # what Redis could not take
     return a1 + a2, s1 + s2
 
 

@@ -234,6 +234,8 @@ SEARCH_REDIS_RETRY_SECONDS = env.float("SEARCH_REDIS_RETRY_SECONDS", default=5.0
 SEARCH_TRACK_ACCESS = env.bool("SEARCH_TRACK_ACCESS", default=True)
 SEARCH_BUFFER_MAX = env.int("SEARCH_BUFFER_MAX", default=20000)
 SEARCH_FLUSH_SECONDS = env.float("SEARCH_FLUSH_SECONDS", default=30.0)
+# Each process pushes its aggregated tracking to Redis this often, never per search.
+SEARCH_TRACK_PUSH_SECONDS = env.float("SEARCH_TRACK_PUSH_SECONDS", default=1.0)
 SEARCH_ACCESS_RETENTION_DAYS = env.int("SEARCH_ACCESS_RETENTION_DAYS", default=90)
 
 # HNSW scan settings travel as connection startup options: no SET per query, and

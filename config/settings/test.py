@@ -10,5 +10,6 @@ Q_CLUSTER = {**Q_CLUSTER, "sync": True}
 if REDIS_URL:
     # A prefix of its own per run: tests clear only their own keys on a shared Redis.
     CACHES["default"]["KEY_PREFIX"] = f"lore-test-{uuid.uuid4().hex[:8]}"
-# Tests flush the search tracking buffer explicitly; no background flusher thread.
+# Tests push and flush the search tracking buffer explicitly; no background thread.
 SEARCH_FLUSH_SECONDS = 0
+SEARCH_TRACK_PUSH_SECONDS = 0

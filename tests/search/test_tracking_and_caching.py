@@ -102,7 +102,11 @@ def test_redis_buffers_tracking_and_caches_results_across_processes(client_a, or
     second = client_a.post(URL, {"query": "tar archive"}, format="json").json()
     assert (first["cached"], second["cached"]) == (False, True)
     assert caching.metrics["shared_hits"] >= 1
-    assert not tracking._local.access  # buffered in Redis, not in process
+    # Aggregated in this process, then pushed to Redis in one call (every second by a
+    # background thread), where any process's flush finds it.
+    assert len(tracking._local.access) == len(first["results"])
+    assert tracking.push() == len(first["results"])
+    assert not tracking._local.access and not tracking._local.stats
     accesses, agents = tracking.flush()
     assert accesses >= 1 and agents == 1
     stats = AgentStats.objects.for_org(org_a).get(agent=kb_a)
@@ -114,6 +118,7 @@ def test_redis_buffers_tracking_and_caches_results_across_processes(client_a, or
 @pytest.mark.redis
 def test_a_redis_flush_while_another_runs_writes_nothing_so_nothing_counts_twice(client_a, org_a, kb_a, redis_cache):
     first = client_a.post(URL, {"query": "tar archive"}, format="json").json()
+    tracking.push()
     running = caching._redis_client().lock(redis_cache.make_key("track:flush"), timeout=60)
     assert running.acquire(blocking=False)
     assert tracking.flush_redis() == (0, 0)  # the other flush owns the buffer
@@ -122,6 +127,19 @@ def test_a_redis_flush_while_another_runs_writes_nothing_so_nothing_counts_twice
     assert tracking.flush_redis() == (0, 0)
     assert AgentStats.objects.for_org(org_a).get(agent=kb_a).search_count == 1
     assert sum(ChunkAccess.objects.for_org(org_a).values_list("access_count", flat=True)) == len(first["results"])
+
+
+@pytest.mark.redis
+def test_a_push_that_fails_keeps_the_rows_in_process_and_they_still_count(client_a, org_a, kb_a, redis_cache, monkeypatch):
+    first = client_a.post(URL, {"query": "tar archive"}, format="json").json()
+    monkeypatch.setattr(tracking, "_push_redis", lambda access, stats: (_ for _ in ()).throw(ConnectionError("down")))
+    assert tracking.push() is None
+    assert len(tracking._local.access) == len(first["results"])
+    monkeypatch.undo()
+    client_a.post(URL, {"query": "tar archive"}, format="json")
+    tracking.flush()
+    assert AgentStats.objects.for_org(org_a).get(agent=kb_a).search_count == 2
+    assert sum(ChunkAccess.objects.for_org(org_a).values_list("access_count", flat=True)) == 2 * len(first["results"])
 
 
 @pytest.mark.redis
@@ -135,6 +153,7 @@ def test_redis_down_searches_still_succeed_and_failures_are_counted(client_a, or
         assert caching.metrics["redis_errors"] > before
         # The in-process tier still serves repeats; tracking fell back to the in-process buffer.
         assert client_a.post(URL, {"query": "tar"}, format="json").json()["cached"] is True
+        assert tracking.push() is None  # Redis unreachable: the rows stay in process
         tracking.flush_local()
     assert AgentStats.objects.for_org(org_a).get(agent=kb_a).search_count == 4
 

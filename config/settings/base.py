@@ -220,9 +220,11 @@ SEARCH_HNSW_MAX_SCAN_TUPLES = env.int("SEARCH_HNSW_MAX_SCAN_TUPLES", default=500
 # every agent too large for the exact scan: on the shared index agents of 6.7k and 13k
 # chunks got recall@10 0.90 and 0.92 (some queries 0), on their own 0.997 at ~2 ms.
 SEARCH_AGENT_INDEX_MIN_CHUNKS = env.int("SEARCH_AGENT_INDEX_MIN_CHUNKS", default=SEARCH_EXACT_MAX_CHUNKS + 1)
-# Organizations this large get a graph of their own for searches across agents; below it
-# those are exact scans (an organization's graph costs each of its inserts ≈ 1-2.5 ms).
-SEARCH_ORG_INDEX_MIN_CHUNKS = env.int("SEARCH_ORG_INDEX_MIN_CHUNKS", default=20000)
+# Organizations this large get a graph of their own for searches across agents. Below it
+# those are exact scans, ≈ 1 µs per chunk here (bench/search.py: 3.7 ms for ≈ 3.6k chunks),
+# so ≈ 10 ms at the line; above it, an organization's graph costs each of its chunk
+# inserts ≈ 1.5-2.5 ms of database CPU (bench/ingest_stats.py).
+SEARCH_ORG_INDEX_MIN_CHUNKS = env.int("SEARCH_ORG_INDEX_MIN_CHUNKS", default=10000)
 SEARCH_HYBRID_CANDIDATES = env.int("SEARCH_HYBRID_CANDIDATES", default=50)
 SEARCH_RRF_K = env.int("SEARCH_RRF_K", default=60)
 SEARCH_MAX_QUERY_CHARS = env.int("SEARCH_MAX_QUERY_CHARS", default=2000)

@@ -45,6 +45,23 @@ def test_unchanged_reingest_answers_unchanged_with_zero_embedding_calls(client_a
     assert _stats(org_a, agent_a).data_version == version
 
 
+@pytest.mark.parametrize(
+    "same_text",
+    [
+        "\n\n" + TEXT + "\n",  # in normal form but for the newlines around it: recognised without normalizing
+        TEXT.replace("\n", "\r\n") + "  ",  # only normalization shows it unchanged
+        TEXT.replace("archive.", "archive.   "),  # trailing spaces on a line
+    ],
+)
+def test_text_that_normalizes_to_the_stored_one_is_unchanged(client_a, org_a, agent_a, same_text):
+    client_a.post(URL, {"key": "tar", "text": TEXT}, format="json")
+    calls = _embed_calls(agent_a)
+    assert client_a.post(URL, {"key": "tar", "text": same_text}, format="json").json()["unchanged"] is True
+    assert _embed_calls(agent_a) == calls
+    changed = TEXT.replace("archive.", "archive!")
+    assert client_a.post(URL, {"key": "tar", "text": changed}, format="json").json()["unchanged"] is False
+
+
 def test_changed_content_replaces_chunks_and_keeps_stats_exact(client_a, org_a, agent_a):
     client_a.post(URL, {"key": "tar", "text": TEXT}, format="json")
     longer = TEXT + "\n\n" + "\n\n".join(f"## Section {i}\n\n" + "More words here. " * 40 for i in range(5))

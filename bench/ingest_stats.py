@@ -329,10 +329,10 @@ def ingest_corpus(report: "Report", *, workers: int) -> None:
         first, first_s = timed_ingest(org, batches, workers)
     provider = get_provider(batches[0][0].embedding_model)
     calls = provider.calls
-    # Re-ingest in this process so the provider's own call counter is the witness.
-    # After the autovacuum the first ingest set off (analyzing and vacuuming 10k new rows
-    # held a core through the re-ingests otherwise: 2x their time), as the first ingest
-    # started on a settled database; three re-ingests, the median taken.
+    # Re-ingest in this process so the provider's own call counter is the witness. The
+    # first ingest can set off autovacuum on the tables it grew: the re-ingests wait until
+    # none runs, as the first ingest started on a settled database. Three of them, the
+    # median taken (the first after the graph sync ran 1.2-1.5x slower than the others).
     settled_s = settle()
     reruns = [timed_ingest(org, batches, 1) for _ in range(3)]
     second, second_s = sorted(reruns, key=lambda run: run[1])[1]

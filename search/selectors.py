@@ -16,7 +16,8 @@ _AGENT_SQL = (
 
 
 def _refs(rows) -> list[AgentRef]:
-    return [AgentRef(r[0], r[1], r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows]
+    make = AgentRef._make
+    return [make((r[0], r[1], *r[3:])) for r in rows]
 
 
 def search_agent_get(*, org: Organization, slug: str) -> AgentRef:

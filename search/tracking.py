@@ -81,27 +81,34 @@ class LocalBuffer:
     def reset(self):
         self.access = defaultdict(lambda: [0, 0.0, 0.0])
         self.stats = defaultdict(lambda: [0, 0, 0.0, 0.0])
+        # One entry per search, spread over its agents when drained (off the request
+        # path): a search across 1,000 agents appends a tuple instead of updating 1,000
+        # rows (≈ 1.4 ms).
+        self.searches: list[tuple[int, list[int], int, float, float]] = []
 
-    def add(self, access_items, stats_items) -> int:
+    def add(self, access_items, search: tuple[int, list[int], int, float, float]) -> int:
+        """search: (organization id, agent ids, cache hit 0/1, latency ms, time)."""
         with self.lock:
             for key, score, ts in access_items:
                 row = self.access[key]
                 row[0] += 1
                 row[1] += score
                 row[2] = max(row[2], ts)
-            for key, hit, latency, ts in stats_items:
-                row = self.stats[key]
+            self.searches.append(search)
+            return len(self.access) + len(self.searches)
+
+    def drain(self):
+        with self.lock:
+            access, stats, searches = self.access, self.stats, self.searches
+            self.reset()
+        for org_id, agent_ids, hit, latency, ts in searches:
+            for agent_id in agent_ids:
+                row = stats[f"{org_id}:{agent_id}"]
                 row[0] += 1
                 row[1] += hit
                 row[2] += latency
                 row[3] = max(row[3], ts)
-            return len(self.access)
-
-    def drain(self):
-        with self.lock:
-            access, stats = dict(self.access), dict(self.stats)
-            self.reset()
-        return access, stats
+        return dict(access), dict(stats)
 
     def merge(self, access: dict, stats: dict) -> None:
         """Puts drained rows back (a push that failed), adding to what came meanwhile."""
@@ -129,8 +136,7 @@ def record(*, org_id: int, results: list[dict], agent_ids: list[int], latency_ms
     access_items = []
     if settings.SEARCH_TRACK_ACCESS:
         access_items = [(f"{org_id}:{r['_agent_id']}:{r['_chunk_id']}:{day}", float(r["score"]), now) for r in results]
-    hit = 1 if cache_hit else 0
-    size = _local.add(access_items, [(f"{org_id}:{agent_id}", hit, latency_ms, now) for agent_id in agent_ids])
+    size = _local.add(access_items, (org_id, agent_ids, 1 if cache_hit else 0, latency_ms, now))
     _ensure_flusher()
     if size > settings.SEARCH_BUFFER_MAX and push() is None:
         flush_local()  # no Redis to take it: this process's own buffer, only it can drain it

@@ -106,7 +106,7 @@ def test_redis_buffers_tracking_and_caches_results_across_processes(client_a, or
     # background thread), where any process's flush finds it.
     assert len(tracking._local.access) == len(first["results"])
     assert tracking.push() == len(first["results"])
-    assert not tracking._local.access and not tracking._local.stats
+    assert not tracking._local.access and not tracking._local.searches and not tracking._local.stats
     accesses, agents = tracking.flush()
     assert accesses >= 1 and agents == 1
     stats = AgentStats.objects.for_org(org_a).get(agent=kb_a)

@@ -15,6 +15,8 @@ DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 
 LORE_DATA_DIR = Path(env("LORE_DATA_DIR", default=str(BASE_DIR / ".data"))).resolve()
+# What `./dev up` ingests into the demo agent: the DRF docs corpus beside the checkout.
+LORE_DEMO_CORPUS = Path(env("LORE_DEMO_CORPUS", default=str(BASE_DIR.parent / "shared" / "corpora" / "drf-docs")))
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -58,3 +58,9 @@ def test_demo_setup_prints_a_working_key_and_is_rerunnable(db, tmp_path):
     body = search.split("-d '")[1].split("'")[0]
     results = api_client(key).post("/api/v1/agents/docs/search", body, content_type="application/json").json()["results"]
     assert results[0]["document_key"] == "throttling.md"
+
+
+def test_demo_setup_says_when_it_finds_no_corpus(db, tmp_path):
+    out = _run("demo_setup", "--corpus", str(tmp_path / "missing"))
+    assert "the demo agent has no documents: no folder at" in out
+    assert "LORE_DEMO_CORPUS" in out

@@ -24,8 +24,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--corpus",
             type=Path,
-            default=settings.BASE_DIR.parent / "shared" / "corpora" / "drf-docs",
-            help="Markdown folder to ingest into the demo agent, if it exists (default: the DRF docs corpus)",
+            default=settings.LORE_DEMO_CORPUS,
+            help="Markdown folder to ingest into the demo agent (default: LORE_DEMO_CORPUS, the DRF docs corpus)",
         )
 
     @transaction.atomic
@@ -33,7 +33,8 @@ class Command(BaseCommand):
         org = Organization.objects.filter(slug="demo").first() or organization_create(slug="demo", name="Demo")
         agent = Agent.objects.for_org(org).filter(slug="docs").exclude(status=Agent.Status.DELETED).first()
         agent = agent or agent_create(org=org, slug="docs", name="Demo documentation")
-        if corpus.is_dir() and agent.status == Agent.Status.ACTIVE:
+        found = corpus.is_dir()
+        if found and agent.status == Agent.Status.ACTIVE:
             # Unchanged files cost one indexed read each, so re-running is cheap.
             docs = [
                 DocumentInput(key=str(p.relative_to(corpus)), text=p.read_text(), title=p.stem, source=str(p))
@@ -56,3 +57,8 @@ class Command(BaseCommand):
             f"  Search: curl -H 'Authorization: Bearer {raw_key}' -H 'Content-Type: application/json'"
             f" -d '{{\"query\": \"throttling requests per user\"}}' {url}/api/v1/agents/docs/search\n"
         )
+        if not found:
+            self.stdout.write(
+                f"  Note:   the demo agent has no documents: no folder at {corpus}. Set LORE_DEMO_CORPUS to a\n"
+                "          folder of Markdown files, or: .venv/bin/python manage.py ingest demo docs <folder>\n"
+            )

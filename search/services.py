@@ -108,21 +108,21 @@ def _run(org, agents, request, filters, everyone_but) -> list[dict]:
         ranked = [(cid, s) for cid, s in ranked if s >= request.min_score]
     ranked = ranked[:limit]
     rows = engine.fetch_chunks(org_id=org.pk, ids=[cid for cid, _ in ranked], include_parent=request.include_parent)
+    agent_ids = {a.slug: a.id for a in agents}
     results = []
     for cid, score in ranked:
         row = rows.get(cid)
-        if row is None:  # deleted between ranking and fetching
+        # Deleted between ranking and fetching; or, in a search over everyone but a few
+        # agents, an agent created after they were read (not one of those searched).
+        if row is None or row["agent"] not in agent_ids:
             continue
-        result = {**row, "score": score, "_chunk_id": cid}
+        result = {**row, "score": score, "_chunk_id": cid, "_agent_id": agent_ids[row["agent"]]}
         parent_text = result.pop("_parent_text")
         if request.include_parent:
             result["parent_text"] = parent_text
         results.append(result)
     if request.chunk_context:
         _add_context(org, results, request.chunk_context)
-    agent_ids = {a.slug: a.id for a in agents}
-    for result in results:
-        result["_agent_id"] = agent_ids[result["agent"]]
     return results
 
 

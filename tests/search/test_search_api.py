@@ -206,3 +206,16 @@ def test_keyword_plain_queries_match_any_term_and_websearch_syntax_is_honoured(c
     assert {r["document_key"] for r in quoted} == {"docker"}
     excluded = _search(client_a, "archive -tar", mode="keyword")["results"]
     assert {r["document_key"] for r in excluded} == {"zip"}
+
+
+def test_search_across_everyone_skips_an_agent_created_after_the_agents_were_read(client_a, org_a, kb_a, monkeypatch):
+    from search import selectors
+
+    read = selectors.search_agents_get(org=org_a, slugs=None)  # before "late" exists
+    late = AgentFactory(organization=org_a, slug="late")
+    from tests.search.conftest import ingest
+
+    ingest(org_a, late, {"tar-late": ("# tar\n\ntar archive extract tar archive", {})})
+    monkeypatch.setattr(selectors, "search_agents_get", lambda **kwargs: read)
+    body = _search(client_a, "tar archive", url="/api/v1/search", mode="vector", limit=20)
+    assert body["results"] and {r["agent"] for r in body["results"]} == {"support"}

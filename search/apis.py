@@ -55,22 +55,23 @@ class SearchOutput(serializers.Serializer):
     cached = serializers.BooleanField()
 
 
-def _request(data) -> SearchRequest:
-    serializer = SearchInputSerializer(data=data)
+def _request(data, serializer_class=SearchInputSerializer) -> tuple[SearchRequest, list[str] | None]:
+    """The validated search request, and the `agents` the body names (None if it names none)."""
+    serializer = serializer_class(data=data)
     serializer.is_valid(raise_exception=True)
     values = dict(serializer.validated_data)
     if not values["query"].strip():
         raise invalid("query", "Must not be blank.")
     values["chunk_context"] = dict(values.get("chunk_context") or {})
     values["weights"] = dict(values.get("weights") or {})
-    values.pop("agents", None)
-    return SearchRequest(**values)
+    agents = values.pop("agents", None)
+    return SearchRequest(**values), agents
 
 
 class AgentSearchApi(OrgAPIView):
     @extend_schema(request=SearchInputSerializer, responses=SearchOutput)
     def post(self, request, slug):
-        search_request = _request(request.data)
+        search_request, _ = _request(request.data)
         agent = selectors.search_agent_get(org=self.org, slug=slug)
         return Response(search(org=self.org, agents=[agent], request=search_request))
 
@@ -81,11 +82,10 @@ class OrganizationSearchApi(OrgAPIView):
 
     @extend_schema(request=InputSerializer, responses=SearchOutput)
     def post(self, request):
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        selection = selectors.search_agents_get(org=self.org, slugs=data.validated_data.get("agents"))
+        search_request, slugs = _request(request.data, self.InputSerializer)
+        selection = selectors.search_agents_get(org=self.org, slugs=slugs)
         return Response(
-            search(org=self.org, agents=selection.agents, request=_request(request.data), everyone_but=selection.everyone_but)
+            search(org=self.org, agents=selection.agents, request=search_request, everyone_but=selection.everyone_but)
         )
 
 

@@ -32,11 +32,12 @@ distributed by organization_id) keeps each tenant's graphs on its own partition.
 """
 
 import logging
-import re
 from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import connection
+
+from knowledge.models import Agent, AgentStats
 
 logger = logging.getLogger(__name__)
 
@@ -64,27 +65,14 @@ class SyncResult:
     skipped: bool = False  # another sync held the lock
 
 
-def _existing(prefix: str, *, valid: bool | None = None) -> dict[int, str]:
-    sql = (
-        "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-        " WHERE i.indrelid = 'knowledge_chunk'::regclass AND c.relname LIKE %s"
-    )
-    if valid is not None:
-        sql += " AND i.indisvalid" if valid else " AND NOT i.indisvalid"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [prefix.replace("_", r"\_") + "%"])
-        names = [row[0] for row in cursor.fetchall()]
-    return {int(m.group(1)): name for name in names if (m := re.fullmatch(re.escape(prefix) + r"(\d+)", name))}
-
-
 def existing() -> dict[int, str]:
     """Agent graphs: agent id -> index name."""
-    return _existing(AGENT_PREFIX)
+    return {g.owner_id: g.name for g in graphs() if g.scope == "agent"}
 
 
 def existing_org() -> dict[int, str]:
     """Organization graphs: organization id -> index name."""
-    return _existing(ORG_PREFIX)
+    return {g.owner_id: g.name for g in graphs() if g.scope == "organization"}
 
 
 def _plan(sizes: dict[int, tuple[bool, int]], have: dict[int, str], threshold: int) -> tuple[list[int], list[int]]:
@@ -111,26 +99,24 @@ def sync_indexes() -> SyncResult:
 
 
 def _sync(result: SyncResult) -> None:
-    # Under the lock nobody else builds, so an INVALID graph is a dead build's leftover.
-    for prefix in (AGENT_PREFIX, ORG_PREFIX):
-        for name in _existing(prefix, valid=False).values():
-            _drop(name)
-    with connection.cursor() as cursor:
-        # Reads stats rows only (one per agent), never chunks.
-        cursor.execute(
-            "SELECT a.id, a.organization_id, a.status = 'active' AND o.is_active, s.total_chunks"
-            " FROM knowledge_agent a JOIN knowledge_agentstats s ON s.agent_id = a.id"
-            " JOIN tenants_organization o ON o.id = a.organization_id"
-        )
-        rows = cursor.fetchall()
-    agents = {agent_id: (active, total) for agent_id, _, active, total in rows}
-    orgs: dict[int, tuple[bool, int]] = {}
-    for _, org_id, active, total in rows:
+    have: dict[str, dict[int, str]] = {"agent": {}, "organization": {}}
+    for graph in graphs():
+        if graph.valid:
+            have[graph.scope][graph.owner_id] = graph.name
+        else:
+            _drop(graph.name)  # under the lock nobody else builds: a dead build's leftover
+    # Every organization's stats rows (one per agent), never chunks: the sync serves all
+    # tenants, hence the unscoped manager.
+    rows = AgentStats.unscoped.values_list("agent_id", "organization_id", "agent__status", "organization__is_active", "total_chunks")
+    agents, orgs = {}, {}
+    for agent_id, org_id, status, org_is_active, total in rows:
+        active = status == Agent.Status.ACTIVE and org_is_active
+        agents[agent_id] = (active, total)
         org_active, org_total = orgs.get(org_id, (False, 0))
         orgs[org_id] = (org_active or active, org_total + (total if active else 0))
 
-    result.created_agents, result.dropped_agents = _plan(agents, existing(), settings.SEARCH_AGENT_INDEX_MIN_CHUNKS)
-    result.created_orgs, result.dropped_orgs = _plan(orgs, existing_org(), settings.SEARCH_ORG_INDEX_MIN_CHUNKS)
+    result.created_agents, result.dropped_agents = _plan(agents, have["agent"], settings.SEARCH_AGENT_INDEX_MIN_CHUNKS)
+    result.created_orgs, result.dropped_orgs = _plan(orgs, have["organization"], settings.SEARCH_ORG_INDEX_MIN_CHUNKS)
     for agent_id in result.dropped_agents:
         _drop(index_name(agent_id))
     for org_id in result.dropped_orgs:

@@ -73,6 +73,21 @@ def _keys(kind: str, fields) -> list[str]:
     return [cache.make_key(f"track:{kind}:{f}") for f in fields]
 
 
+def _add_access(rows, key: str, count: int, score: float, ts: float) -> None:
+    row = rows[key]
+    row[0] += count
+    row[1] += score
+    row[2] = max(row[2], ts)
+
+
+def _add_stats(rows, key: str, count: int, hits: int, latency: float, ts: float) -> None:
+    row = rows[key]
+    row[0] += count
+    row[1] += hits
+    row[2] += latency
+    row[3] = max(row[3], ts)
+
+
 class LocalBuffer:
     def __init__(self):
         self.lock = threading.Lock()
@@ -90,10 +105,7 @@ class LocalBuffer:
         """search: (organization id, agent ids, cache hit 0/1, latency ms, time)."""
         with self.lock:
             for key, score, ts in access_items:
-                row = self.access[key]
-                row[0] += 1
-                row[1] += score
-                row[2] = max(row[2], ts)
+                _add_access(self.access, key, 1, score, ts)
             self.searches.append(search)
             return len(self.access) + len(self.searches)
 
@@ -103,27 +115,16 @@ class LocalBuffer:
             self.reset()
         for org_id, agent_ids, hit, latency, ts in searches:
             for agent_id in agent_ids:
-                row = stats[f"{org_id}:{agent_id}"]
-                row[0] += 1
-                row[1] += hit
-                row[2] += latency
-                row[3] = max(row[3], ts)
+                _add_stats(stats, f"{org_id}:{agent_id}", 1, hit, latency, ts)
         return dict(access), dict(stats)
 
     def merge(self, access: dict, stats: dict) -> None:
         """Puts drained rows back (a push that failed), adding to what came meanwhile."""
         with self.lock:
-            for key, (n, score, ts) in access.items():
-                row = self.access[key]
-                row[0] += n
-                row[1] += score
-                row[2] = max(row[2], ts)
-            for key, (n, hits, latency, ts) in stats.items():
-                row = self.stats[key]
-                row[0] += n
-                row[1] += hits
-                row[2] += latency
-                row[3] = max(row[3], ts)
+            for key, values in access.items():
+                _add_access(self.access, key, *values)
+            for key, values in stats.items():
+                _add_stats(self.stats, key, *values)
 
 
 _local = LocalBuffer()

@@ -165,16 +165,15 @@ def documents_ingest(*, org: Organization, agent: Agent, docs: list[DocumentInpu
     if len(set(keys)) != len(keys):
         raise invalid("documents", "Each key may appear once per batch.")
     batch = BatchResult()
-    # On a re-ingest of unchanged files this lookup is most of the work: one array
-    # parameter rather than an IN list of the batch's keys (cheaper to send and plan),
-    # tuples rather than model instances. Index document_org_agent_key_uniq.
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT key, id, status, content_hash, ingest_hash, chunk_count FROM knowledge_document"
-            " WHERE organization_id = %s AND agent_id = %s AND key = ANY(%s)",
-            [org.pk, agent.pk, keys],
-        )
-        current = {key: rest for key, *rest in cursor.fetchall()}
+    # On a re-ingest of unchanged files this lookup is most of the work: the keys as one
+    # array parameter rather than an IN list (cheaper to send and plan), tuples rather
+    # than model instances. Index document_org_agent_key_uniq.
+    current = {
+        key: rest
+        for key, *rest in Document.objects.for_org(org)
+        .filter(agent=agent, key__any=keys)
+        .values_list("key", "pk", "status", "content_hash", "ingest_hash", "chunk_count")
+    }
     todo = []
     for doc in docs:
         pk, status, content_hash, ingest_hash, chunk_count = current.get(doc.key, (None,) * 5)

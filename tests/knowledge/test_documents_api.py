@@ -233,3 +233,10 @@ def test_a_failing_document_fails_alone_in_a_job(client_a, org_a, agent_a, monke
     assert kept["status"] == "ready" and kept["error"] == "provider rejected the input"
     stats = _stats(org_a, agent_a)
     assert stats.document_count == 2  # "a" and the previous version of "kept"
+
+
+def test_the_same_key_and_text_in_another_organization_is_a_new_document_there(client_a, client_b, org_b, agent_a, agent_b):
+    assert client_a.post(URL, {"key": "tar", "text": TEXT}, format="json").status_code == 201
+    response = client_b.post(URL, {"key": "tar", "text": TEXT}, format="json")  # agent_b has the same slug
+    assert response.status_code == 201 and response.json()["unchanged"] is False
+    assert Document.objects.for_org(org_b).filter(key="tar").count() == 1

@@ -158,7 +158,7 @@ def main():
     tables.append(throughput_table(env, data, specs, topics, args.seconds))
     if not args.no_peers:
         run.phase("peers")
-        tables.append(peers_table(data, specs, topics, queries, truths, args.peer_queries, lore_count, run))
+        tables.append(peers_table(env, data, specs, topics, queries, truths, args.peer_queries, lore_count, run))
     tables.insert(0, run.table())
     harness.print_tables(tables)
     if not args.keep_server:
@@ -422,9 +422,8 @@ def throughput_table(env, data, specs, topics, seconds: float) -> harness.Table:
 # --- peers ---------------------------------------------------------------------------------
 
 
-def peers_table(data, specs, topics, queries, truths, per_class, lore_count, run) -> harness.Table:
-    from knowledge.models import Agent, Document
-    from knowledge.services import documents_delete
+def peers_table(env, data, specs, topics, queries, truths, per_class, lore_count, run) -> harness.Table:
+    from knowledge.tasks import deletion_job_run
 
     subset = [q for c in CLASSES if not c.org_wide for q in [q for q in queries if q.size_class is c][:per_class]]
     pg = PGVectorPeer(specs, topics)
@@ -440,8 +439,7 @@ def peers_table(data, specs, topics, queries, truths, per_class, lore_count, run
         ["operation", "Lore (HTTP API)", "Lore (in process)"] + [c for peer in peers for c in (peer.name, "ratio")],
         notes=[
             "Lore (HTTP API): auth, agent lookup, search, rows, JSON over keep-alive HTTP; Lore (in process): the agent lookup"
-            " and services.search() called in the bench process, as the peers are; ratios are against the HTTP API, except"
-            " for delete (no endpoint yet: against in process)",
+            " and services.search() called in the bench process, as the peers are; ratios are against the HTTP API",
             "PGVector (langchain-postgres 0.0.19): one collection per agent in its shared table, its default schema:"
             " no vector index, no index on collection_id; on this same PostgreSQL (a database of its own)",
             f"LanceDB {lance.version}: one table, prefiltered by agent (`where(..., prefilter=True)`); IVF_PQ index"
@@ -449,9 +447,10 @@ def peers_table(data, specs, topics, queries, truths, per_class, lore_count, run
             f" {lance.name}: refine_factor {lance.refine_factor} (re-ranks with full vectors), the usual fix for PQ recall",
             "chunk count: Lore GET /agents/{slug}/stats (the stats row); PGVector count(*) of the collection through SQLAlchemy"
             " (it has no count API); LanceDB count_rows(filter)",
-            "delete: Lore has no agent DELETE endpoint on this branch; documents_delete() of all the agent's documents"
-            " (chunks, sections, documents, stats, one transaction) is the stand-in; PGVector delete_collection();"
-            " LanceDB delete(filter)",
+            "delete an agent: Lore DELETE /api/v1/agents/{slug} (202 with a job), then the job run to the end in the bench"
+            " process (what a Django-Q2 worker runs: batches of chunks, then documents, the agent's graph, its stats);"
+            " 'gone' is from sending the request to the job's end, and the ratio is against it; PGVector"
+            " delete_collection(); LanceDB delete(filter)",
         ],
     )
     for size_class in [c for c in CLASSES if not c.org_wide]:
@@ -480,18 +479,22 @@ def peers_table(data, specs, topics, queries, truths, per_class, lore_count, run
     table.add(f"chunk count, {big.size:,}-chunk agent (p50)", *cells)
 
     medium = next(s for s in specs if s.slug == CLASSES[1].agents[-1])
-    for spec in (medium, big):
-        agent = Agent.objects.for_org(data.org).get(slug=spec.slug)
-        keys = list(Document.objects.for_org(data.org).filter(agent=agent).values_list("key", flat=True))
-        started = time.perf_counter()
-        _, chunks = documents_delete(org=data.org, agent=agent, keys=keys)
-        lore = time.perf_counter() - started
-        assert chunks == spec.size
-        cells = ["(no endpoint)", f"{harness.ms(lore)} ms"]
-        for peer in peers:
-            value = peer.delete(spec.slug, spec.size) if peer.delete else float("nan")
-            cells += [f"{harness.ms(value)} ms" if peer.delete else "(same table)", harness.ratio(value, lore)]
-        table.add(f"delete an agent's data, {spec.size:,} chunks", *cells)
+    with harness.Gunicorn(env, workers=1, threads=2) as server:
+        client = harness.Client(server.url, data.api_key)
+        for spec in (medium, big):
+            started = time.perf_counter()
+            status, body, answered = client.request("DELETE", f"/api/v1/agents/{spec.slug}")
+            assert status == 202, body
+            deletion_job_run(body["id"])
+            gone = time.perf_counter() - started
+            status, body, _ = client.get(f"/api/v1/deletions/{body['id']}")
+            assert body["status"] == "done", body
+            cells = [f"answers in {harness.ms(answered)} ms, gone in {harness.ms(gone)} ms", "-"]
+            for peer in peers:
+                value = peer.delete(spec.slug, spec.size) if peer.delete else float("nan")
+                cells += [f"{harness.ms(value)} ms" if peer.delete else "(same table)", harness.ratio(value, gone)]
+            table.add(f"delete an agent, {spec.size:,} chunks", *cells)
+        client.close()
     pg.close()
     return table
 
@@ -508,6 +511,7 @@ class LoreInProcess:
         from django.core.cache import cache
 
         from search import selectors, services
+        from search.engine import AgentSelection
 
         services.result_cache.clear_local()
         cache.delete_pattern("results:*")  # the API answered these queries already
@@ -515,7 +519,9 @@ class LoreInProcess:
         for query in queries:
             started = time.perf_counter()
             agent = selectors.search_agent_get(org=self.org, slug=query.slug)
-            body = services.search(org=self.org, agents=[agent], request=services.SearchRequest(query=query.text, mode="vector", limit=K))
+            body = services.search(
+                org=self.org, selection=AgentSelection([agent]), request=services.SearchRequest(query=query.text, mode="vector", limit=K)
+            )
             out[query.text] = ([f"{r['agent']}/{r['chunk_key']}" for r in body["results"]], time.perf_counter() - started)
             assert not body["cached"]
         return out

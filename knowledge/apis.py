@@ -91,9 +91,12 @@ class AgentDetailApi(AgentDeleteMixin, OrgAPIView):
 
 
 class AgentStatsApi(OrgAPIView):
+    def key_join(self, slug):
+        return selectors.agent_stats_key_join(slug=slug)
+
     @extend_schema(responses=AgentStatsOutput)
     def get(self, request, slug):
-        stats = selectors.agent_stats_get_by_slug(org=self.org, slug=slug)
+        stats = selectors.agent_stats_from_row(self.joined)
         if stats is None:
             raise not_found("Agent not found.")
         return Response(AgentStatsOutput(stats).data)

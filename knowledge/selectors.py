@@ -4,6 +4,7 @@ from django.db import connection
 from django.db.models import Count, Q, Sum
 
 from knowledge.models import Agent, AgentStats, DeletionJob, Document, IngestionJob
+from tenants.auth import KeyJoin
 from tenants.models import Organization
 
 
@@ -26,13 +27,16 @@ _STATS_AGENT_FIELDS = ["id", "organization_id", "slug", "status"]  # in field or
 # is searched by slug alone, across every organization that has an agent so named.
 # Written out because it runs on every stats request: building and compiling the ORM
 # query cost more CPU than the rest of the request (bench/ingest_stats.py step 3).
-# tests/knowledge/test_agents_api.py checks its plan and its scoping.
-_STATS_BY_SLUG_SQL = (
+# tests/knowledge/test_agents_api.py checks its plan and its scoping. {org}: a parameter,
+# or o.id where the row is read with the API key (tenants.auth.KeyJoin).
+_STATS_BY_SLUG = (
     "SELECT " + ", ".join(f"s.{c}" for c in _STATS_FIELDS) + ", " + ", ".join(f"a.{c}" for c in _STATS_AGENT_FIELDS)
     + f" FROM {Agent._meta.db_table} a JOIN {AgentStats._meta.db_table} s ON s.agent_id = a.id"
-    f" WHERE a.organization_id = %s AND a.slug = %s AND NOT (a.status = '{Agent.Status.DELETED}')"
-    " AND s.organization_id = %s"
+    f" WHERE a.organization_id = {{org}} AND a.slug = %s AND NOT (a.status = '{Agent.Status.DELETED}')"
+    " AND s.organization_id = {org}"
 )  # fmt: skip
+_STATS_BY_SLUG_SQL = _STATS_BY_SLUG.format(org="%s")
+_STATS_BY_KEY_SQL = _STATS_BY_SLUG.format(org="o.id")
 
 
 def agent_stats_get_by_slug(*, org: Organization, slug: str) -> AgentStats | None:
@@ -42,6 +46,15 @@ def agent_stats_get_by_slug(*, org: Organization, slug: str) -> AgentStats | Non
     with connection.cursor() as cursor:
         cursor.execute(_STATS_BY_SLUG_SQL, [org.pk, slug, org.pk])
         row = cursor.fetchone()
+    return agent_stats_from_row(row)
+
+
+def agent_stats_key_join(*, slug: str) -> KeyJoin:
+    """agent_stats_get_by_slug's row, read in the API key's statement (API views)."""
+    return KeyJoin(_STATS_BY_KEY_SQL, (slug,))
+
+
+def agent_stats_from_row(row: tuple | None) -> AgentStats | None:
     if row is None:
         return None
     stats = AgentStats.from_db(connection.alias, _STATS_FIELDS, row[: len(_STATS_FIELDS)])

@@ -4,6 +4,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from search import selectors
+from search.engine import AgentSelection
 from search.services import MODES, SearchRequest, search
 from tenants.api import OrgAPIView
 from tenants.errors import invalid
@@ -69,11 +70,14 @@ def _request(data, serializer_class=SearchInputSerializer) -> tuple[SearchReques
 
 
 class AgentSearchApi(OrgAPIView):
+    def key_join(self, slug):
+        return selectors.search_agent_key_join(slug=slug)
+
     @extend_schema(request=SearchInputSerializer, responses=SearchOutput)
     def post(self, request, slug):
         search_request, _ = _request(request.data)
-        agent = selectors.search_agent_get(org=self.org, slug=slug)
-        return Response(search(org=self.org, agents=[agent], request=search_request))
+        agent = selectors.search_agent_from_row(self.joined)
+        return Response(search(org=self.org, selection=AgentSelection([agent]), request=search_request))
 
 
 class OrganizationSearchApi(OrgAPIView):
@@ -84,9 +88,7 @@ class OrganizationSearchApi(OrgAPIView):
     def post(self, request):
         search_request, slugs = _request(request.data, self.InputSerializer)
         selection = selectors.search_agents_get(org=self.org, slugs=slugs)
-        return Response(
-            search(org=self.org, agents=selection.agents, request=search_request, everyone_but=selection.everyone_but)
-        )
+        return Response(search(org=self.org, selection=selection, request=search_request))
 
 
 class HotChunksApi(OrgAPIView):
@@ -98,13 +100,16 @@ class HotChunksApi(OrgAPIView):
         avg_score = serializers.FloatField()
         last_accessed_at = serializers.DateTimeField()
 
+    def key_join(self, slug):
+        return selectors.search_agent_key_join(slug=slug)
+
     @extend_schema(responses=OutputSerializer(many=True))
     def get(self, request, slug):
         limit = _int_param(request, "limit", 20, 1, 100)
         window = request.query_params.get("window", "7d")
         if not (window.endswith("d") and window[:-1].isdigit() and 1 <= int(window[:-1]) <= settings.SEARCH_ACCESS_RETENTION_DAYS):
             raise invalid("window", f"Use Nd with N from 1 to {settings.SEARCH_ACCESS_RETENTION_DAYS}, e.g. 7d.")
-        agent = selectors.search_agent_get(org=self.org, slug=slug)
+        agent = selectors.search_agent_from_row(self.joined)
         rows = selectors.hot_chunks(org=self.org, agent_id=agent.id, days=int(window[:-1]), limit=limit)
         return Response({"window": window, "results": self.OutputSerializer(rows, many=True).data})
 

@@ -20,6 +20,7 @@ query with its real constants: never a generic plan that ignores the agent's siz
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import date, datetime
 from typing import NamedTuple
 
@@ -34,10 +35,37 @@ FILTER_OPERATORS = ("$eq", "$in", "$gte", "$lte")
 
 @dataclass(frozen=True)
 class AgentSelection:
+    """The agents a search runs over, and what a search derives from them, computed once
+    per selection: a selection of a whole organization is reused for as long as none of
+    its agents changes (search/selectors.py), and has 1,000 agents to go over."""
+
     agents: list["AgentRef"]
     # Set when the agents are all the organization's searchable ones: the ids of those
     # that still hold chunks but may not be searched (being deleted), else None.
     everyone_but: list[int] | None = None
+    # For such a selection: a digest of every live agent's data version and status, which
+    # stands for them in result-cache keys.
+    digest: str | None = None
+
+    @cached_property
+    def versions(self) -> str:
+        """What makes a cached result of these agents current: their data versions."""
+        return self.digest or ",".join([f"{a.id}.{a.data_version}" for a in self.agents])
+
+    @cached_property
+    def ids(self) -> list[int]:
+        return [a.id for a in self.agents]
+
+    @cached_property
+    def id_by_slug(self) -> dict[str, int]:
+        return {a.slug: a.id for a in self.agents}
+
+    @cached_property
+    def by_model(self) -> dict[str, list["AgentRef"]]:
+        groups: dict[str, list[AgentRef]] = {}
+        for agent in self.agents:
+            groups.setdefault(agent.embedding_model, []).append(agent)
+        return groups
 
 
 class AgentRef(NamedTuple):
@@ -233,7 +261,8 @@ def fetch_chunks(*, org_id: int, ids: list[int], include_parent: bool) -> dict[i
         f" JOIN knowledge_agent a ON a.id = c.agent_id{parent_join}"
         " WHERE c.organization_id = %s AND c.id = ANY(%s)"
     )
-    with connection.cursor() as cursor:
+    # Primary keys whatever the ids: one plan serves, so it is prepared.
+    with connection.prepared_cursor() as cursor:
         cursor.execute(sql, [org_id, ids])
         rows = cursor.fetchall()
     import json

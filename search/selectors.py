@@ -1,3 +1,4 @@
+import functools
 from datetime import timedelta
 
 from django.db import connection
@@ -5,13 +6,19 @@ from django.utils import timezone
 
 from knowledge.models import Agent
 from search.engine import AgentRef, AgentSelection
+from tenants.auth import KeyJoin
 from tenants.errors import conflict, not_found
 from tenants.models import Organization
 
-_AGENT_SQL = (
+_AGENT_COLUMNS = (
     "SELECT a.id, a.slug, a.status, a.language, s.total_chunks, s.data_version, a.vector_weight, a.keyword_weight,"
     " a.embedding_model FROM knowledge_agent a JOIN knowledge_agentstats s ON s.agent_id = a.id"
-    " WHERE a.organization_id = %s AND s.organization_id = %s AND a.status <> 'deleted'"
+)
+_AGENT_SQL = _AGENT_COLUMNS + " WHERE a.organization_id = %s AND s.organization_id = %s AND a.status <> 'deleted'"
+# The same for one agent, read with the API key (tenants.auth.KeyJoin): `o` is the key's
+# organization. agent_org_slug_live_uniq, then agentstats' primary key.
+_AGENT_BY_KEY_SQL = (
+    _AGENT_COLUMNS + " WHERE a.organization_id = o.id AND a.slug = %s AND a.status <> 'deleted' AND s.organization_id = o.id"
 )
 
 
@@ -26,26 +33,45 @@ def search_agent_get(*, org: Organization, slug: str) -> AgentRef:
     it is being deleted: before any search query runs."""
     with connection.cursor() as cursor:
         cursor.execute(_AGENT_SQL + " AND a.slug = %s", [org.pk, org.pk, slug])
-        rows = cursor.fetchall()
-    if not rows:
+        row = cursor.fetchone()
+    return search_agent_from_row(row)
+
+
+def search_agent_key_join(*, slug: str) -> KeyJoin:
+    """search_agent_get's row, read in the API key's statement (API views)."""
+    return KeyJoin(_AGENT_BY_KEY_SQL, (slug,))
+
+
+def search_agent_from_row(row: tuple | None) -> AgentRef:
+    if row is None:
         raise not_found("Agent not found.")
-    if rows[0][2] != Agent.Status.ACTIVE:
+    if row[2] != Agent.Status.ACTIVE:
         raise conflict("agent_deleting", "Agent is being deleted; it cannot be searched.")
-    return _refs(rows)[0]
+    return _refs([row])[0]
+
+
+# A digest of the organization's live agents as search sees them: every change to what an
+# agent's search returns bumps its data_version (ingest, delete, a change of weights,
+# language or model), and a status change or an agent coming or going changes the rest.
+# One row instead of 1,000: the organization's agents through knowledge_agent's
+# organization_id index, their stats rows by primary key.
+_DIGEST_SQL = (
+    "SELECT md5(string_agg(a.id || '.' || s.data_version || a.status, ',' ORDER BY a.id)) FROM knowledge_agent a"
+    " JOIN knowledge_agentstats s ON s.agent_id = a.id"
+    " WHERE a.organization_id = %s AND s.organization_id = %s AND a.status <> 'deleted'"
+)
 
 
 def search_agents_get(*, org: Organization, slugs: list[str] | None) -> AgentSelection:
     """The named agents, or all active ones by default, ordered by slug."""
-    with connection.cursor() as cursor:
-        if slugs:
-            cursor.execute(_AGENT_SQL + " AND a.slug = ANY(%s) ORDER BY a.slug", [org.pk, org.pk, list(set(slugs))])
-        else:
-            cursor.execute(_AGENT_SQL + " ORDER BY a.slug", [org.pk, org.pk])
-        rows = cursor.fetchall()
     if not slugs:
-        # Deleting agents' chunks are still in the table: the one thing to leave out.
-        active = [r for r in rows if r[2] == Agent.Status.ACTIVE]
-        return AgentSelection(_refs(active), everyone_but=[r[0] for r in rows if r[2] != Agent.Status.ACTIVE])
+        with connection.prepared_cursor() as cursor:
+            cursor.execute(_DIGEST_SQL, [org.pk, org.pk])
+            digest = cursor.fetchone()[0]
+        return _everyone(org.pk, digest)
+    with connection.cursor() as cursor:
+        cursor.execute(_AGENT_SQL + " AND a.slug = ANY(%s) ORDER BY a.slug", [org.pk, org.pk, list(set(slugs))])
+        rows = cursor.fetchall()
     missing = sorted(set(slugs) - {r[1] for r in rows})
     if missing:
         raise not_found(f"Agent(s) not found: {', '.join(missing)}.")
@@ -53,6 +79,22 @@ def search_agents_get(*, org: Organization, slugs: list[str] | None) -> AgentSel
     if deleting:
         raise conflict("agent_deleting", f"Agent(s) being deleted cannot be searched: {', '.join(deleting)}.")
     return AgentSelection(_refs(rows))
+
+
+@functools.lru_cache(maxsize=256)
+def _everyone(org_id: int, digest: str | None) -> AgentSelection:
+    """All of an organization's searchable agents, kept per process for as long as the
+    digest stands: a search across 1,000 agents then reads one row, not 1,000, and derives
+    nothing again. The rows are read after the digest, so they are never older than it
+    (a digest never comes back: versions only grow, statuses only move forward)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_AGENT_SQL + " ORDER BY a.slug", [org_id, org_id])
+        rows = cursor.fetchall()
+    # Deleting agents' chunks are still in the table: the one thing to leave out.
+    active = [r for r in rows if r[2] == Agent.Status.ACTIVE]
+    return AgentSelection(
+        _refs(active), everyone_but=[r[0] for r in rows if r[2] != Agent.Status.ACTIVE], digest=f"{org_id}:{digest}"
+    )
 
 
 def hot_chunks(*, org: Organization, agent_id: int, days: int, limit: int) -> list[dict]:

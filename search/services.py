@@ -11,7 +11,7 @@ from django.conf import settings
 from knowledge.embeddings import get_provider
 from search import engine, tracking
 from search.caching import TwoTierCache
-from search.engine import AgentRef
+from search.engine import AgentSelection
 from tenants.models import Organization
 
 MODES = ("hybrid", "vector", "keyword")
@@ -31,12 +31,11 @@ class SearchRequest:
     chunk_context: dict = field(default_factory=dict)  # {"before": n, "after": m}
     weights: dict = field(default_factory=dict)  # {"vector": w, "keyword": w}
 
-    def cache_key(self, org_id: int, agents: list[AgentRef]) -> str:
+    def cache_key(self, org_id: int, selection: AgentSelection) -> str:
         # The agents' data versions make a cached result unreachable the moment any
         # of them changes: an entry can be unused, never stale.
         normalized = {**asdict(self), "query": " ".join(self.query.split())}
-        versions = ",".join([f"{a.id}.{a.data_version}" for a in agents])  # 1,000 of them across an organization
-        material = json.dumps([org_id, normalized], sort_keys=True) + "|" + versions
+        material = json.dumps([org_id, normalized], sort_keys=True) + "|" + selection.versions
         return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -58,18 +57,17 @@ def query_vector_put(model: str, text: str, vector) -> None:
     query_embeddings.set(_query_key(model, text), np.asarray(vector, dtype=np.float16).tobytes())
 
 
-def search(*, org: Organization, agents: list[AgentRef], request: SearchRequest, everyone_but: list[int] | None = None) -> dict:
-    """`everyone_but`: see engine.AgentSelection."""
+def search(*, org: Organization, selection: AgentSelection, request: SearchRequest) -> dict:
     started = time.perf_counter()
     filters = engine.filters_sql(org.pk, request.filters)  # validates, even when the answer is cached
-    key = request.cache_key(org.pk, agents)
+    key = request.cache_key(org.pk, selection)
     results = result_cache.get(key)
     cached = results is not None
     if not cached:
-        results = _run(org, agents, request, filters, everyone_but)
+        results = _run(org, selection, request, filters)
         result_cache.set(key, results)
     took_ms = (time.perf_counter() - started) * 1000
-    tracking.record(org_id=org.pk, results=results, agent_ids=[a.id for a in agents], latency_ms=took_ms, cache_hit=cached)
+    tracking.record(org_id=org.pk, results=results, agent_ids=selection.ids, latency_ms=took_ms, cache_hit=cached)
     return {
         "results": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results],
         "mode": request.mode,
@@ -78,14 +76,15 @@ def search(*, org: Organization, agents: list[AgentRef], request: SearchRequest,
     }
 
 
-def _run(org, agents, request, filters, everyone_but) -> list[dict]:
+def _run(org, selection: AgentSelection, request, filters) -> list[dict]:
+    agents, everyone_but = selection.agents, selection.everyone_but
     if not agents:
         return []
     limit = request.limit
     depth = max(limit, settings.SEARCH_HYBRID_CANDIDATES) if request.mode == "hybrid" else limit
     scores: dict[int, float] = {}
     if request.mode in ("vector", "hybrid"):
-        vector_hits = _vector_hits(org, agents, request.query, depth, filters, everyone_but)
+        vector_hits = _vector_hits(org, selection, request.query, depth, filters)
     if request.mode in ("keyword", "hybrid"):
         keyword_hits = engine.keyword_candidates(
             org_id=org.pk, agents=agents, query=request.query, k=depth, filters=filters, everyone_but=everyone_but
@@ -108,7 +107,7 @@ def _run(org, agents, request, filters, everyone_but) -> list[dict]:
         ranked = [(cid, s) for cid, s in ranked if s >= request.min_score]
     ranked = ranked[:limit]
     rows = engine.fetch_chunks(org_id=org.pk, ids=[cid for cid, _ in ranked], include_parent=request.include_parent)
-    agent_ids = {a.slug: a.id for a in agents}
+    agent_ids = selection.id_by_slug
     results = []
     for cid, score in ranked:
         row = rows.get(cid)
@@ -126,18 +125,15 @@ def _run(org, agents, request, filters, everyone_but) -> list[dict]:
     return results
 
 
-def _vector_hits(org, agents, query, depth, filters, everyone_but) -> list[tuple[int, float]]:
+def _vector_hits(org, selection: AgentSelection, query, depth, filters) -> list[tuple[int, float]]:
     # Distances are only comparable within one embedding model: query each model's
     # agents with that model's query vector, then merge by distance.
-    by_model: dict[str, list[AgentRef]] = {}
-    for agent in agents:
-        by_model.setdefault(agent.embedding_model, []).append(agent)
     hits = []
-    for model, group in by_model.items():
+    for model, group in selection.by_model.items():
         vector = query_vector(model, query)
         hits += engine.vector_candidates(
             org_id=org.pk, agents=group, vector=vector, k=depth, filters=filters,
-            everyone_but=everyone_but if len(group) == len(agents) else None,
+            everyone_but=selection.everyone_but if len(group) == len(selection.agents) else None,
         )  # fmt: skip
     return sorted(hits, key=lambda hit: hit[1])[:depth]
 

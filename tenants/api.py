@@ -62,11 +62,21 @@ class Pagination(LimitOffsetPagination):
 
 
 class OrgAPIView(APIView):
-    """Base for every tenant API view: `self.org` is resolved once, from the API key."""
+    """Base for every tenant API view: `self.org` is resolved once, from the API key.
+
+    A view whose every request needs one more row of the organization (a search: its
+    agent) defines `key_join(**url_kwargs) -> tenants.auth.KeyJoin`; the row is read in the
+    API key's statement and is `self.joined` (None when there is none)."""
+
+    key_join = None
 
     @property
     def org(self):
         return self.request.user.organization
+
+    @property
+    def joined(self):
+        return self.request.user.joined
 
     def paginate(self, queryset, serializer_class):
         paginator = Pagination()

@@ -1,5 +1,7 @@
+import functools
 import hmac
 from datetime import timedelta
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import connection
@@ -10,15 +12,27 @@ from rest_framework import authentication, exceptions
 from tenants.models import API_KEY_PREFIX, ApiKey, Organization, hash_api_key
 
 
+class KeyJoin(NamedTuple):
+    """A row read in the same statement as the API key, for a request that needs both
+    (a search needs its agent and the agent's data version): one round trip and, prepared,
+    no planning instead of two of each. `sql` is a subquery over the key's organization,
+    `o`, and must filter by o.id: that is what scopes it to the caller's tenant. Its row,
+    or None, arrives as ApiPrincipal.joined."""
+
+    sql: str
+    params: tuple
+
+
 class ApiPrincipal:
     """request.user for API calls: the organization the key belongs to."""
 
     is_authenticated = True
     is_anonymous = False
 
-    def __init__(self, api_key: ApiKey):
+    def __init__(self, api_key: ApiKey, joined: tuple | None = None):
         self.api_key = api_key
         self.organization = api_key.organization
+        self.joined = joined
 
     def __str__(self):
         return f"api-key:{self.api_key.prefix}"
@@ -26,33 +40,43 @@ class ApiPrincipal:
 
 _KEY_FIELDS = [f.attname for f in ApiKey._meta.concrete_fields]
 _ORG_FIELDS = [f.attname for f in Organization._meta.concrete_fields]
-# ApiKey.unscoped.usable() as one statement through the unique prefix index. Written
-# out because it runs on every request: compiling the ORM query cost 0.8 ms of CPU,
-# a third of a cached search (bench/search.py). tests/tenants/test_auth.py holds both
-# to the same rules (revoked, expired, inactive organization).
-_KEY_SQL = (
-    "SELECT " + ", ".join(f"k.{c}" for c in _KEY_FIELDS) + ", " + ", ".join(f"o.{c}" for c in _ORG_FIELDS)
-    + f" FROM {ApiKey._meta.db_table} k JOIN {Organization._meta.db_table} o ON o.id = k.organization_id"
-    " WHERE k.prefix = %s AND k.revoked_at IS NULL AND o.is_active AND (k.expires_at IS NULL OR k.expires_at > %s)"
-)  # fmt: skip
+_WIDTH = len(_KEY_FIELDS) + len(_ORG_FIELDS)
 
 
-def api_key_authenticate(raw_key: str) -> ApiKey | None:
-    """The usable key for `raw_key` (its organization loaded), or None. One indexed lookup by prefix."""
+@functools.cache
+def _key_sql(join_sql: str | None) -> str:
+    """ApiKey.unscoped.usable() as one statement through the unique prefix index, with
+    its organization and the joined row. Written out because it runs on every request:
+    compiling the ORM query cost 0.8 ms of CPU, a third of a cached search
+    (bench/search.py). tests/tenants/test_auth.py holds both to the same rules (revoked,
+    expired, inactive organization)."""
+    columns = [f"k.{c}" for c in _KEY_FIELDS] + [f"o.{c}" for c in _ORG_FIELDS] + (["j.*"] if join_sql else [])
+    return (
+        "SELECT " + ", ".join(columns)
+        + f" FROM {ApiKey._meta.db_table} k JOIN {Organization._meta.db_table} o ON o.id = k.organization_id"
+        + (f" LEFT JOIN LATERAL ({join_sql}) j ON TRUE" if join_sql else "")
+        + " WHERE k.prefix = %s AND k.revoked_at IS NULL AND o.is_active AND (k.expires_at IS NULL OR k.expires_at > %s)"
+    )  # fmt: skip
+
+
+def api_key_authenticate(raw_key: str, *, join: KeyJoin | None = None) -> ApiPrincipal | None:
+    """The principal of the usable key `raw_key` (its organization loaded, and the
+    `join` row), or None. One indexed lookup by prefix, a prepared statement."""
     if not raw_key.startswith(API_KEY_PREFIX):
         return None
     prefix = raw_key[len(API_KEY_PREFIX) :].split("_", 1)[0]
-    with connection.cursor() as cursor:
-        cursor.execute(_KEY_SQL, [prefix, timezone.now()])
+    with connection.prepared_cursor() as cursor:
+        cursor.execute(_key_sql(join.sql if join else None), [*(join.params if join else ()), prefix, timezone.now()])
         row = cursor.fetchone()
     if row is None:
         return None
     key = ApiKey.from_db(connection.alias, _KEY_FIELDS, row[: len(_KEY_FIELDS)])
-    key.organization = Organization.from_db(connection.alias, _ORG_FIELDS, row[len(_KEY_FIELDS) :])
+    key.organization = Organization.from_db(connection.alias, _ORG_FIELDS, row[len(_KEY_FIELDS) : _WIDTH])
     if not hmac.compare_digest(key.key_hash, hash_api_key(raw_key)):
         return None
     _touch(key)
-    return key
+    joined = row[_WIDTH:] if join and row[_WIDTH] is not None else None
+    return ApiPrincipal(key, joined)
 
 
 def _touch(key: ApiKey) -> None:
@@ -77,10 +101,14 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         scheme, _, raw_key = header.partition(" ")
         if scheme.lower() != "bearer" or not raw_key.strip():
             raise exceptions.AuthenticationFailed("Authorization header must be 'Bearer <api key>'.")
-        key = api_key_authenticate(raw_key.strip())
-        if key is None:
+        # A view that needs a row with the key names it (OrgAPIView.key_join).
+        context = request.parser_context or {}
+        key_join = getattr(context.get("view"), "key_join", None)
+        join = key_join(**context.get("kwargs", {})) if key_join else None
+        principal = api_key_authenticate(raw_key.strip(), join=join)
+        if principal is None:
             raise exceptions.AuthenticationFailed("Invalid, revoked or expired API key.")
-        return ApiPrincipal(key), key
+        return principal, principal.api_key
 
     def authenticate_header(self, request):
         return 'Bearer realm="lore"'

@@ -10,9 +10,10 @@ from tests.factories import AgentFactory, OrganizationFactory, make_api_key
 
 @pytest.fixture(autouse=True)
 def _clear_cache():
-    from search import caching, services, tracking
+    from search import caching, selectors, services, tracking
 
     yield
+    selectors._everyone.cache_clear()
     tracking._local.drain()
     services.result_cache.clear_local()
     services.query_embeddings.clear_local()

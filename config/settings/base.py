@@ -84,11 +84,15 @@ DATABASES["default"].update(
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["ENGINE"] = "config.postgresql"
 DATABASES["default"].setdefault("OPTIONS", {})
-# Never let psycopg prepare statements: after 5 executions PostgreSQL may switch a
-# prepared vector search to a generic plan, which ignores the per-agent selectivity
-# and turns every search into an exact scan. Django already defaults to None; the
-# explicit pin keeps it that way if someone adds options.
-DATABASES["default"]["OPTIONS"]["prepare_threshold"] = None
+# Never let psycopg prepare a statement by itself: after 5 executions PostgreSQL may
+# switch a prepared vector search to a generic plan, which ignores the per-agent
+# selectivity and turns every search into an exact scan. Django's cursors bind
+# client-side and never prepare; this threshold would otherwise apply if someone turned
+# on server_side_binding. Only the fixed lookups of every API request (API key, agent)
+# are prepared, explicitly (config/postgresql/base.py); None would forbid those too.
+DATABASES["default"]["OPTIONS"]["prepare_threshold"] = 2**31 - 1
+# Off for a connection pooler that cannot keep prepared statements.
+DB_PREPARED_LOOKUPS = env.bool("DB_PREPARED_LOOKUPS", default=True)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -4,6 +4,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from knowledge.models import FTS_LANGUAGES, Agent, AgentStats
+from knowledge.services.stats import stats_apply
 from tenants.models import Organization, slug_validator
 
 CONFIG_LIMITS = {
@@ -14,6 +15,7 @@ CONFIG_LIMITS = {
     "keyword_weight": (0.0, 10.0),
 }
 CONFIG_KEYS = ("chunk_size", "chunk_overlap", "parent_chunk_size", "embedding_model", "language", "vector_weight", "keyword_weight")
+SEARCH_KEYS = ("embedding_model", "language", "vector_weight", "keyword_weight")
 
 
 def agent_config_validate(config: dict, *, current: dict | None = None) -> dict:
@@ -73,8 +75,11 @@ def agent_create(*, org: Organization, slug: str, name: str = "", config: dict |
 @transaction.atomic
 def agent_update(*, org: Organization, agent: Agent, name: str | None = None, config: dict | None = None) -> Agent:
     """Changing the chunking config takes effect on each document's next ingest
-    (its ingest_hash no longer matches, so it is re-chunked)."""
+    (its ingest_hash no longer matches, so it is re-chunked). Changing what ranks or
+    parses a search (weights, language, model) bumps data_version: cached results of the
+    old settings are never served."""
     agent = Agent.objects.for_org(org).select_for_update().get(pk=agent.pk)
+    before = {k: getattr(agent, k) for k in SEARCH_KEYS}
     if config:
         values = agent_config_validate(config, current={k: getattr(agent, k) for k in CONFIG_KEYS})
         for key, value in values.items():
@@ -82,4 +87,6 @@ def agent_update(*, org: Organization, agent: Agent, name: str | None = None, co
     if name is not None:
         agent.name = name
     agent.save()
+    if {k: getattr(agent, k) for k in SEARCH_KEYS} != before:
+        stats_apply(org=org, agent=agent)
     return agent

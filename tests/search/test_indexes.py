@@ -140,6 +140,8 @@ def test_only_one_sync_runs_at_a_time(org_a, settings):
     with psycopg.connect(host=db["HOST"], port=db["PORT"] or None, user=db["USER"], dbname=db["NAME"], autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(%s)", [indexes.SYNC_LOCK])
         assert indexes.sync_indexes().skipped is True
+        # Released before the session ends: a closed session's backend exits asynchronously.
+        other.execute("SELECT pg_advisory_unlock(%s)", [indexes.SYNC_LOCK])
     assert indexes.sync_indexes().skipped is False
 
 

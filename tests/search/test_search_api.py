@@ -219,3 +219,48 @@ def test_search_across_everyone_skips_an_agent_created_after_the_agents_were_rea
     monkeypatch.setattr(selectors, "search_agents_get", lambda **kwargs: read)
     body = _search(client_a, "tar archive", url="/api/v1/search", mode="vector", limit=20)
     assert body["results"] and {r["agent"] for r in body["results"]} == {"support"}
+
+
+def test_key_lookups_are_prepared_and_searches_never_are(client_a, kb_a):
+    # A prepared vector search could switch to a generic plan that ignores the agent's size.
+    for _ in range(7):
+        client_a.post("/api/v1/agents/support/search", {"query": "tar archive"}, format="json")
+        client_a.get("/api/v1/agents/support/stats")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert any("tenants_apikey" in sql and "knowledge_agentstats" in sql for sql in prepared)
+    assert any("knowledge_chunk" in sql and "ANY($2)" in sql for sql in prepared)  # rows by id
+    assert not any("<=>" in sql or "tsquery" in sql for sql in prepared)
+
+
+def test_search_across_everyone_is_cached_until_any_agent_changes(client_a, org_a, kb_a):
+    from knowledge.services import agent_create
+    from search import selectors
+    from tests.search.conftest import ingest
+
+    def search():
+        return _search(client_a, "tar archive", url="/api/v1/search", mode="vector", limit=20)
+
+    assert (search()["cached"], search()["cached"]) == (False, True)
+    # The organization's agents are read once while none of them changes.
+    assert selectors._everyone.cache_info().misses == 1
+    other = agent_create(org=org_a, slug="other")
+    assert search()["cached"] is False  # a new agent, even an empty one
+    ingest(org_a, other, {"tar-other": ("# tar\n\ntar archive extract guide", {})})
+    after_ingest = search()
+    assert after_ingest["cached"] is False and "other" in {r["agent"] for r in after_ingest["results"]}
+    Agent.objects.for_org(org_a).filter(pk=other.pk).update(status=Agent.Status.DELETING)
+    after_status = search()
+    assert after_status["cached"] is False and {r["agent"] for r in after_status["results"]} == {"support"}
+    assert search()["cached"] is True
+
+
+def test_changing_an_agents_search_weights_invalidates_its_cached_results(client_a, org_a, kb_a):
+    from knowledge.services import agent_update
+
+    assert (_search(client_a, "zip archive")["cached"], _search(client_a, "zip archive")["cached"]) == (False, True)
+    agent_update(org=org_a, agent=kb_a, name="renamed")
+    assert _search(client_a, "zip archive")["cached"] is True  # the name ranks nothing
+    agent_update(org=org_a, agent=kb_a, config={"keyword_weight": 3.0})
+    assert _search(client_a, "zip archive")["cached"] is False

@@ -1,11 +1,14 @@
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
+from tenants.auth import api_key_authenticate
 from tenants.models import ApiKey
 from tenants.services import api_key_create, api_key_revoke
 from tests.conftest import api_client
+from tests.factories import AgentFactory
 
 
 def _status(raw_key):
@@ -73,8 +76,6 @@ def test_last_used_at_is_written_once_per_window(org_a, django_assert_num_querie
 
 
 def test_authentication_accepts_exactly_the_usable_keys(org_a, org_b, django_assert_num_queries):
-    from tenants.auth import api_key_authenticate
-
     keys = {
         "valid": api_key_create(org=org_a),
         "revoked": api_key_create(org=org_a),
@@ -93,4 +94,33 @@ def test_authentication_accepts_exactly_the_usable_keys(org_a, org_b, django_ass
     api_key_authenticate(keys["valid"][1])  # last_used_at now fresh: no write
     with django_assert_num_queries(1):
         found = api_key_authenticate(keys["valid"][1])
-        assert found.organization.slug == "org-a" and found.pk == keys["valid"][0].pk
+        assert found.organization.slug == "org-a" and found.api_key.pk == keys["valid"][0].pk
+
+
+def test_a_joined_row_is_read_only_from_the_keys_own_organization(org_a, org_b, django_assert_num_queries):
+    from search.selectors import search_agent_key_join
+
+    AgentFactory(organization=org_a, slug="support")
+    _, raw_a = api_key_create(org=org_a)
+    _, raw_b = api_key_create(org=org_b)
+    api_key_authenticate(raw_a)  # last_used_at fresh: no write below
+    api_key_authenticate(raw_b)
+    with django_assert_num_queries(1):
+        principal = api_key_authenticate(raw_a, join=search_agent_key_join(slug="support"))
+    assert principal.organization == org_a and principal.joined[1] == "support"
+    # Org B has no agent of that slug: the key authenticates, the join finds nothing.
+    principal = api_key_authenticate(raw_b, join=search_agent_key_join(slug="support"))
+    assert principal.organization == org_b and principal.joined is None
+    assert api_key_authenticate(raw_a[:-1] + "x", join=search_agent_key_join(slug="support")) is None
+
+
+def test_prepared_lookups_can_be_turned_off(client_a, agent_a, settings):
+    def executions():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT name, generic_plans + custom_plans FROM pg_prepared_statements")
+            return cursor.fetchall()
+
+    settings.DB_PREPARED_LOOKUPS = False
+    before = executions()
+    assert client_a.get("/api/v1/agents/support/stats").status_code == 200
+    assert executions() == before

@@ -377,7 +377,7 @@ def build_graphs(timings: dict) -> None:
 def _insert(org_id: int, ids: dict[str, int], specs: list[AgentSpec], topics: Topics) -> None:
     from django.db import connection
 
-    from knowledge.embeddings import binary_cursor, halfvecs
+    from knowledge.embeddings import halfvecs
 
     rows = {spec.slug: chunk_rows(spec, topics) for spec in specs}
     doc_agent, doc_key, doc_size, doc_chunks = [], [], [], []
@@ -411,7 +411,7 @@ def _insert(org_id: int, ids: dict[str, int], specs: list[AgentSpec], topics: To
         key_col += r.keys
         text_col += r.texts
         vectors.append(r.vectors)
-    with binary_cursor() as cursor:
+    with connection.binding_cursor() as cursor:
         cursor.execute(
             "INSERT INTO knowledge_chunk (organization_id, agent_id, document_id, section_id, ordinal, key, text,"
             " char_count, embedding, metadata, search_vector)"
@@ -425,15 +425,14 @@ def _insert(org_id: int, ids: dict[str, int], specs: list[AgentSpec], topics: To
 def stored_vectors(org_id: int, agent_id: int | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(ids, keys "agent-slug/chunk-key", vectors as float32) of an agent's chunks, or
     of the whole organization's, as stored (halfvec, read in binary)."""
-    from knowledge.embeddings import binary_cursor
+    from django.db import connection
 
     agent_sql, params = ("", [org_id]) if agent_id is None else (" AND c.agent_id = %s", [org_id, agent_id])
-    with binary_cursor() as cursor:
+    with connection.binding_cursor(binary_results=True) as cursor:
         cursor.execute(
             "SELECT c.id, a.slug || '/' || c.key, c.embedding FROM knowledge_chunk c"
             f" JOIN knowledge_agent a ON a.id = c.agent_id WHERE c.organization_id = %s{agent_sql} ORDER BY c.id",
             params,
-            binary=True,
         )
         rows = cursor.fetchall()
     ids = np.array([r[0] for r in rows], dtype=np.int64)

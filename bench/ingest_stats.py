@@ -472,7 +472,7 @@ def variants(report: "Report", run_id: int, synthetic_org) -> None:
 @contextmanager
 def sql_clock(totals: dict):
     """Adds the time of every statement this process sends to totals["chunk insert"] or
-    totals["other sql"] (psycopg's execute, which Django's cursors and binary_cursor share)."""
+    totals["other sql"] (psycopg's execute, which Django's cursors and binding_cursor() share)."""
     import psycopg
 
     original = psycopg.Cursor.execute
@@ -640,16 +640,16 @@ def transfer(report: "Report", source, hnsw_us: float) -> None:
     so only what differs (formatting, parsing, sending vectors) is timed."""
     from django.db import connection, transaction
 
-    from knowledge.embeddings import binary_cursor, halfvecs
+    from knowledge.embeddings import halfvecs
 
-    cursor = binary_cursor()
-    cursor.execute(
-        "SELECT organization_id, agent_id, document_id, section_id, ordinal, key, text, embedding, metadata::text"
-        " FROM knowledge_chunk WHERE organization_id = %s ORDER BY id",
-        [source.pk],
-        binary=True,
-    )
-    rows = cursor.fetchall()
+    with connection.binding_cursor(binary_results=True) as reader:
+        reader.execute(
+            "SELECT organization_id, agent_id, document_id, section_id, ordinal, key, text, embedding, metadata::text"
+            " FROM knowledge_chunk WHERE organization_id = %s ORDER BY id",
+            [source.pk],
+        )
+        rows = reader.fetchall()
+    cursor = connection.binding_cursor()
     org_id, agent_id, docs, sections, ordinals, keys, texts, embeddings, metadata = map(list, zip(*rows))
     vectors = np.array([v.to_numpy() for v in embeddings], dtype=np.float32)
 

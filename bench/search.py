@@ -21,7 +21,7 @@ agent size class, and for POST /search over all 1,000 agents (queries drawn from
 proportion to their size, brute force over all 200k vectors).
 
 gunicorn serves the production settings with persistent database connections
-(CONN_MAX_AGE) and prepare_threshold=None, as production runs; the floor's raw connection
+(CONN_MAX_AGE) and no prepared vector statements, as production runs; the floor's raw connection
 uses the same connection parameters. The embedded PostgreSQL is stopped at the end
 (--keep-server leaves it running).
 
@@ -233,7 +233,8 @@ def warm_up(client, specs, topics) -> None:
 
 def measure_latency(client, data, queries: list[Query]) -> None:
     """Each query through the API and, alternating which goes first, as the same SQL on
-    a raw persistent psycopg connection (engine.vector_statements: what the API runs)."""
+    a raw persistent psycopg connection (engine.vector_statements: what the API runs,
+    bound the same way)."""
     from search import engine, selectors
 
     refs = {
@@ -241,8 +242,13 @@ def measure_latency(client, data, queries: list[Query]) -> None:
         for q in queries if not q.size_class.org_wide
     }  # fmt: skip
     refs[ORG] = selectors.search_agents_get(org=data.org, slugs=None)
+    from pgvector.psycopg import register_vector
+
+    from config.postgresql.base import BindingCursor
+
     with harness.raw_connection() as conn:
-        cursor = conn.cursor()
+        register_vector(conn)
+        cursor = BindingCursor(conn, prepare=False, binary=False)  # as engine.vector_candidates binds them
         for i, query in enumerate(queries):
             selection = refs[ORG if query.size_class.org_wide else query.slug]
             if not query.size_class.plan:

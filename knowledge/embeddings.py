@@ -19,12 +19,9 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import psycopg
-from psycopg.adapt import PyFormat
 from django.conf import settings
 from django.db import connection
 from pgvector import HalfVector
-from pgvector.psycopg import register_vector
 
 from tenants.errors import ApiError
 
@@ -196,20 +193,6 @@ def reset_providers() -> None:
         _providers.clear()
 
 
-def binary_cursor() -> psycopg.Cursor:
-    """A server-side-binding cursor on Django's connection, inside its transaction.
-    Django's own cursors bind client-side, which can send neither binary parameters
-    (`%b`) nor take binary results; vectors need both to avoid text formatting."""
-    connection.ensure_connection()
-    raw = connection.connection
-    try:
-        raw.adapters.get_dumper(HalfVector, PyFormat.BINARY)
-    except psycopg.ProgrammingError:
-        # First use on this connection (they persist: CONN_MAX_AGE): two catalog reads.
-        register_vector(raw)
-    return psycopg.Cursor(raw)
-
-
 def halfvecs(vectors: np.ndarray) -> list[HalfVector]:
     """Parameters for `%b::halfvec[]`: sent in pgvector's binary format."""
     return [HalfVector(v) for v in np.asarray(vectors, dtype=np.float16)]
@@ -228,14 +211,13 @@ def embed_with_cache(*, org_id: int, model: str, texts: list[str]) -> tuple[np.n
         return out, 0, 0
     hashes = [text_hash(t) for t in texts]
     unique = list(dict.fromkeys(hashes))
-    with binary_cursor() as cursor:
+    with connection.binding_cursor(binary_results=True) as cursor:
         # Unique index embcache_org_model_hash_uniq (organization, model, dimensions, text_hash).
         # Binary results: halfvec arrives as bytes, decoded by numpy.
         cursor.execute(
             "SELECT text_hash, embedding FROM knowledge_embeddingcache "
             "WHERE organization_id = %s AND model = %s AND dimensions = %s AND text_hash = ANY(%s)",
             [org_id, model, dims, unique],
-            binary=True,
         )
         cached = {h: v.to_numpy() for h, v in cursor.fetchall()}
     # Sorted: concurrent ingests (parallel workers) insert overlapping hashes in the same
@@ -247,7 +229,7 @@ def embed_with_cache(*, org_id: int, model: str, texts: list[str]) -> tuple[np.n
             first_text.setdefault(h, t)
         vectors = get_provider(model).embed([first_text[h] for h in missing])
         fresh = dict(zip(missing, vectors))
-        with binary_cursor() as cursor:
+        with connection.binding_cursor() as cursor:
             cursor.execute(
                 "INSERT INTO knowledge_embeddingcache (organization_id, model, dimensions, text_hash, embedding, created_at) "
                 "SELECT %s, %s, %s, h, e, now() FROM unnest(%s::text[], %b::halfvec[]) AS t(h, e) "

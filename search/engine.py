@@ -9,19 +9,21 @@ Vector strategy (bench/search.py measured it; docs/benchmarks.md has the numbers
   graphs search/indexes.py keeps: the agent's own (agents of at least
   SEARCH_AGENT_INDEX_MIN_CHUNKS), else its organization's (organizations of at least
   SEARCH_ORG_INDEX_MIN_CHUNKS; searches over several agents use that one). The planner
-  matches them because organization_id and agent_id arrive as literals. Where no graph
-  exists (yet) the same statement is an exact scan and sorts.
+  matches them because it sees organization_id and agent_id as constants (below).
+  Where no graph exists (yet) the same statement is an exact scan and sorts.
 - Any HNSW answer shorter than asked (a selective filter) is redone exactly, so a
   filtered query always returns a full, correct top-k.
 
-Values are interpolated client-side by Django's psycopg cursor, so PostgreSQL plans every
-query with its real constants: never a generic plan that ignores the agent's size.
+Vector statements are bound on the server as unnamed statements (the query vector in
+binary), which PostgreSQL plans with their values as constants; keyword statements are
+interpolated client-side by Django's cursor. Neither is ever prepared: every query is
+planned with its real values, never a generic plan that ignores the agent's size.
 """
 
 import re
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import date, datetime
+from functools import cached_property
 from typing import NamedTuple
 
 from django.conf import settings
@@ -159,7 +161,7 @@ def _agent_condition(agents: list[AgentRef], everyone_but: list[int] | None) -> 
     """`everyone_but`: set when `agents` are all the organization's searchable agents;
     the ids of its agents that hold chunks but must not be found (being deleted)."""
     if len(agents) == 1:
-        # A literal agent_id lets the planner match a partial per-agent HNSW index.
+        # A constant agent_id lets the planner match a partial per-agent HNSW index.
         return "c.agent_id = %s", [agents[0].id]
     if everyone_but is not None:
         # No per-row agent test: a walk of the organization's graph skips nothing, which
@@ -176,22 +178,22 @@ def vector_statements(
     statements on a raw connection as its latency floor."""
     where, where_params = _agent_condition(agents, everyone_but)
     filter_sql, filter_params = filters
-    literal = halfvecs([vector])[0].to_text()
     total = sum(a.total_chunks for a in agents)
     base = f"FROM knowledge_chunk c WHERE c.organization_id = %s AND {where}{filter_sql}"
-    params = [literal, org_id, *where_params, *filter_params, k]
+    # The query vector travels in pgvector's binary format (%b).
+    params = [halfvecs([vector])[0], org_id, *where_params, *filter_params, k]
     statements = []
     if total > settings.SEARCH_EXACT_MAX_CHUNKS:
         # Relaxed-order iterative scan: fetch in approximate order, re-sort exactly.
         sql = (
-            f"WITH t AS MATERIALIZED (SELECT c.id, c.embedding <=> %s::halfvec AS d {base} ORDER BY d LIMIT %s)"
+            f"WITH t AS MATERIALIZED (SELECT c.id, c.embedding <=> %b::halfvec AS d {base} ORDER BY d LIMIT %s)"
             " SELECT id, d FROM t ORDER BY d"
         )
         statements.append((sql, params))
     # Exact: "+ 0" keeps the planner off the HNSW index; it reads the agent's rows through
     # an agent_id index (bench/search.py saw the agent_id foreign-key index chosen over
     # chunk_org_agent_id_idx; either serves).
-    statements.append((f"SELECT c.id, (c.embedding <=> %s::halfvec) + 0 AS d {base} ORDER BY d LIMIT %s", params))
+    statements.append((f"SELECT c.id, (c.embedding <=> %b::halfvec) + 0 AS d {base} ORDER BY d LIMIT %s", params))
     return statements
 
 
@@ -202,7 +204,8 @@ def vector_candidates(
     statements = vector_statements(
         org_id=org_id, agents=agents, vector=vector, k=k, filters=filters, everyone_but=everyone_but
     )
-    with connection.cursor() as cursor:
+    # Bound on the server, never prepared: an unnamed statement is planned with its values.
+    with connection.binding_cursor() as cursor:
         for sql, params in statements:
             cursor.execute(sql, params)
             rows = cursor.fetchall()
@@ -262,7 +265,7 @@ def fetch_chunks(*, org_id: int, ids: list[int], include_parent: bool) -> dict[i
         " WHERE c.organization_id = %s AND c.id = ANY(%s)"
     )
     # Primary keys whatever the ids: one plan serves, so it is prepared.
-    with connection.prepared_cursor() as cursor:
+    with connection.binding_cursor(prepared=True) as cursor:
         cursor.execute(sql, [org_id, ids])
         rows = cursor.fetchall()
     import json

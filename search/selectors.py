@@ -65,7 +65,7 @@ _DIGEST_SQL = (
 def search_agents_get(*, org: Organization, slugs: list[str] | None) -> AgentSelection:
     """The named agents, or all active ones by default, ordered by slug."""
     if not slugs:
-        with connection.prepared_cursor() as cursor:
+        with connection.binding_cursor(prepared=True) as cursor:
             cursor.execute(_DIGEST_SQL, [org.pk, org.pk])
             digest = cursor.fetchone()[0]
         return _everyone(org.pk, digest)

@@ -65,7 +65,7 @@ def api_key_authenticate(raw_key: str, *, join: KeyJoin | None = None) -> ApiPri
     if not raw_key.startswith(API_KEY_PREFIX):
         return None
     prefix = raw_key[len(API_KEY_PREFIX) :].split("_", 1)[0]
-    with connection.prepared_cursor() as cursor:
+    with connection.binding_cursor(prepared=True) as cursor:
         cursor.execute(_key_sql(join.sql if join else None), [*(join.params if join else ()), prefix, timezone.now()])
         row = cursor.fetchone()
     if row is None:

@@ -10,7 +10,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from knowledge.chunking import CONTENT_TYPES, chunk_document, normalize_text
-from knowledge.embeddings import binary_cursor, embed_with_cache, halfvecs
+from knowledge.embeddings import embed_with_cache, halfvecs
 from knowledge.models import Agent, Document, IngestionJob
 from knowledge.services.stats import stats_apply
 from tenants.errors import ApiError, conflict, invalid, not_found, too_large
@@ -248,15 +248,16 @@ def _apply(*, org: Organization, agent: Agent, todo: list[_Prepared], vectors) -
                 cols["key"].append(f"{item.doc.key}#{ordinal}")
                 cols["text"].append(chunk.text)
                 cols["metadata"].append(json.dumps({**item.doc.metadata, "heading_path": chunk.heading_path}))
-        binary_cursor().execute(
-            "INSERT INTO knowledge_chunk (organization_id, agent_id, document_id, section_id, ordinal, key, text,"
-            " char_count, embedding, metadata, search_vector)"
-            " SELECT %s, %s, d, s, o, k, t, char_length(t), e, m::jsonb, to_tsvector(%s::regconfig, t)"
-            " FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::text[], %s::text[], %b::halfvec[], %s::text[])"
-            " AS x(d, s, o, k, t, e, m)",
-            [org.pk, agent.pk, agent.language, cols["doc"], cols["section"], cols["ordinal"], cols["key"],
-             cols["text"], halfvecs(vectors), cols["metadata"]],
-        )  # fmt: skip
+        with connection.binding_cursor() as binding:
+            binding.execute(
+                "INSERT INTO knowledge_chunk (organization_id, agent_id, document_id, section_id, ordinal, key, text,"
+                " char_count, embedding, metadata, search_vector)"
+                " SELECT %s, %s, d, s, o, k, t, char_length(t), e, m::jsonb, to_tsvector(%s::regconfig, t)"
+                " FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::text[], %s::text[], %b::halfvec[], %s::text[])"
+                " AS x(d, s, o, k, t, e, m)",
+                [org.pk, agent.pk, agent.language, cols["doc"], cols["section"], cols["ordinal"], cols["key"],
+                 cols["text"], halfvecs(vectors), cols["metadata"]],
+            )  # fmt: skip
 
         cursor.execute(
             "UPDATE knowledge_document AS d SET title = x.title, source = x.source, content_type = x.ctype,"

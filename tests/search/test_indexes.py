@@ -133,6 +133,39 @@ def test_a_graph_left_invalid_by_a_dead_build_is_rebuilt(org_a, settings):
     assert [g.valid for g in indexes.graphs()] == [True]
 
 
+def test_the_engines_bound_statements_walk_the_agents_and_the_organizations_graphs(org_a, settings):
+    # Values bound on the server (the vector in binary) still reach the planner as
+    # constants, so the partial indexes' predicates match.
+    from search import selectors
+    from search.engine import vector_statements
+
+    big = AgentFactory(organization=org_a, slug="big")
+    ingest(org_a, big)
+    settings.SEARCH_EXACT_MAX_CHUNKS = 0
+
+    def plan(agents, everyone_but=None):
+        [(sql, params), _] = vector_statements(
+            org_id=org_a.pk, agents=agents, vector=[0.1] * settings.EMBEDDING_DIMENSIONS, k=3, filters=("", []),
+            everyone_but=everyone_but,
+        )  # fmt: skip
+        with connection.binding_cursor() as cursor:
+            cursor.execute("SET enable_seqscan = off")
+            cursor.execute("EXPLAIN " + sql, params)
+            lines = [row[0] for row in cursor.fetchall()]
+            cursor.execute("RESET enable_seqscan")
+        return "\n".join(lines)
+
+    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 5
+    indexes.sync_indexes()
+    assert indexes.index_name(big.pk) in plan([selectors.search_agent_get(org=org_a, slug="big")])
+    # Its own graph holds the same chunks as the organization's would here: one at a time.
+    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 10**6
+    settings.SEARCH_ORG_INDEX_MIN_CHUNKS = 5
+    indexes.sync_indexes()
+    everyone = selectors.search_agents_get(org=org_a, slugs=None)
+    assert indexes.org_index_name(org_a.pk) in plan(everyone.agents, everyone.everyone_but)
+
+
 def test_only_one_sync_runs_at_a_time(org_a, settings):
     import psycopg
 

@@ -13,7 +13,7 @@ bench/ingest_stats.py), so it exists only where a search needs it:
 - `chunk_hnsw_org_<id>` (WHERE organization_id = id) for an organization of at least
   SEARCH_ORG_INDEX_MIN_CHUNKS chunks: searches across several of its agents. It holds no
   other tenant's vectors, so another tenant's load neither slows its inserts nor crowds
-  its walks.
+  its walks. Built with a larger ef_construction than agents' graphs (build_options()).
 
 Queries say `organization_id = <literal> AND agent_id = <literal>` (the engine's cursor
 interpolates client-side), so the planner matches these partial indexes, preferring the
@@ -22,7 +22,8 @@ exact scan: slower, never wrong.
 
 Built CONCURRENTLY (ingests and searches go on) by a scheduled task; dropped when the
 agent or organization is deleted or shrinks below half its threshold (hysteresis, so a
-size near the line is not rebuilt over and over). One sync at a time, under an advisory
+size near the line is not rebuilt over and over); rebuilt, concurrently, when the
+options they were built with are no longer the wanted ones. One sync at a time, under an advisory
 lock: a build can outlast the schedule's interval, and an index left INVALID by a build
 that died is then known to be dead, not in progress, and is rebuilt.
 
@@ -32,6 +33,7 @@ distributed by organization_id) keeps each tenant's graphs on its own partition.
 """
 
 import logging
+import re
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -45,7 +47,20 @@ AGENT_PREFIX = "chunk_hnsw_agent_"
 ORG_PREFIX = "chunk_hnsw_org_"
 # Any constant unique to this lock; pg_try_advisory_lock takes a bigint.
 SYNC_LOCK = 0x4C6F7265_0001
-GRAPH = "USING hnsw (embedding halfvec_cosine_ops) WITH (m = 16, ef_construction = 64)"
+
+
+def build_options(scope: str) -> dict[str, int]:
+    """How a graph of this scope is built. An organization's graph links clusters of many
+    agents: built with ef_construction 64, org-wide recall@10 varied from 0.923 to 0.973
+    between builds of the same data (some queries at 0), with 128 it was 0.986-0.988
+    (bench/search.py data, docs/benchmarks.md); a larger m did not help."""
+    ef_construction = 64 if scope == "agent" else settings.SEARCH_ORG_GRAPH_EF_CONSTRUCTION
+    return {"m": 16, "ef_construction": ef_construction}
+
+
+def _graph_sql(scope: str) -> str:
+    options = ", ".join(f"{k} = {int(v)}" for k, v in build_options(scope).items())
+    return f"USING hnsw (embedding halfvec_cosine_ops) WITH ({options})"
 
 
 def index_name(agent_id: int) -> str:
@@ -62,17 +77,18 @@ class SyncResult:
     dropped_agents: list[int] = field(default_factory=list)
     created_orgs: list[int] = field(default_factory=list)
     dropped_orgs: list[int] = field(default_factory=list)
+    rebuilt: list[str] = field(default_factory=list)  # built with other options than wanted now
     skipped: bool = False  # another sync held the lock
 
 
 def existing() -> dict[int, str]:
     """Agent graphs: agent id -> index name."""
-    return {g.owner_id: g.name for g in graphs() if g.scope == "agent"}
+    return {g.owner_id: g.name for g in graphs() if g.scope == "agent" and not g.leftover}
 
 
 def existing_org() -> dict[int, str]:
     """Organization graphs: organization id -> index name."""
-    return {g.owner_id: g.name for g in graphs() if g.scope == "organization"}
+    return {g.owner_id: g.name for g in graphs() if g.scope == "organization" and not g.leftover}
 
 
 def _plan(sizes: dict[int, tuple[bool, int]], have: dict[int, str], threshold: int) -> tuple[list[int], list[int]]:
@@ -100,9 +116,12 @@ def sync_indexes() -> SyncResult:
 
 def _sync(result: SyncResult) -> None:
     have: dict[str, dict[int, str]] = {"agent": {}, "organization": {}}
+    stale = []
     for graph in graphs():
-        if graph.valid:
+        if graph.valid and not graph.leftover:
             have[graph.scope][graph.owner_id] = graph.name
+            if graph.options != build_options(graph.scope):
+                stale.append(graph)
         else:
             _drop(graph.name)  # under the lock nobody else builds: a dead build's leftover
     # Every organization's stats rows (one per agent), never chunks: the sync serves all
@@ -122,15 +141,34 @@ def _sync(result: SyncResult) -> None:
     for org_id in result.dropped_orgs:
         _drop(org_index_name(org_id))
     for agent_id in result.created_agents:
-        _build(index_name(agent_id), f"agent_id = {int(agent_id)}")
+        _build(index_name(agent_id), "agent", f"agent_id = {int(agent_id)}")
     for org_id in result.created_orgs:
-        _build(org_index_name(org_id), f"organization_id = {int(org_id)}")
+        _build(org_index_name(org_id), "organization", f"organization_id = {int(org_id)}")
+    dropped = {index_name(a) for a in result.dropped_agents} | {org_index_name(o) for o in result.dropped_orgs}
+    for graph in stale:
+        if graph.name not in dropped:
+            _rebuild(graph)
+            result.rebuilt.append(graph.name)
 
 
-def _build(name: str, predicate: str) -> None:
+def _build(name: str, scope: str, predicate: str) -> None:
     logger.info("search: building HNSW graph %s", name)
     with connection.cursor() as cursor:
-        cursor.execute(f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}" ON knowledge_chunk {GRAPH} WHERE {predicate}')
+        cursor.execute(
+            f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}" ON knowledge_chunk {_graph_sql(scope)} WHERE {predicate}'
+        )
+
+
+def _rebuild(graph: "Graph") -> None:
+    """A graph built with other options than wanted now (a changed setting), rebuilt
+    beside the old one, which searches use until the new one replaces it. SET only
+    changes the catalog (a moment's lock on the index); a REINDEX that dies leaves an
+    INVALID <name>_ccnew, which the next sync drops."""
+    logger.info("search: rebuilding HNSW graph %s with %s", graph.name, build_options(graph.scope))
+    options = ", ".join(f"{k} = {int(v)}" for k, v in build_options(graph.scope).items())
+    with connection.cursor() as cursor:
+        cursor.execute(f'ALTER INDEX "{graph.name}" SET ({options})')
+        cursor.execute(f'REINDEX INDEX CONCURRENTLY "{graph.name}"')
 
 
 def _drop(name: str) -> None:
@@ -163,18 +201,26 @@ class Graph:
     owner_id: int
     valid: bool
     size_bytes: int
+    options: dict = field(default_factory=dict)  # as built: {"m": 16, "ef_construction": 64}
+    leftover: bool = False  # what a REINDEX CONCURRENTLY that died left beside the graph
+
+
+_NAME = re.compile(rf"^({AGENT_PREFIX}|{ORG_PREFIX})(\d+)(.*)$")
 
 
 def graphs() -> list[Graph]:
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT c.relname, i.indisvalid, pg_relation_size(c.oid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            "SELECT c.relname, i.indisvalid, pg_relation_size(c.oid), c.reloptions FROM pg_index i"
+            " JOIN pg_class c ON c.oid = i.indexrelid"
             " WHERE i.indrelid = 'knowledge_chunk'::regclass AND (c.relname LIKE %s OR c.relname LIKE %s) ORDER BY c.relname",
             [AGENT_PREFIX.replace("_", r"\_") + "%", ORG_PREFIX.replace("_", r"\_") + "%"],
         )
         rows = cursor.fetchall()
     out = []
-    for name, valid, size in rows:
-        scope, prefix = ("agent", AGENT_PREFIX) if name.startswith(AGENT_PREFIX) else ("organization", ORG_PREFIX)
-        out.append(Graph(name, scope, int(name[len(prefix):]), valid, size))
+    for name, valid, size, reloptions in rows:
+        prefix, owner, rest = _NAME.match(name).groups()
+        options = {k: int(v) for k, v in (item.split("=", 1) for item in reloptions or [])}
+        scope = "agent" if prefix == AGENT_PREFIX else "organization"
+        out.append(Graph(name, scope, int(owner), valid, size, options, leftover=bool(rest)))
     return out

@@ -166,6 +166,37 @@ def test_the_engines_bound_statements_walk_the_agents_and_the_organizations_grap
     assert indexes.org_index_name(org_a.pk) in plan(everyone.agents, everyone.everyone_but)
 
 
+def test_organization_graphs_are_built_more_thoroughly_and_rebuilt_when_that_changes(org_a, settings):
+    big = AgentFactory(organization=org_a, slug="big")
+    ingest(org_a, big)
+    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 5
+    settings.SEARCH_ORG_INDEX_MIN_CHUNKS = 5
+    settings.SEARCH_ORG_GRAPH_EF_CONSTRUCTION = 96
+    indexes.sync_indexes()
+    options = {g.scope: g.options for g in indexes.graphs()}
+    assert options == {"agent": {"m": 16, "ef_construction": 64}, "organization": {"m": 16, "ef_construction": 96}}
+    settings.SEARCH_ORG_GRAPH_EF_CONSTRUCTION = 128
+    result = indexes.sync_indexes()
+    assert (result.rebuilt, result.created_orgs, result.dropped_orgs) == ([indexes.org_index_name(org_a.pk)], [], [])
+    [graph] = [g for g in indexes.graphs() if g.scope == "organization"]
+    assert (graph.options["ef_construction"], graph.valid) == (128, True)
+    assert indexes.sync_indexes().rebuilt == []
+
+
+def test_what_a_dead_rebuild_left_beside_a_graph_is_dropped_and_the_graph_kept(org_a, settings):
+    big = AgentFactory(organization=org_a, slug="big")
+    ingest(org_a, big)
+    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 5
+    indexes.sync_indexes()
+    name = indexes.index_name(big.pk)
+    with connection.cursor() as cursor:  # as REINDEX CONCURRENTLY names its new copy
+        cursor.execute(f'CREATE INDEX "{name}_ccnew" ON knowledge_chunk (id) WHERE agent_id = {big.pk}')
+    assert indexes.existing() == {big.pk: name}
+    result = indexes.sync_indexes()
+    assert (result.created_agents, result.dropped_agents) == ([], [])
+    assert [g.name for g in indexes.graphs()] == [name]
+
+
 def test_only_one_sync_runs_at_a_time(org_a, settings):
     import psycopg
 
@@ -200,8 +231,8 @@ def test_search_indexes_command_syncs_and_lists_the_graphs(org_a, settings, caps
     settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 5
     call_command("search_indexes", "--sync")
     out = capsys.readouterr().out
-    assert "agents: 1 built, 0 dropped; organizations: 0 built, 0 dropped" in out
-    assert f"{indexes.index_name(agent.pk)}  agent {agent.pk}" in out
+    assert "agents: 1 built, 0 dropped; organizations: 0 built, 0 dropped; 0 rebuilt" in out
+    assert f"{indexes.index_name(agent.pk)}  agent {agent.pk}  m 16, ef_construction 64" in out
     assert out.rstrip().endswith("1 graphs")
 
 

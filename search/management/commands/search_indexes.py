@@ -17,10 +17,14 @@ class Command(BaseCommand):
             else:
                 self.stdout.write(
                     f"agents: {len(result.created_agents)} built, {len(result.dropped_agents)} dropped; "
-                    f"organizations: {len(result.created_orgs)} built, {len(result.dropped_orgs)} dropped"
+                    f"organizations: {len(result.created_orgs)} built, {len(result.dropped_orgs)} dropped; "
+                    f"{len(result.rebuilt)} rebuilt"
                 )
         graphs = indexes.graphs()
         for graph in graphs:
             state = "" if graph.valid else " (building or failed)"
-            self.stdout.write(f"{graph.name}  {graph.scope} {graph.owner_id}  {graph.size_bytes / 2**20:.1f} MB{state}")
+            options = ", ".join(f"{k} {v}" for k, v in graph.options.items())
+            self.stdout.write(
+                f"{graph.name}  {graph.scope} {graph.owner_id}  {options}  {graph.size_bytes / 2**20:.1f} MB{state}"
+            )
         self.stdout.write(f"{len(graphs)} graphs")

@@ -883,12 +883,37 @@ def stats_latency(report: "Report", synthetic: dict, *, requests: int) -> None:
     report.section(
         f"Database level, the {BIG_AGENT_CHUNKS:,}-chunk agent: the stats selector's one-row lookup vs the COUNT/SUM "
         "selector's statement, as the app sends them (round trip from the bench process over the socket) and as the "
-        "server times them (EXPLAIN ANALYZE, TIMING OFF; every statement is planned afresh, prepared statements "
-        "being off)"
+        "server times them (EXPLAIN ANALYZE, TIMING OFF; each statement planned afresh); then the statement the API "
+        "sends, which reads the stats row with the API key, prepared"
     )
     for label in lookup:
         a, b = percentile(lookup[label], 50), percentile(count[label], 50)
         report.row(f"{label} p50: lookup vs COUNT", f"{a:.3f} vs {b:.2f} ms", f"{b / a:.0f}× (≥ 50×)", b / a >= 50)
+    # What the API sends: the stats row in the API key's statement, prepared (no planning).
+    a, b = percentile(api_statement_latencies(org, big.slug, 200), 50), percentile(count["round trip"], 50)
+    report.row("round trip p50: the API's statement vs COUNT", f"{a:.3f} vs {b:.2f} ms", f"{b / a:.0f}×")
+
+
+def api_statement_latencies(org, slug: str, n: int) -> list[float]:
+    """Round trips (ms) of the statement GET /agents/{slug}/stats sends: the API key and
+    the stats row together, prepared on the connection (tenants.auth)."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from knowledge import selectors
+    from tenants.auth import _key_sql
+    from tenants.models import ApiKey
+
+    join = selectors.agent_stats_key_join(slug=slug)
+    params = [*join.params, ApiKey.unscoped.filter(organization=org).values_list("prefix", flat=True)[0], timezone.now()]
+    out = []
+    with connection.binding_cursor(prepared=True) as cursor:
+        for _ in range(n):
+            started = time.perf_counter()
+            cursor.execute(_key_sql(join.sql), params)
+            assert cursor.fetchall()
+            out.append((time.perf_counter() - started) * 1000)
+    return out
 
 
 # --- report ----------------------------------------------------------------------------

@@ -494,7 +494,7 @@ def peers_table(env, data, specs, topics, queries, truths, per_class, lore_count
             deletion_job_run(body["id"])
             gone = time.perf_counter() - started
             status, body, _ = client.get(f"/api/v1/deletions/{body['id']}")
-            assert body["status"] == "done", body
+            assert body["status"] == "completed", body
             cells = [f"answers in {harness.ms(answered)} ms, gone in {harness.ms(gone)} ms", "-"]
             for peer in peers:
                 value = peer.delete(spec.slug, spec.size) if peer.delete else float("nan")

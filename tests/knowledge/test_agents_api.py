@@ -125,6 +125,23 @@ def test_agent_stats_lookup_searches_the_org_slug_index_by_organization_and_slug
     assert f"Index Cond: ((organization_id = {org_a.pk}) AND ((slug)::text = 'support'::text))" in plan
 
 
+def test_agent_rows_read_with_the_api_key_go_through_the_org_slug_index(org_a, agent_a, agent_b):
+    from django.utils import timezone
+
+    from search.selectors import search_agent_key_join
+    from tenants.auth import _key_sql
+    from tenants.models import ApiKey
+
+    prefix = ApiKey.unscoped.filter(organization=org_a).values_list("prefix", flat=True).first() or "none"
+    for join in (selectors.agent_stats_key_join(slug="support"), search_agent_key_join(slug="support")):
+        with connection.binding_cursor() as cursor:
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute("EXPLAIN " + _key_sql(join.sql), [*join.params, prefix, timezone.now()])
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+        assert "agent_org_slug_live_uniq" in plan
+        assert "Index Cond: ((organization_id = o.id) AND ((slug)::text = 'support'::text))" in plan
+
+
 def test_agent_stats_lookup_is_the_organizations_live_agent(org_a, agent_a, agent_b):
     AgentStats.objects.for_org(org_a).filter(agent=agent_a).update(total_chunks=7, search_count=4, search_cache_hits=1)
     stats = selectors.agent_stats_get_by_slug(org=org_a, slug="support")

@@ -199,10 +199,11 @@ def sample_queries(data, specs, topics, per_class: int) -> list[Query]:
 def put_vectors(items) -> None:
     from django.conf import settings
 
-    from search import services
+    from search import caching, services
 
     for text, vector in items:
         services.query_vector_put(settings.EMBEDDING_MODEL, text, vector)
+    caching.flush_writes()  # in Redis before gunicorn's workers look for them
 
 
 def search_body(text: str) -> dict:

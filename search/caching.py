@@ -3,12 +3,18 @@ configured). Keys carry everything that makes a value valid (model and dimension
 for embeddings; organization, agents and their data versions for results), so an
 entry is never stale, only unused; TTLs just reclaim space.
 
+A search reads what it may need from Redis in one round trip (`get_many`: its result and
+its query embedding), and writes behind: a background thread per process sends what was
+set, pipelined, so no request waits for a write (another process may miss an entry for
+the moment it is in flight: it computes it, it is never wrong).
+
 Redis is optional at run time: any failure opens a short circuit breaker, during which
 search runs on the in-process tier only. Failures are logged (once per breaker
 opening) and counted in `metrics`.
 """
 
 import logging
+import queue
 import threading
 import time
 from collections import OrderedDict
@@ -45,30 +51,98 @@ def _redis_client():
     return get_redis_connection("default")
 
 
-def shared_get(key: str):
+def shared_get_many(keys: list[str]) -> list:
     if not shared_cache_available():
-        return None
+        return [None] * len(keys)
     try:
         if uses_redis():
             # The raw client raises instead of swallowing, so outages are seen and counted.
-            raw = _redis_client().get(cache.make_key(key))
-            return None if raw is None else cache.client.decode(raw)
-        return cache.get(key)
+            raws = _redis_client().mget([cache.make_key(key) for key in keys])
+            return [None if raw is None else cache.client.decode(raw) for raw in raws]
+        found = cache.get_many(keys)
+        return [found.get(key) for key in keys]
     except Exception as exc:  # noqa: BLE001 - any cache failure degrades to "no cache"
         shared_cache_failed(exc)
-        return None
+        return [None] * len(keys)
+
+
+# Writes behind: bounded, so a Redis that stalls costs memory up to this many entries;
+# beyond it writes are dropped (the in-process tier still has them).
+_writes: queue.Queue = queue.Queue(maxsize=10_000)
+_writer = {"thread": None}
+_writer_lock = threading.Lock()
+WRITE_BATCH = 500
 
 
 def shared_set(key: str, value, ttl: int) -> None:
     if not shared_cache_available():
         return
+    if not uses_redis():
+        cache.set(key, value, ttl)  # this process's own memory: nothing to wait for
+        return
     try:
-        if uses_redis():
-            _redis_client().set(cache.make_key(key), cache.client.encode(value), ex=ttl)
-        else:
-            cache.set(key, value, ttl)
-    except Exception as exc:  # noqa: BLE001
-        shared_cache_failed(exc)
+        _writes.put_nowait((key, value, ttl))
+    except queue.Full:
+        return
+    _ensure_writer()
+
+
+def flush_writes() -> None:
+    """Waits until every write set so far has been sent (tests, benchmarks)."""
+    _writes.join()
+
+
+def _ensure_writer() -> None:
+    # Started lazily, in the process that writes: a thread does not survive gunicorn's fork.
+    if _writer["thread"] is not None and _writer["thread"].is_alive():
+        return
+    with _writer_lock:
+        if _writer["thread"] is None or not _writer["thread"].is_alive():
+            _writer["thread"] = threading.Thread(target=_write_loop, name="lore-cache-writer", daemon=True)
+            _writer["thread"].start()
+
+
+def _write_loop() -> None:
+    while True:
+        batch = [_writes.get()]
+        while len(batch) < WRITE_BATCH:
+            try:
+                batch.append(_writes.get_nowait())
+            except queue.Empty:
+                break
+        try:
+            if shared_cache_available():
+                pipe = _redis_client().pipeline(transaction=False)
+                for key, value, ttl in batch:
+                    pipe.set(cache.make_key(key), cache.client.encode(value), ex=ttl)
+                pipe.execute()
+        except Exception as exc:  # noqa: BLE001
+            shared_cache_failed(exc)
+        finally:
+            for _ in batch:
+                _writes.task_done()
+
+
+def get_many(entries: list[tuple["TwoTierCache", str]]) -> list:
+    """The values of (cache, key) pairs, None where absent: each from its in-process tier,
+    the rest from the shared tier in one round trip."""
+    out, missing = [], []
+    for index, (tier, key) in enumerate(entries):
+        value = tier.get_local(key)
+        out.append(value)
+        if value is None:
+            missing.append(index)
+    if missing:
+        values = shared_get_many([entries[i][0].full_key(entries[i][1]) for i in missing])
+        for index, value in zip(missing, values):
+            tier, key = entries[index]
+            if value is not None:
+                metrics["shared_hits"] += 1
+                tier.remember(key, value)
+                out[index] = value
+            else:
+                metrics["misses"] += 1
+    return out
 
 
 class TwoTierCache:
@@ -79,27 +153,27 @@ class TwoTierCache:
         self._lru: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str):
-        full = f"{self.name}:{key}"
+    def full_key(self, key: str) -> str:
+        return f"{self.name}:{key}"
+
+    def get_local(self, key: str):
+        full = self.full_key(key)
         with self._lock:
             if full in self._lru:
                 self._lru.move_to_end(full)
                 metrics["lru_hits"] += 1
                 return self._lru[full]
-        value = shared_get(full)
-        if value is not None:
-            metrics["shared_hits"] += 1
-            self._remember(full, value)
-        else:
-            metrics["misses"] += 1
-        return value
+        return None
+
+    def get(self, key: str):
+        return get_many([(self, key)])[0]
 
     def set(self, key: str, value) -> None:
-        full = f"{self.name}:{key}"
-        self._remember(full, value)
-        shared_set(full, value, self.ttl)
+        self.remember(key, value)
+        shared_set(self.full_key(key), value, self.ttl)
 
-    def _remember(self, full: str, value) -> None:
+    def remember(self, key: str, value) -> None:
+        full = self.full_key(key)
         with self._lock:
             self._lru[full] = value
             self._lru.move_to_end(full)

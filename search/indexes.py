@@ -15,17 +15,17 @@ bench/ingest_stats.py), so it exists only where a search needs it:
   other tenant's vectors, so another tenant's load neither slows its inserts nor crowds
   its walks. Built with a larger ef_construction than agents' graphs (build_options()).
 
-Queries say `organization_id = <literal> AND agent_id = <literal>` (the engine's cursor
-interpolates client-side), so the planner matches these partial indexes, preferring the
+Queries say `organization_id = N AND agent_id = M` with values the planner sees as
+constants (search/engine.py), so it matches these partial indexes, preferring the
 smaller agent graph where both apply. Where none exists yet the same statement is an
 exact scan: slower, never wrong.
 
 Built CONCURRENTLY (ingests and searches go on) by a scheduled task; dropped when the
 agent or organization is deleted or shrinks below half its threshold (hysteresis, so a
 size near the line is not rebuilt over and over); rebuilt, concurrently, when the
-options they were built with are no longer the wanted ones. One sync at a time, under an advisory
-lock: a build can outlast the schedule's interval, and an index left INVALID by a build
-that died is then known to be dead, not in progress, and is rebuilt.
+options they were built with are no longer the wanted ones. One sync at a time, under an
+advisory lock: a build can outlast the schedule's interval, and an index left INVALID by a
+build that died is then known to be dead, not in progress, and is rebuilt.
 
 Each partial index adds a predicate check to every chunk insert and a proof to every
 plan; at hundreds of graphs, partitioning knowledge_chunk by organization (or Citus,
@@ -58,9 +58,8 @@ def build_options(scope: str) -> dict[str, int]:
     return {"m": 16, "ef_construction": ef_construction}
 
 
-def _graph_sql(scope: str) -> str:
-    options = ", ".join(f"{k} = {int(v)}" for k, v in build_options(scope).items())
-    return f"USING hnsw (embedding halfvec_cosine_ops) WITH ({options})"
+def _options_sql(scope: str) -> str:
+    return ", ".join(f"{k} = {int(v)}" for k, v in build_options(scope).items())
 
 
 def index_name(agent_id: int) -> str:
@@ -155,7 +154,8 @@ def _build(name: str, scope: str, predicate: str) -> None:
     logger.info("search: building HNSW graph %s", name)
     with connection.cursor() as cursor:
         cursor.execute(
-            f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}" ON knowledge_chunk {_graph_sql(scope)} WHERE {predicate}'
+            f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}" ON knowledge_chunk'
+            f" USING hnsw (embedding halfvec_cosine_ops) WITH ({_options_sql(scope)}) WHERE {predicate}"
         )
 
 
@@ -165,9 +165,8 @@ def _rebuild(graph: "Graph") -> None:
     changes the catalog (a moment's lock on the index); a REINDEX that dies leaves an
     INVALID <name>_ccnew, which the next sync drops."""
     logger.info("search: rebuilding HNSW graph %s with %s", graph.name, build_options(graph.scope))
-    options = ", ".join(f"{k} = {int(v)}" for k, v in build_options(graph.scope).items())
     with connection.cursor() as cursor:
-        cursor.execute(f'ALTER INDEX "{graph.name}" SET ({options})')
+        cursor.execute(f'ALTER INDEX "{graph.name}" SET ({_options_sql(graph.scope)})')
         cursor.execute(f'REINDEX INDEX CONCURRENTLY "{graph.name}"')
 
 

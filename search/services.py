@@ -9,7 +9,7 @@ import numpy as np
 from django.conf import settings
 
 from knowledge.embeddings import get_provider
-from search import engine, tracking
+from search import caching, engine, tracking
 from search.caching import TwoTierCache
 from search.engine import AgentSelection
 from tenants.models import Organization
@@ -43,13 +43,17 @@ def _query_key(model: str, text: str) -> str:
     return f"{model}:{settings.EMBEDDING_DIMENSIONS}:{hashlib.sha256(text.encode()).hexdigest()}"
 
 
-def query_vector(model: str, text: str) -> np.ndarray:
-    cached = query_embeddings.get(_query_key(model, text))
-    if cached is not None:
-        return np.frombuffer(cached, dtype=np.float16).astype(np.float32)
-    vector = get_provider(model).embed([text])[0]
-    query_vector_put(model, text, vector)
-    return vector
+def _query_vectors(models: list[str], text: str, cached: list) -> dict[str, np.ndarray]:
+    """The query's embedding per model: from the cache where it was (`cached`, as
+    caching.get_many found them), from the provider (then cached) for the rest."""
+    vectors = {}
+    for model, raw in zip(models, cached):
+        if raw is not None:
+            vectors[model] = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
+        else:
+            vectors[model] = get_provider(model).embed([text])[0]
+            query_vector_put(model, text, vectors[model])
+    return vectors
 
 
 def query_vector_put(model: str, text: str, vector) -> None:
@@ -61,10 +65,14 @@ def search(*, org: Organization, selection: AgentSelection, request: SearchReque
     started = time.perf_counter()
     filters = engine.filters_sql(org.pk, request.filters)  # validates, even when the answer is cached
     key = request.cache_key(org.pk, selection)
-    results = result_cache.get(key)
+    # One shared-cache round trip for the result and, in case it is missing, the query's
+    # embedding for each model its agents use.
+    models = list(selection.by_model) if request.mode != "keyword" else []
+    found = caching.get_many([(result_cache, key)] + [(query_embeddings, _query_key(m, request.query)) for m in models])
+    results = found[0]
     cached = results is not None
     if not cached:
-        results = _run(org, selection, request, filters)
+        results = _run(org, selection, request, filters, _query_vectors(models, request.query, found[1:]))
         result_cache.set(key, results)
     took_ms = (time.perf_counter() - started) * 1000
     tracking.record(org_id=org.pk, results=results, agent_ids=selection.ids, latency_ms=took_ms, cache_hit=cached)
@@ -76,7 +84,7 @@ def search(*, org: Organization, selection: AgentSelection, request: SearchReque
     }
 
 
-def _run(org, selection: AgentSelection, request, filters) -> list[dict]:
+def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np.ndarray]) -> list[dict]:
     agents, everyone_but = selection.agents, selection.everyone_but
     if not agents:
         return []
@@ -84,7 +92,7 @@ def _run(org, selection: AgentSelection, request, filters) -> list[dict]:
     depth = max(limit, settings.SEARCH_HYBRID_CANDIDATES) if request.mode == "hybrid" else limit
     scores: dict[int, float] = {}
     if request.mode in ("vector", "hybrid"):
-        vector_hits = _vector_hits(org, selection, request.query, depth, filters)
+        vector_hits = _vector_hits(org, selection, vectors, depth, filters)
     if request.mode in ("keyword", "hybrid"):
         keyword_hits = engine.keyword_candidates(
             org_id=org.pk, agents=agents, query=request.query, k=depth, filters=filters, everyone_but=everyone_but
@@ -125,14 +133,13 @@ def _run(org, selection: AgentSelection, request, filters) -> list[dict]:
     return results
 
 
-def _vector_hits(org, selection: AgentSelection, query, depth, filters) -> list[tuple[int, float]]:
+def _vector_hits(org, selection: AgentSelection, vectors, depth, filters) -> list[tuple[int, float]]:
     # Distances are only comparable within one embedding model: query each model's
     # agents with that model's query vector, then merge by distance.
     hits = []
     for model, group in selection.by_model.items():
-        vector = query_vector(model, query)
         hits += engine.vector_candidates(
-            org_id=org.pk, agents=group, vector=vector, k=depth, filters=filters,
+            org_id=org.pk, agents=group, vector=vectors[model], k=depth, filters=filters,
             everyone_but=selection.everyone_but if len(group) == len(selection.agents) else None,
         )  # fmt: skip
     return sorted(hits, key=lambda hit: hit[1])[:depth]

@@ -13,6 +13,7 @@ def _clear_cache():
     from search import caching, selectors, services, tracking
 
     yield
+    caching.flush_writes()
     selectors._everyone.cache_clear()
     tracking._local.drain()
     services.result_cache.clear_local()

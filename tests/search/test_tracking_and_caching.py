@@ -96,6 +96,8 @@ def redis_cache(redis_url):
 @pytest.mark.redis
 def test_redis_buffers_tracking_and_caches_results_across_processes(client_a, org_a, kb_a, redis_cache):
     first = client_a.post(URL, {"query": "tar archive"}, format="json").json()
+    caching.flush_writes()  # written behind, by this process's writer thread
+    assert caching._redis_client().keys(redis_cache.make_key("results:*"))
     # Another process: its in-process tier is empty, Redis answers.
     services.result_cache.clear_local()
     services.query_embeddings.clear_local()
@@ -180,3 +182,15 @@ def test_full_redis_buffer_queues_one_flush_task_for_the_worker(client_a, org_a,
             assert AgentStats.objects.for_org(org_a).get(agent=kb_a).search_count == 3
         finally:
             caches["default"].delete_pattern("*")
+
+
+@pytest.mark.redis
+def test_a_search_reads_its_result_and_its_query_embedding_from_redis_in_one_round_trip(client_a, kb_a, redis_cache, monkeypatch):
+    reads = []
+    original = caching.shared_get_many
+    monkeypatch.setattr(caching, "shared_get_many", lambda keys: reads.append(keys) or original(keys))
+    client_a.post(URL, {"query": "tar archive", "mode": "hybrid"}, format="json")
+    assert [[key.split(":", 1)[0] for key in keys] for keys in reads] == [["results", "qemb"]]
+    reads.clear()
+    client_a.post(URL, {"query": "git commit", "mode": "keyword"}, format="json")  # no embedding needed
+    assert [[key.split(":", 1)[0] for key in keys] for keys in reads] == [["results"]]

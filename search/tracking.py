@@ -3,13 +3,15 @@
 Each search adds to this process's buffer (a dict update): per (organization, agent,
 chunk, day) an access count, a score sum and the last access time; per agent the search
 count, cache hits, latency total and last search time. With Redis, a background thread
-pushes the aggregated buffer into shared Redis hashes every SEARCH_TRACK_PUSH_SECONDS (one
-script call for everything since the last push, so no search waits on Redis for it);
-without Redis, or while it is unreachable, the process keeps it. Flushed in bulk: one
-INSERT … ON CONFLICT DO UPDATE for accesses and one UPDATE for stats, by a scheduled
-Django-Q2 task, when the Redis buffer grows past SEARCH_BUFFER_MAX entries (a queued
-task), and, for what a process keeps, by the process itself every SEARCH_FLUSH_SECONDS or
-when its buffer is full. A process killed outright loses at most its last push interval.
+pushes the aggregated buffer every SEARCH_TRACK_PUSH_SECONDS as two packed lines of text
+appended to shared Redis lists (one round trip, and O(1) work for Redis, which every
+process and tenant shares: no per-chunk commands), so no search waits on Redis for it;
+without Redis, or while it is unreachable, the process keeps it. Flushed in bulk: the
+flusher sums the pushed lines per key, then one INSERT … ON CONFLICT DO UPDATE for
+accesses and one UPDATE for stats, by a scheduled Django-Q2 task, when the Redis buffer
+grows past SEARCH_BUFFER_MAX entries (a queued task), and, for what a process keeps, by
+the process itself every SEARCH_FLUSH_SECONDS or when its buffer is full. A process
+killed outright loses at most its last push interval.
 """
 
 import logging
@@ -25,52 +27,27 @@ from search import caching
 
 logger = logging.getLogger(__name__)
 
-ACCESS_FIELDS = ("n", "s", "t")  # count, score sum, last access (epoch seconds)
-STATS_FIELDS = ("n", "h", "l", "t")  # searches, cache hits, latency ms total, last search
-
-# Moves each buffer hash aside atomically (a search arriving meanwhile starts a new
-# hash), unless a previous flush left one there: then that one is flushed first.
+# Moves the buffer aside atomically (a push arriving meanwhile starts new lists), unless
+# a previous flush left one there: then that one is flushed first. KEYS: the access and
+# stats lists, the pushed-entries counter; ARGV: the lists' draining names.
 _DRAIN = """
 local moved = 0
-for i, key in ipairs(KEYS) do
-  if redis.call('EXISTS', ARGV[i]) == 0 and redis.call('EXISTS', key) == 1 then
-    redis.call('RENAME', key, ARGV[i])
-    moved = moved + 1
+if redis.call('EXISTS', ARGV[1]) == 0 and redis.call('EXISTS', ARGV[2]) == 0 then
+  for i = 1, 2 do
+    if redis.call('EXISTS', KEYS[i]) == 1 then
+      redis.call('RENAME', KEYS[i], ARGV[i])
+      moved = moved + 1
+    end
   end
+  redis.call('DEL', KEYS[3])
 end
 return moved
 """
 
 
-# A process's aggregated increments, applied atomically in one round trip; returns the
-# size of the access buffer. KEYS: access n, s, t, stats n, h, l, t. ARGV: now, number of
-# access items, then (key, count, score sum) per access item, then (key, count, hits,
-# latency ms total) per stats item. Times are the push's: within a push interval.
-_RECORD = """
-local now, i = ARGV[1], 3
-for _ = 1, tonumber(ARGV[2]) do
-  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
-  redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 2])
-  redis.call('HSET', KEYS[3], ARGV[i], now)
-  i = i + 3
-end
-while i <= #ARGV do
-  redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1])
-  redis.call('HINCRBY', KEYS[5], ARGV[i], ARGV[i + 2])
-  redis.call('HINCRBYFLOAT', KEYS[6], ARGV[i], ARGV[i + 3])
-  redis.call('HSET', KEYS[7], ARGV[i], now)
-  i = i + 4
-end
-return redis.call('HLEN', KEYS[1])
-"""
-# Items per script call: a push after a busy interval is split, so Redis (single-threaded)
-# is never held long by one call.
-PUSH_CHUNK = 2000
-_scripts: dict = {}
-
-
-def _keys(kind: str, fields) -> list[str]:
-    return [cache.make_key(f"track:{kind}:{f}") for f in fields]
+def _keys() -> tuple[str, str, str]:
+    """The access list, the stats list, and the count of access entries pushed to them."""
+    return cache.make_key("track:access"), cache.make_key("track:stats"), cache.make_key("track:access-count")
 
 
 def _add_access(rows, key: str, count: int, score: float, ts: float) -> None:
@@ -178,21 +155,16 @@ def push() -> int | None:
 
 
 def _push_redis(access: dict, stats: dict) -> int:
-    client = caching._redis_client()
-    script = _scripts.get(_RECORD) or _scripts.setdefault(_RECORD, client.register_script(_RECORD))
-    keys = _keys("access", ACCESS_FIELDS) + _keys("stats", STATS_FIELDS)
-    access_items, stats_items = list(access.items()), list(stats.items())
-    size = 0
-    for start in range(0, max(len(access_items), len(stats_items)), PUSH_CHUNK):
-        a, st = access_items[start : start + PUSH_CHUNK], stats_items[start : start + PUSH_CHUNK]
-        args = [time.time(), len(a)]
-        for key, (n, score, _) in a:
-            args += [key, n, score]
-        for key, (n, hits, latency, _) in st:
-            args += [key, n, hits, latency]
-        # EVALSHA, loading the script first on a server that does not know it yet.
-        size = int(script(keys=keys, args=args, client=client))
-    return size
+    """Appends the rows as one line of text per kind (key and values, tab-separated, one
+    row per line); returns the access entries in the Redis buffer."""
+    access_key, stats_key, count_key = _keys()
+    pipe = caching._redis_client().pipeline(transaction=True)
+    if access:
+        pipe.rpush(access_key, "\n".join(f"{k}\t{n}\t{s!r}\t{t!r}" for k, (n, s, t) in access.items()))
+    if stats:
+        pipe.rpush(stats_key, "\n".join(f"{k}\t{n}\t{h}\t{lat!r}\t{t!r}" for k, (n, h, lat, t) in stats.items()))
+    pipe.incrby(count_key, len(access))
+    return int(pipe.execute()[-1])
 
 
 def _ensure_flusher() -> None:
@@ -259,19 +231,25 @@ def flush_redis() -> tuple[int, int]:
 
 
 def _flush_redis_locked(client) -> tuple[int, int]:
+    access_key, stats_key, count_key = _keys()
+    draining = [f"{access_key}:draining", f"{stats_key}:draining"]
     try:
-        live = _keys("access", ACCESS_FIELDS) + _keys("stats", STATS_FIELDS)
-        draining = [f"{k}:draining" for k in live]
-        client.eval(_DRAIN, len(live), *live, *draining)
-        values = [client.hgetall(k) for k in draining]
+        client.eval(_DRAIN, 3, access_key, stats_key, count_key, *draining)
+        access_lines, stats_lines = (client.lrange(key, 0, -1) for key in draining)
     except Exception as exc:  # noqa: BLE001
         caching.shared_cache_failed(exc)
         return 0, 0
-    an, asum, at, sn, sh, sl, st = ({k.decode(): v for k, v in h.items()} for h in values)
-    access = {key: [int(an[key]), float(asum.get(key, 0)), float(at.get(key, 0))] for key in an}
-    stats = {key: [int(sn[key]), int(sh.get(key, 0)), float(sl.get(key, 0)), float(st.get(key, 0))] for key in sn}
-    result = _write(access, stats)
-    # Only after the rows are committed: a failed write leaves the draining hashes to retry.
+    access, stats = defaultdict(lambda: [0, 0.0, 0.0]), defaultdict(lambda: [0, 0, 0.0, 0.0])
+    for blob in access_lines:
+        for line in blob.decode().split("\n"):
+            key, n, score, ts = line.split("\t")
+            _add_access(access, key, int(n), float(score), float(ts))
+    for blob in stats_lines:
+        for line in blob.decode().split("\n"):
+            key, n, hits, latency, ts = line.split("\t")
+            _add_stats(stats, key, int(n), int(hits), float(latency), float(ts))
+    result = _write(dict(access), dict(stats))
+    # Only after the rows are committed: a failed write leaves the draining lists to retry.
     client.delete(*draining)
     return result
 

@@ -194,3 +194,17 @@ def test_a_search_reads_its_result_and_its_query_embedding_from_redis_in_one_rou
     reads.clear()
     client_a.post(URL, {"query": "git commit", "mode": "keyword"}, format="json")  # no embedding needed
     assert [[key.split(":", 1)[0] for key in keys] for keys in reads] == [["results"]]
+
+
+@pytest.mark.redis
+def test_pushes_of_the_same_chunks_add_up_when_flushed(client_a, org_a, kb_a, redis_cache):
+    first = client_a.post(URL, {"query": "tar archive"}, format="json").json()
+    assert tracking.push() == len(first["results"])
+    client_a.post(URL, {"query": "tar archive"}, format="json")  # cached: the same chunks
+    assert tracking.push() == 2 * len(first["results"])  # entries pushed, not yet summed
+    assert tracking.flush_redis() == (len(first["results"]), 1)
+    counts = ChunkAccess.objects.for_org(org_a).values_list("access_count", "score_sum")
+    assert sorted(n for n, _ in counts) == [2] * len(first["results"])
+    assert sum(s for _, s in counts) == pytest.approx(2 * sum(r["score"] for r in first["results"]), rel=1e-6)
+    stats = AgentStats.objects.for_org(org_a).get(agent=kb_a)
+    assert (stats.search_count, stats.search_cache_hits) == (2, 1)

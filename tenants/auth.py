@@ -16,8 +16,8 @@ class KeyJoin(NamedTuple):
     """A row read in the same statement as the API key, for a request that needs both
     (a search needs its agent and the agent's data version): one round trip and, prepared,
     no planning instead of two of each. `sql` is a subquery over the key's organization,
-    `o`, and must filter by o.id: that is what scopes it to the caller's tenant. Its row,
-    or None, arrives as ApiPrincipal.joined."""
+    `o`, and must filter by o.id: that is what scopes it to the caller's tenant. It yields
+    at most one row (a unique key), which arrives as ApiPrincipal.joined, or None."""
 
     sql: str
     params: tuple

@@ -251,7 +251,7 @@ def set_vacuum_cost_delay(value: float | None) -> str:
 
     with connection.cursor() as cursor:
         if value is None:
-            cursor.execute(import_module("knowledge.migrations.0002_chunk_autovacuum_cost_delay").Migration.operations[0].sql)
+            cursor.execute(import_module("knowledge.migrations.0004_chunk_autovacuum_cost_delay_40").Migration.operations[0].sql)
         else:
             cursor.execute(f"ALTER TABLE knowledge_chunk SET (autovacuum_vacuum_cost_delay = {value:g})")
         cursor.execute("SELECT array_to_string(reloptions, ', ') FROM pg_class WHERE oid = 'knowledge_chunk'::regclass")

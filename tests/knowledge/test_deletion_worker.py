@@ -103,3 +103,13 @@ def test_agent_deletion_drops_the_agents_partial_search_index_first(settings):
     assert dropped == [(agent.pk, 20)]  # before any chunk went
     assert indexes.existing() == {}
     assert DeletionJob.objects.for_org(org).get().status == "completed"
+
+
+def test_the_chunk_tables_autovacuum_is_throttled_for_the_graph_repairs(db):
+    # knowledge.0004: the vacuum after a large deletion repairs HNSW graphs, which must not
+    # crowd out other tenants' requests (bench/delete.py).
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reloptions FROM pg_class WHERE oid = 'knowledge_chunk'::regclass")
+        assert "autovacuum_vacuum_cost_delay=40" in cursor.fetchone()[0]

@@ -96,3 +96,14 @@ def test_health_check_skips_the_round_trip_on_a_healthy_connection_and_drops_a_t
             assert cursor.fetchone() == (1,)
     finally:
         wrapper.close()
+
+
+@pytest.mark.redis
+def test_the_task_broker_waits_on_an_empty_queue_without_timing_out(db, redis_url, settings):
+    # Django-Q2's Redis broker pops with a 1 s block: the connection it uses must allow it.
+    from django_q.brokers import get_broker
+
+    broker = get_broker(list_key="lore-test-empty")
+    assert broker.dequeue() is None
+    if settings.REDIS_URL:
+        assert settings.Q_CLUSTER["redis"] == settings.REDIS_URL

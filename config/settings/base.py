@@ -130,7 +130,11 @@ Q_CLUSTER = {
     "poll": 0.2,
 }
 if REDIS_URL:
-    Q_CLUSTER["django_redis"] = "default"
+    # The broker's own client, not the cache's: its workers wait on the queue with a 1 s
+    # blocking pop, which the cache's 0.5 s socket timeout would cut off as an error on
+    # every idle poll (django-redis shares one pool per URL, so another cache alias would
+    # not do).
+    Q_CLUSTER["redis"] = REDIS_URL
 else:
     Q_CLUSTER["orm"] = "default"
 

@@ -20,6 +20,7 @@ interpolated client-side by Django's cursor. Neither is ever prepared: every que
 planned with its real values, never a generic plan that ignores the agent's size.
 """
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -142,8 +143,6 @@ def _scalar(name, value):
 
 
 def _json(value) -> str:
-    import json
-
     return json.dumps(value)
 
 
@@ -268,8 +267,6 @@ def fetch_chunks(*, org_id: int, ids: list[int], include_parent: bool) -> dict[i
     with connection.binding_cursor(prepared=True) as cursor:
         cursor.execute(sql, [org_id, ids])
         rows = cursor.fetchall()
-    import json
-
     out = {}
     for cid, key, text, metadata, ordinal, doc_id, doc_key, doc_title, agent_slug, parent_text in rows:
         out[cid] = {

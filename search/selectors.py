@@ -10,16 +10,15 @@ from tenants.auth import KeyJoin
 from tenants.errors import conflict, not_found
 from tenants.models import Organization
 
-_AGENT_COLUMNS = (
+# {org}: a parameter, or o.id where the row is read with the API key (tenants.auth.KeyJoin).
+_AGENTS = (
     "SELECT a.id, a.slug, a.status, a.language, s.total_chunks, s.data_version, a.vector_weight, a.keyword_weight,"
     " a.embedding_model FROM knowledge_agent a JOIN knowledge_agentstats s ON s.agent_id = a.id"
+    " WHERE a.organization_id = {org} AND s.organization_id = {org} AND a.status <> 'deleted'"
 )
-_AGENT_SQL = _AGENT_COLUMNS + " WHERE a.organization_id = %s AND s.organization_id = %s AND a.status <> 'deleted'"
-# The same for one agent, read with the API key (tenants.auth.KeyJoin): `o` is the key's
-# organization. agent_org_slug_live_uniq, then agentstats' primary key.
-_AGENT_BY_KEY_SQL = (
-    _AGENT_COLUMNS + " WHERE a.organization_id = o.id AND a.slug = %s AND a.status <> 'deleted' AND s.organization_id = o.id"
-)
+_AGENT_SQL = _AGENTS.format(org="%s")
+# One agent: agent_org_slug_live_uniq, then agentstats' primary key.
+_AGENT_BY_KEY_SQL = _AGENTS.format(org="o.id") + " AND a.slug = %s"
 
 
 def _refs(rows) -> list[AgentRef]:
@@ -94,7 +93,7 @@ def _everyone(org_id: int, digest: str | None) -> AgentSelection:
     # Deleting agents' chunks are still in the table: the one thing to leave out.
     active = [r for r in rows if r[2] == Agent.Status.ACTIVE]
     return AgentSelection(
-        _refs(active), everyone_but=[r[0] for r in rows if r[2] != Agent.Status.ACTIVE], digest=f"{org_id}:{digest}"
+        _refs(active), everyone_but=[r[0] for r in rows if r[2] != Agent.Status.ACTIVE], digest=digest
     )
 
 

@@ -234,7 +234,7 @@ def test_key_lookups_are_prepared_and_searches_never_are(client_a, kb_a):
     assert not any("<=>" in sql or "tsquery" in sql for sql in prepared)
 
 
-def test_search_across_everyone_is_cached_until_any_agent_changes(client_a, org_a, kb_a):
+def test_search_across_everyone_is_cached_until_any_agent_changes(client_a, org_a, kb_a, org_b):
     from knowledge.services import agent_create
     from search import selectors
     from tests.search.conftest import ingest
@@ -245,6 +245,9 @@ def test_search_across_everyone_is_cached_until_any_agent_changes(client_a, org_
     assert (search()["cached"], search()["cached"]) == (False, True)
     # The organization's agents are read once while none of them changes.
     assert selectors._everyone.cache_info().misses == 1
+    # Another organization's agents and ingests are not this one's.
+    ingest(org_b, agent_create(org=org_b, slug="support"))
+    assert search()["cached"] is True
     other = agent_create(org=org_a, slug="other")
     assert search()["cached"] is False  # a new agent, even an empty one
     ingest(org_a, other, {"tar-other": ("# tar\n\ntar archive extract guide", {})})

@@ -1,6 +1,11 @@
-"""The API, plus the same statistics answered the slow way (COUNT/SUM over the rows on
-every request), so bench/ingest_stats.py compares both through the same HTTP stack.
-Bench only: never routed in config/urls.py."""
+"""The API, plus what benches compare it with through the same HTTP stack. Bench only:
+never routed in config/urls.py.
+
+- The same statistics answered the slow way (COUNT/SUM over the rows on every request),
+  for bench/ingest_stats.py.
+- A search request without the search (bench/search.py): the same view, key and agent
+  statement, body validation and response format, answering no results. What it costs
+  is what every search pays on Django, DRF and gunicorn before its own work."""
 
 from django.db import connection
 from django.urls import path
@@ -8,6 +13,9 @@ from rest_framework.response import Response
 
 from config.urls import urlpatterns as api_urlpatterns
 from knowledge import selectors
+from search import apis as search_apis
+from search import selectors as search_selectors
+from search.engine import AgentSelection
 from tenants.api import OrgAPIView, not_found
 
 
@@ -37,7 +45,25 @@ class CountedOrganizationStatsApi(OrgAPIView):
         )
 
 
+def _no_results(search_request, selection: AgentSelection) -> Response:
+    return Response({"results": [], "mode": search_request.mode, "took_ms": 0.0, "cached": False})
+
+
+class AgentSearchWithoutSearchApi(search_apis.AgentSearchApi):
+    def post(self, request, slug):
+        search_request, _ = search_apis._request(request.data)
+        return _no_results(search_request, AgentSelection([search_selectors.search_agent_from_row(self.joined)]))
+
+
+class OrganizationSearchWithoutSearchApi(search_apis.OrganizationSearchApi):
+    def post(self, request):
+        search_request, slugs = search_apis._request(request.data, self.InputSerializer)
+        return _no_results(search_request, search_selectors.search_agents_get(org=self.org, slugs=slugs))
+
+
 urlpatterns = api_urlpatterns + [
+    path("bench/no-search/agents/<slug:slug>/search", AgentSearchWithoutSearchApi.as_view()),
+    path("bench/no-search/search", OrganizationSearchWithoutSearchApi.as_view()),
     path("bench/counted/agents/<slug:slug>/stats", CountedAgentStatsApi.as_view()),
     path("bench/counted/stats", CountedOrganizationStatsApi.as_view()),
 ]

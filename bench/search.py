@@ -22,7 +22,8 @@ proportion to their size, brute force over all 200k vectors).
 
 gunicorn serves the production settings with persistent database connections
 (CONN_MAX_AGE) and no prepared vector statements, as production runs; the floor's raw connection
-uses the same connection parameters. The embedded PostgreSQL is stopped at the end
+uses the same connection parameters. For latency it also routes bench/http_urls.py's search
+request without the search, the fixed cost of a request on Django, DRF and gunicorn. The embedded PostgreSQL is stopped at the end
 (--keep-server leaves it running).
 
 Figures are ratios against baselines measured in the same run: the API against the same
@@ -86,6 +87,7 @@ class Query:
     vector: np.ndarray  # float32 holding float16 values: what every path searches with
     api_keys: list = field(default_factory=list)  # "agent-slug/chunk-key"
     api_seconds: float = 0.0
+    fixed_seconds: float = 0.0  # the same request without the search (bench/http_urls.py)
     floor_ids: list = field(default_factory=list)
     floor_seconds: float = 0.0
 
@@ -144,7 +146,8 @@ def main():
     truths = {slug: Truth(data.org.pk, data.agent_ids[slug]) for c in CLASSES for slug in c.agents}
     truths[ORG] = Truth(data.org.pk, None)
     tables = []
-    with harness.Gunicorn(env, workers=2, threads=4) as server:
+    # bench.http_settings: the API plus the search request without the search.
+    with harness.Gunicorn(env, workers=2, threads=4, DJANGO_SETTINGS_MODULE="bench.http_settings") as server:
         client = harness.Client(server.url, data.api_key)
         run.phase("latency and recall")
         warm_up(client, specs, topics)
@@ -233,9 +236,9 @@ def warm_up(client, specs, topics) -> None:
 
 
 def measure_latency(client, data, queries: list[Query]) -> None:
-    """Each query through the API and, alternating which goes first, as the same SQL on
-    a raw persistent psycopg connection (engine.vector_statements: what the API runs,
-    bound the same way)."""
+    """Each query through the API, as the same SQL on a raw persistent psycopg connection
+    (engine.vector_statements: what the API runs, bound the same way), and as the same
+    request without the search; the order alternates."""
     from search import engine, selectors
 
     refs = {
@@ -257,7 +260,8 @@ def measure_latency(client, data, queries: list[Query]) -> None:
                     org_id=data.org.pk, agents=selection.agents, vector=query.vector, k=K, filters=("", []),
                     everyone_but=selection.everyone_but)[0])  # fmt: skip
             steps = [lambda q=query: api_search(client, q),
-                     lambda q=query, a=selection: floor_search(cursor, data.org.pk, a, q, engine)]  # fmt: skip
+                     lambda q=query, a=selection: floor_search(cursor, data.org.pk, a, q, engine),
+                     lambda q=query: fixed_request(client, q)]  # fmt: skip
             for step in steps if i % 2 == 0 else reversed(steps):
                 step()
 
@@ -284,11 +288,18 @@ def api_search(client, query: Query) -> None:
     query.api_keys = [f"{r['agent']}/{r['chunk_key']}" for r in body["results"]]
 
 
+def fixed_request(client, query: Query) -> None:
+    path = "/bench/no-search/search" if query.size_class.org_wide else f"/bench/no-search/agents/{query.slug}/search"
+    status, body, seconds = client.post(path, search_body(query.text))
+    assert status == 200 and body["results"] == [], (status, body)
+    query.fixed_seconds = seconds
+
+
 def floor_search(cursor, org_id, selection, query: Query, engine) -> None:
     started = time.perf_counter()
     statements = engine.vector_statements(
         org_id=org_id, agents=selection.agents, vector=query.vector, k=K, filters=("", []),
-        everyone_but=selection.everyone_but,
+        everyone_but=selection.everyone_but, rows=True,
     )  # fmt: skip
     for sql, params in statements:
         cursor.execute(sql, params)
@@ -303,10 +314,17 @@ def latency_table(queries: list[Query], truths: dict) -> harness.Table:
     table = harness.Table(
         f"Vector search, k={K}: recall@{K} and latency, API (gunicorn 2x4 threads, keep-alive) vs floor (same SQL, raw psycopg)",
         ["agents (chunks)", "strategy", "index used", "agents", "queries", "recall API", "recall floor", "short",
-         "API p50 ms", "API p95 ms", "floor p50 ms", "floor p95 ms", "API/floor p50", "API/floor p95", "API - floor p50 ms"],
+         "API p50 ms", "API p95 ms", "floor p50 ms", "floor p95 ms", "API/floor p50", "API/floor p95",
+         "no-search p50 ms", "API - no-search p50 ms", "(API - no-search)/floor p50"],
         notes=["targets: recall >= 0.95 per class; API p50 <= 10 ms, p95 <= 25 ms, <= 2x the floor",
                "short: answers with fewer than 10 results (every sampled agent has at least 20 chunks)",
-               "API - floor: what a request costs besides the vector SQL (HTTP, auth, agent lookup, caches, rows, tracking, JSON)",
+               "floor: the statement the API runs for a vector search (the k nearest and their rows: key, text, metadata,"
+               " document, agent), on a raw persistent psycopg connection bound the same way",
+               "no-search: the same request to a bench-only copy of the view that skips the search (bench/http_urls.py):"
+               " HTTP, Django, DRF, the key and agent statement, body validation, JSON. Every search pays it on this stack;"
+               " where it exceeds the floor, API <= 2x the floor cannot be met",
+               "API - no-search: what the search itself adds (query embedding from Redis, the vector statement, ranking,"
+               " tracking, the results' JSON)",
                "distinct queries: no result-cache hits; the query embedding comes from the cache (Redis)"],
     )  # fmt: skip
     for size_class in CLASSES:
@@ -316,6 +334,7 @@ def latency_table(queries: list[Query], truths: dict) -> harness.Table:
         short = sum(1 for q in rows if len(q.api_keys) < K)
         api = harness.percentiles([q.api_seconds for q in rows])
         floor = harness.percentiles([q.floor_seconds for q in rows])
+        fixed = harness.percentiles([q.fixed_seconds for q in rows])[0]
         if size_class.org_wide:
             label, agents = f"{size_class.name}: {len(truths[ORG].ids):,}", len({k.split("/")[0] for k in truths[ORG].keys})
         else:
@@ -324,7 +343,8 @@ def latency_table(queries: list[Query], truths: dict) -> harness.Table:
         table.add(
             label, size_class.strategy, size_class.plan, agents, len(rows),
             f"{api_recall:.3f}", f"{floor_recall:.3f}", short, *map(harness.ms, api), *map(harness.ms, floor),
-            harness.ratio(api[0], floor[0]), harness.ratio(api[1], floor[1]), harness.ms(api[0] - floor[0]),
+            harness.ratio(api[0], floor[0]), harness.ratio(api[1], floor[1]),
+            harness.ms(fixed), harness.ms(api[0] - fixed), harness.ratio(api[0] - fixed, floor[0]),
         )  # fmt: skip
     return table
 

@@ -6,21 +6,21 @@ from rest_framework.response import Response
 from search import selectors
 from search.engine import AgentSelection
 from search.services import MODES, SearchRequest, search
-from tenants.api import OrgAPIView
+from tenants.api import HotInputSerializer, OrgAPIView
 from tenants.errors import invalid
 
 
-class ContextSerializer(serializers.Serializer):
+class ContextSerializer(HotInputSerializer):
     before = serializers.IntegerField(min_value=0, max_value=5, default=0)
     after = serializers.IntegerField(min_value=0, max_value=5, default=0)
 
 
-class WeightsSerializer(serializers.Serializer):
+class WeightsSerializer(HotInputSerializer):
     vector = serializers.FloatField(min_value=0.0, max_value=10.0, default=1.0)
     keyword = serializers.FloatField(min_value=0.0, max_value=10.0, default=1.0)
 
 
-class SearchInputSerializer(serializers.Serializer):
+class SearchInputSerializer(HotInputSerializer):
     query = serializers.CharField(max_length=settings.SEARCH_MAX_QUERY_CHARS)
     limit = serializers.IntegerField(min_value=1, max_value=100, default=10)
     mode = serializers.ChoiceField(choices=MODES, default="hybrid")

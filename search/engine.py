@@ -60,8 +60,8 @@ class AgentSelection:
         return [a.id for a in self.agents]
 
     @cached_property
-    def id_by_slug(self) -> dict[str, int]:
-        return {a.slug: a.id for a in self.agents}
+    def slug_by_id(self) -> dict[int, str]:
+        return {a.id: a.slug for a in self.agents}
 
     @cached_property
     def by_model(self) -> dict[str, list["AgentRef"]]:
@@ -170,47 +170,59 @@ def _agent_condition(agents: list[AgentRef], everyone_but: list[int] | None) -> 
 
 
 def vector_statements(
-    *, org_id: int, agents: list[AgentRef], vector, k: int, filters: tuple[str, list], everyone_but: list[int] | None = None
+    *, org_id: int, agents: list[AgentRef], vector, k: int, filters: tuple[str, list],
+    everyone_but: list[int] | None = None, rows: bool = False, include_parent: bool = False,
 ) -> list[tuple[str, list]]:
     """The statements of a vector search, in order; each one after the first runs only
-    when the previous returned fewer than k rows. bench/search.py runs these same
-    statements on a raw connection as its latency floor."""
+    when the previous returned fewer than k rows. With `rows`, each also returns the
+    result rows (_row_columns) after (id, distance): a vector-only search is then one
+    round trip. bench/search.py runs these same statements on a raw connection as its
+    latency floor."""
     where, where_params = _agent_condition(agents, everyone_but)
     filter_sql, filter_params = filters
     total = sum(a.total_chunks for a in agents)
     base = f"FROM knowledge_chunk c WHERE c.organization_id = %s AND {where}{filter_sql}"
     # The query vector travels in pgvector's binary format (%b).
     params = [halfvecs([vector])[0], org_id, *where_params, *filter_params, k]
+    # The k nearest are found first and materialized, then their rows joined by primary
+    # key: the scan and its sort carry ids only, never the texts of rows they pass over.
+    if rows:
+        outer = f"SELECT t.id, t.d, {_row_columns(include_parent)} FROM t JOIN knowledge_chunk c ON c.id = t.id ORDER BY t.d"
+    else:
+        outer = "SELECT id, d FROM t ORDER BY d"
     statements = []
     if total > settings.SEARCH_EXACT_MAX_CHUNKS:
         # Relaxed-order iterative scan: fetch in approximate order, re-sort exactly.
-        sql = (
-            f"WITH t AS MATERIALIZED (SELECT c.id, c.embedding <=> %b::halfvec AS d {base} ORDER BY d LIMIT %s)"
-            " SELECT id, d FROM t ORDER BY d"
-        )
+        sql = f"WITH t AS MATERIALIZED (SELECT c.id, c.embedding <=> %b::halfvec AS d {base} ORDER BY d LIMIT %s) {outer}"
         statements.append((sql, params))
     # Exact: "+ 0" keeps the planner off the HNSW index; it reads the agent's rows through
     # an agent_id index (bench/search.py saw the agent_id foreign-key index chosen over
     # chunk_org_agent_id_idx; either serves).
-    statements.append((f"SELECT c.id, (c.embedding <=> %b::halfvec) + 0 AS d {base} ORDER BY d LIMIT %s", params))
+    exact = f"SELECT c.id, (c.embedding <=> %b::halfvec) + 0 AS d {base} ORDER BY d LIMIT %s"
+    statements.append(((f"WITH t AS MATERIALIZED ({exact}) {outer}" if rows else exact), params))
     return statements
 
 
 def vector_candidates(
-    *, org_id: int, agents: list[AgentRef], vector, k: int, filters: tuple[str, list], everyone_but: list[int] | None = None
-) -> list[tuple[int, float]]:
-    """(chunk id, cosine distance) of the k nearest chunks, nearest first."""
+    *, org_id: int, agents: list[AgentRef], vector, k: int, filters: tuple[str, list],
+    everyone_but: list[int] | None = None, rows: bool = False, include_parent: bool = False,
+) -> list[tuple]:
+    """(chunk id, cosine distance) of the k nearest chunks, nearest first; with `rows`,
+    (chunk id, distance, the result row as fetch_chunks returns it)."""
     statements = vector_statements(
-        org_id=org_id, agents=agents, vector=vector, k=k, filters=filters, everyone_but=everyone_but
-    )
+        org_id=org_id, agents=agents, vector=vector, k=k, filters=filters, everyone_but=everyone_but,
+        rows=rows, include_parent=include_parent,
+    )  # fmt: skip
     # Bound on the server, never prepared: an unnamed statement is planned with its values.
     with connection.binding_cursor() as cursor:
         for sql, params in statements:
             cursor.execute(sql, params)
-            rows = cursor.fetchall()
-            if len(rows) >= k:
+            found = cursor.fetchall()
+            if len(found) >= k:
                 break
-    return rows
+    if not rows:
+        return found
+    return [(cid, distance, _row(rest)) for cid, distance, *rest in found]
 
 
 _WEBSEARCH_SYNTAX = re.compile(r'"|(^|\s)-\w|\bor\b', re.IGNORECASE)
@@ -252,35 +264,43 @@ def keyword_candidates(
         return cursor.fetchall()
 
 
+def _row_columns(include_parent: bool) -> str:
+    """The result row of chunk `c`. Document and section come from scalar subqueries,
+    each planned on its own (a primary-key lookup): joins would make the planner weigh
+    join orders on every vector search, which cost more than the lookups (bench/search.py
+    profile). The agent's slug comes from the search's AgentSelection."""
+    parent = "(SELECT s.text FROM knowledge_section s WHERE s.id = c.section_id)" if include_parent else "NULL"
+    return (
+        "c.key, c.text, c.metadata, c.ordinal, c.document_id, c.agent_id,"
+        " (SELECT d.key FROM knowledge_document d WHERE d.id = c.document_id),"
+        f" (SELECT d.title FROM knowledge_document d WHERE d.id = c.document_id), {parent}"
+    )
+
+
+def _row(values) -> dict:
+    key, text, metadata, ordinal, doc_id, agent_id, doc_key, doc_title, parent_text = values
+    return {
+        "chunk_key": key,
+        "document_key": doc_key,
+        "document_title": doc_title,
+        "text": text,
+        "metadata": json.loads(metadata) if isinstance(metadata, str) else metadata,
+        "_ordinal": ordinal,
+        "_document_id": doc_id,
+        "_agent_id": agent_id,
+        "_parent_text": parent_text,
+    }
+
+
 def fetch_chunks(*, org_id: int, ids: list[int], include_parent: bool) -> dict[int, dict]:
+    """Result rows by chunk id (_row_columns: without the agent's slug)."""
     if not ids:
         return {}
-    parent = ", s.text" if include_parent else ", NULL"
-    parent_join = " LEFT JOIN knowledge_section s ON s.id = c.section_id" if include_parent else ""
-    sql = (
-        "SELECT c.id, c.key, c.text, c.metadata, c.ordinal, c.document_id, d.key, d.title, a.slug"
-        f"{parent} FROM knowledge_chunk c JOIN knowledge_document d ON d.id = c.document_id"
-        f" JOIN knowledge_agent a ON a.id = c.agent_id{parent_join}"
-        " WHERE c.organization_id = %s AND c.id = ANY(%s)"
-    )
+    sql = f"SELECT c.id, {_row_columns(include_parent)} FROM knowledge_chunk c WHERE c.organization_id = %s AND c.id = ANY(%s)"
     # Primary keys whatever the ids: one plan serves, so it is prepared.
     with connection.binding_cursor(prepared=True) as cursor:
         cursor.execute(sql, [org_id, ids])
-        rows = cursor.fetchall()
-    out = {}
-    for cid, key, text, metadata, ordinal, doc_id, doc_key, doc_title, agent_slug, parent_text in rows:
-        out[cid] = {
-            "chunk_key": key,
-            "document_key": doc_key,
-            "document_title": doc_title,
-            "agent": agent_slug,
-            "text": text,
-            "metadata": json.loads(metadata) if isinstance(metadata, str) else metadata,
-            "_ordinal": ordinal,
-            "_document_id": doc_id,
-            "_parent_text": parent_text,
-        }
-    return out
+        return {cid: _row(rest) for cid, *rest in cursor.fetchall()}
 
 
 def fetch_neighbours(*, org_id: int, spans: list[tuple[int, int, int]]) -> list[tuple[int, int, str, str]]:

@@ -91,8 +91,10 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
     limit = request.limit
     depth = max(limit, settings.SEARCH_HYBRID_CANDIDATES) if request.mode == "hybrid" else limit
     scores: dict[int, float] = {}
+    # A vector-only search takes its result rows from the vector statement: one round trip.
+    rows = {} if request.mode == "vector" else None
     if request.mode in ("vector", "hybrid"):
-        vector_hits = _vector_hits(org, selection, vectors, depth, filters)
+        vector_hits = _vector_hits(org, selection, vectors, depth, filters, rows, request.include_parent)
     if request.mode in ("keyword", "hybrid"):
         keyword_hits = engine.keyword_candidates(
             org_id=org.pk, agents=agents, query=request.query, k=depth, filters=filters, everyone_but=everyone_but
@@ -114,16 +116,17 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
     if request.min_score is not None:
         ranked = [(cid, s) for cid, s in ranked if s >= request.min_score]
     ranked = ranked[:limit]
-    rows = engine.fetch_chunks(org_id=org.pk, ids=[cid for cid, _ in ranked], include_parent=request.include_parent)
-    agent_ids = selection.id_by_slug
+    if rows is None:
+        rows = engine.fetch_chunks(org_id=org.pk, ids=[cid for cid, _ in ranked], include_parent=request.include_parent)
+    slugs = selection.slug_by_id
     results = []
     for cid, score in ranked:
         row = rows.get(cid)
         # Deleted between ranking and fetching; or, in a search over everyone but a few
         # agents, an agent created after they were read (not one of those searched).
-        if row is None or row["agent"] not in agent_ids:
+        if row is None or row["_agent_id"] not in slugs:
             continue
-        result = {**row, "score": score, "_chunk_id": cid, "_agent_id": agent_ids[row["agent"]]}
+        result = {**row, "agent": slugs[row["_agent_id"]], "score": score, "_chunk_id": cid}
         parent_text = result.pop("_parent_text")
         if request.include_parent:
             result["parent_text"] = parent_text
@@ -133,15 +136,21 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
     return results
 
 
-def _vector_hits(org, selection: AgentSelection, vectors, depth, filters) -> list[tuple[int, float]]:
+def _vector_hits(org, selection: AgentSelection, vectors, depth, filters, rows, include_parent) -> list[tuple[int, float]]:
+    """(chunk id, distance) of the `depth` nearest; with `rows` (a dict), their result
+    rows are read in the same statements and put in it."""
     # Distances are only comparable within one embedding model: query each model's
     # agents with that model's query vector, then merge by distance.
     hits = []
     for model, group in selection.by_model.items():
-        hits += engine.vector_candidates(
+        found = engine.vector_candidates(
             org_id=org.pk, agents=group, vector=vectors[model], k=depth, filters=filters,
             everyone_but=selection.everyone_but if len(group) == len(selection.agents) else None,
+            rows=rows is not None, include_parent=include_parent,
         )  # fmt: skip
+        if rows is not None:
+            rows.update((cid, row) for cid, _, row in found)
+        hits += [(cid, distance) for cid, distance, *_ in found]
     return sorted(hits, key=lambda hit: hit[1])[:depth]
 
 

@@ -143,10 +143,10 @@ def test_the_engines_bound_statements_walk_the_agents_and_the_organizations_grap
     ingest(org_a, big)
     settings.SEARCH_EXACT_MAX_CHUNKS = 0
 
-    def plan(agents, everyone_but=None):
+    def plan(agents, everyone_but=None, rows=False):
         [(sql, params), _] = vector_statements(
             org_id=org_a.pk, agents=agents, vector=[0.1] * settings.EMBEDDING_DIMENSIONS, k=3, filters=("", []),
-            everyone_but=everyone_but,
+            everyone_but=everyone_but, rows=rows,
         )  # fmt: skip
         with connection.binding_cursor() as cursor:
             # As in _plan(): what is asked is which graph the planner can use, not whether
@@ -161,13 +161,16 @@ def test_the_engines_bound_statements_walk_the_agents_and_the_organizations_grap
 
     settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 5
     indexes.sync_indexes()
-    assert indexes.index_name(big.pk) in plan([selectors.search_agent_get(org=org_a, slug="big")])
+    one = [selectors.search_agent_get(org=org_a, slug="big")]
+    assert indexes.index_name(big.pk) in plan(one)
+    assert indexes.index_name(big.pk) in plan(one, rows=True)  # a vector-only search's statement
     # Its own graph holds the same chunks as the organization's would here: one at a time.
     settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 10**6
     settings.SEARCH_ORG_INDEX_MIN_CHUNKS = 5
     indexes.sync_indexes()
     everyone = selectors.search_agents_get(org=org_a, slugs=None)
     assert indexes.org_index_name(org_a.pk) in plan(everyone.agents, everyone.everyone_but)
+    assert indexes.org_index_name(org_a.pk) in plan(everyone.agents, everyone.everyone_but, rows=True)
 
 
 def test_organization_graphs_are_built_more_thoroughly_and_rebuilt_when_that_changes(org_a, settings):

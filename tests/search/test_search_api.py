@@ -126,6 +126,21 @@ def test_include_parent_returns_the_section(client_a, org_a):
     assert len(result["parent_text"]) > len(result["text"])
 
 
+def test_a_vector_search_reads_its_rows_in_its_one_statement(client_a, org_a):
+    agent = AgentFactory(organization=org_a, slug="support", config={"chunk_size": 100, "chunk_overlap": 0, "parent_chunk_size": 400})
+    text = "# Manual\n\n" + "\n\n".join(f"Paragraph {i} talks about topic{i} in some detail here." for i in range(12))
+    documents_ingest(org=org_a, agent=agent, docs=[DocumentInput(key="manual", text=text, metadata={"v": 2})])
+    with CaptureQueriesContext(connection) as queries:
+        results = _search(client_a, "topic5", mode="vector", include_parent=True, limit=3)["results"]
+    assert len([q for q in queries.captured_queries if "knowledge_chunk" in q["sql"]]) == 1
+    # The same rows as a search whose rows are read apart (by id, after ranking).
+    by_id = {r["chunk_key"]: r for r in _search(client_a, "topic5 Paragraph", mode="hybrid", include_parent=True, limit=20)["results"]}
+    for result in results:
+        assert {k: v for k, v in result.items() if k != "score"} == {k: v for k, v in by_id[result["chunk_key"]].items() if k != "score"}
+        assert result["text"] in result["parent_text"] and result["metadata"]["v"] == 2
+        assert (result["document_key"], result["document_title"], result["agent"]) == ("manual", "", "support")  # no title given
+
+
 def test_chunk_context_adds_neighbours_without_duplicates(client_a, org_a):
     agent = AgentFactory(organization=org_a, slug="support", config={"chunk_size": 100, "chunk_overlap": 0, "parent_chunk_size": 0})
     text = "\n\n".join(f"Paragraph number {i} mentions keyword{i} and nothing else at all." for i in range(10))

@@ -277,6 +277,14 @@ def chunk_rows(spec: AgentSpec, topics: Topics) -> ChunkRows:
     )
 
 
+def topic_words(spec: AgentSpec, topics: Topics, vector: np.ndarray, n: int, seed: int) -> str:
+    """n words of the kind chunk_rows() gives the chunks nearest `vector`'s centre: a query
+    text that keyword search matches where vector search looks."""
+    centre = int(np.argmax(topics.centres(spec)[0] @ vector))
+    picks = np.random.default_rng([topics.seed, 4, spec.seed, seed]).integers(0, 60, size=n)
+    return " ".join(WORDS[(centre * 37 + picks) % len(WORDS)])
+
+
 @dataclass
 class Dataset:
     org: object

@@ -14,14 +14,16 @@ Vector strategy (bench/search.py measured it; docs/benchmarks.md has the numbers
 - Any HNSW answer shorter than asked (a selective filter) is redone exactly, so a
   filtered query always returns a full, correct top-k.
 
-Vector statements are bound on the server as unnamed statements (the query vector in
-binary), which PostgreSQL plans with their values as constants; keyword statements are
-interpolated client-side by Django's cursor. Neither is ever prepared: every query is
-planned with its real values, never a generic plan that ignores the agent's size.
+Vector and keyword statements are bound on the server as unnamed statements (the query
+vector in binary), which PostgreSQL plans with their values as constants, never prepared:
+every query is planned with its real values, never a generic plan that ignores the
+agent's size. A search's first statements (vector per embedding model, keyword) go out in
+one round trip (fetch_together).
 """
 
 import json
 import re
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import cached_property
@@ -203,26 +205,46 @@ def vector_statements(
     return statements
 
 
-def vector_candidates(
-    *, org_id: int, agents: list[AgentRef], vector, k: int, filters: tuple[str, list],
-    everyone_but: list[int] | None = None, rows: bool = False, include_parent: bool = False,
-) -> list[tuple]:
-    """(chunk id, cosine distance) of the k nearest chunks, nearest first; with `rows`,
-    (chunk id, distance, the result row as fetch_chunks returns it)."""
-    statements = vector_statements(
-        org_id=org_id, agents=agents, vector=vector, k=k, filters=filters, everyone_but=everyone_but,
-        rows=rows, include_parent=include_parent,
-    )  # fmt: skip
-    # Bound on the server, never prepared: an unnamed statement is planned with its values.
-    with connection.binding_cursor() as cursor:
-        for sql, params in statements:
-            cursor.execute(sql, params)
-            found = cursor.fetchall()
-            if len(found) >= k:
-                break
-    if not rows:
-        return found
+def fetch_together(statements: list[tuple[str, list]]) -> list[list[tuple]]:
+    """Each statement's rows, the statements sent in one round trip (psycopg's pipeline
+    mode: PostgreSQL runs them one after the other and the client waits once). Bound on
+    the server, never prepared: an unnamed statement is planned with its values."""
+    with ExitStack() as stack:
+        cursors = [stack.enter_context(connection.binding_cursor()) for _ in statements]
+        if len(statements) == 1:
+            cursors[0].execute(*statements[0])
+        else:
+            # An error surfaces when the pipeline syncs, outside any execute(): wrapped here
+            # so callers see Django's exceptions either way.
+            with connection.wrap_database_errors, connection.connection.pipeline():
+                for cursor, (sql, params) in zip(cursors, statements):
+                    cursor.execute(sql, params)
+        return [cursor.fetchall() for cursor in cursors]
+
+
+def nearest(statements: list[tuple[str, list]], k: int, first: list[tuple] | None = None) -> list[tuple]:
+    """Runs a vector search's statements (vector_statements) in order until one returns k
+    rows. `first`: the first statement's rows, when they were read along with others."""
+    found = first if first is not None else fetch_together(statements[:1])[0]
+    for statement in statements[1:]:
+        if len(found) >= k:
+            break
+        found = fetch_together([statement])[0]
+    return found
+
+
+def with_rows(found: list[tuple]) -> list[tuple]:
+    """(chunk id, distance, result row) of a vector statement's rows read with `rows`."""
     return [(cid, distance, _row(rest)) for cid, distance, *rest in found]
+
+
+def vector_candidates(
+    *, org_id: int, agents: list[AgentRef], vector, k: int, filters: tuple[str, list], everyone_but: list[int] | None = None
+) -> list[tuple[int, float]]:
+    """(chunk id, cosine distance) of the k nearest chunks, nearest first."""
+    return nearest(
+        vector_statements(org_id=org_id, agents=agents, vector=vector, k=k, filters=filters, everyone_but=everyone_but), k
+    )
 
 
 _WEBSEARCH_SYNTAX = re.compile(r'"|(^|\s)-\w|\bor\b', re.IGNORECASE)
@@ -239,11 +261,12 @@ def tsquery_sql(query: str) -> str:
     return "to_tsquery('simple', replace(plainto_tsquery(%s::regconfig, %s)::text, ' & ', ' | '))"
 
 
-def keyword_candidates(
+def keyword_statement(
     *, org_id: int, agents: list[AgentRef], query: str, k: int, filters: tuple[str, list], everyone_but: list[int] | None = None
-) -> list[tuple[int, float]]:
-    """(chunk id, rank in [0, 1)) of the k best full-text matches, best first. Each
-    agent's chunks were indexed in its own language, so the query is parsed per language."""
+) -> tuple[str, list]:
+    """The statement of the k best full-text matches: (chunk id, rank in [0, 1)), best
+    first. Each agent's chunks were indexed in its own language, so the query is parsed
+    per language."""
     filter_sql, filter_params = filters
     by_language: dict[str, list[AgentRef]] = {}
     for agent in agents:
@@ -258,10 +281,7 @@ def keyword_candidates(
             f" WHERE c.organization_id = %s AND {where} AND c.search_vector @@ q{filter_sql}"
         )
         params += [language, query, org_id, *where_params, *filter_params]
-    sql = " UNION ALL ".join(parts) + " ORDER BY r DESC, id LIMIT %s"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, k])
-        return cursor.fetchall()
+    return " UNION ALL ".join(parts) + " ORDER BY r DESC, id LIMIT %s", [*params, k]
 
 
 def _row_columns(include_parent: bool) -> str:

@@ -85,20 +85,15 @@ def search(*, org: Organization, selection: AgentSelection, request: SearchReque
 
 
 def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np.ndarray]) -> list[dict]:
-    agents, everyone_but = selection.agents, selection.everyone_but
+    agents = selection.agents
     if not agents:
         return []
     limit = request.limit
     depth = max(limit, settings.SEARCH_HYBRID_CANDIDATES) if request.mode == "hybrid" else limit
-    scores: dict[int, float] = {}
     # A vector-only search takes its result rows from the vector statement: one round trip.
     rows = {} if request.mode == "vector" else None
-    if request.mode in ("vector", "hybrid"):
-        vector_hits = _vector_hits(org, selection, vectors, depth, filters, rows, request.include_parent)
-    if request.mode in ("keyword", "hybrid"):
-        keyword_hits = engine.keyword_candidates(
-            org_id=org.pk, agents=agents, query=request.query, k=depth, filters=filters, everyone_but=everyone_but
-        )
+    vector_hits, keyword_hits = _candidates(org, selection, request, filters, vectors, depth, rows)
+    scores: dict[int, float] = {}
     if request.mode == "vector":
         scores = {cid: 1.0 - float(d) for cid, d in vector_hits}
     elif request.mode == "keyword":
@@ -136,22 +131,37 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
     return results
 
 
-def _vector_hits(org, selection: AgentSelection, vectors, depth, filters, rows, include_parent) -> list[tuple[int, float]]:
-    """(chunk id, distance) of the `depth` nearest; with `rows` (a dict), their result
-    rows are read in the same statements and put in it."""
-    # Distances are only comparable within one embedding model: query each model's
-    # agents with that model's query vector, then merge by distance.
-    hits = []
-    for model, group in selection.by_model.items():
-        found = engine.vector_candidates(
-            org_id=org.pk, agents=group, vector=vectors[model], k=depth, filters=filters,
-            everyone_but=selection.everyone_but if len(group) == len(selection.agents) else None,
-            rows=rows is not None, include_parent=include_parent,
-        )  # fmt: skip
+def _candidates(org, selection: AgentSelection, request, filters, vectors, depth, rows):
+    """(vector hits, keyword hits) of the mode's kinds: (chunk id, distance) nearest first,
+    (chunk id, rank) best first, `depth` of each. With `rows` (a dict), the vector
+    statements also read the result rows and put them in it. Every first statement goes
+    out in one round trip; an HNSW answer shorter than `depth` is then redone exactly."""
+    plans = []
+    if request.mode in ("vector", "hybrid"):
+        # Distances are only comparable within one embedding model: each model's agents
+        # are searched with that model's query vector, then merged by distance.
+        for model, group in selection.by_model.items():
+            plans.append(engine.vector_statements(
+                org_id=org.pk, agents=group, vector=vectors[model], k=depth, filters=filters,
+                everyone_but=selection.everyone_but if len(group) == len(selection.agents) else None,
+                rows=rows is not None, include_parent=request.include_parent,
+            ))  # fmt: skip
+    keyword = []
+    if request.mode in ("keyword", "hybrid"):
+        keyword = [engine.keyword_statement(
+            org_id=org.pk, agents=selection.agents, query=request.query, k=depth, filters=filters,
+            everyone_but=selection.everyone_but,
+        )]  # fmt: skip
+    firsts = engine.fetch_together([plan[0] for plan in plans] + keyword)
+    vector_hits = []
+    for plan, first in zip(plans, firsts):
+        found = engine.nearest(plan, depth, first=first)
         if rows is not None:
+            found = engine.with_rows(found)
             rows.update((cid, row) for cid, _, row in found)
-        hits += [(cid, distance) for cid, distance, *_ in found]
-    return sorted(hits, key=lambda hit: hit[1])[:depth]
+        vector_hits += [(cid, distance) for cid, distance, *_ in found]
+    vector_hits = sorted(vector_hits, key=lambda hit: hit[1])[:depth]
+    return vector_hits, (firsts[-1] if keyword else [])
 
 
 def _weights(agents, request) -> dict:

@@ -230,6 +230,10 @@ def test_search_through_a_graph_matches_the_exact_answer_and_stays_full_under_se
     selective = _search(client_a, "compress files", mode="vector", limit=3, filters={"platform": "osx"})
     assert {r["document_key"] for r in selective["results"]} == {"zip"}  # the osx document's 2 chunks
     assert len(selective["results"]) == 2
+    # Hybrid: the graph's short answer is redone exactly after the statements sent together.
+    hybrid = _search(client_a, "compress files", mode="hybrid", limit=3, filters={"platform": "osx"})
+    assert [r["chunk_key"] for r in hybrid["results"]] and {r["document_key"] for r in hybrid["results"]} == {"zip"}
+    assert len(hybrid["results"]) == 2
 
 
 def test_search_indexes_command_syncs_and_lists_the_graphs(org_a, settings, capsys):

@@ -141,6 +141,31 @@ def test_a_vector_search_reads_its_rows_in_its_one_statement(client_a, org_a):
         assert (result["document_key"], result["document_title"], result["agent"]) == ("manual", "", "support")  # no title given
 
 
+def test_a_hybrid_search_sends_its_vector_and_keyword_statements_in_one_round_trip(client_a, kb_a, monkeypatch):
+    import psycopg
+
+    pipelines, original = [], psycopg.Connection.pipeline
+    monkeypatch.setattr(psycopg.Connection, "pipeline", lambda self: pipelines.append(1) or original(self))
+    with CaptureQueriesContext(connection) as queries:
+        body = _search(client_a, "extract tar archive", mode="hybrid")
+    assert body["results"][0]["document_key"] == "tar"
+    chunk_statements = [q["sql"] for q in queries.captured_queries if "knowledge_chunk" in q["sql"]]
+    assert sum("<=>" in sql for sql in chunk_statements) == 1 and sum("tsquery" in sql for sql in chunk_statements) == 1
+    assert pipelines == [1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_statements_sent_together_answer_in_order_and_fail_as_django_errors():
+    from django.db import DataError
+
+    from search import engine
+
+    assert engine.fetch_together([("SELECT 1", []), ("SELECT %s::int", [2])]) == [[(1,)], [(2,)]]
+    with pytest.raises(DataError):
+        engine.fetch_together([("SELECT 1", []), ("SELECT 1 / 0", [])])
+    assert engine.fetch_together([("SELECT 3", []), ("SELECT 4", [])]) == [[(3,)], [(4,)]]  # still usable
+
+
 def test_chunk_context_adds_neighbours_without_duplicates(client_a, org_a):
     agent = AgentFactory(organization=org_a, slug="support", config={"chunk_size": 100, "chunk_overlap": 0, "parent_chunk_size": 0})
     text = "\n\n".join(f"Paragraph number {i} mentions keyword{i} and nothing else at all." for i in range(10))

@@ -1,4 +1,4 @@
-"""HNSW graphs where search walks them, and nowhere else.
+"""HNSW graphs (and agents' keyword indexes) where search walks them, and nowhere else.
 
 knowledge_chunk has no table-wide vector index. Small agents, and sets of agents small
 enough, are searched exactly (search/engine.py): the true top-k, faster than a graph walk
@@ -14,6 +14,12 @@ bench/ingest_stats.py), so it exists only where a search needs it:
   SEARCH_ORG_INDEX_MIN_CHUNKS chunks: searches across several of its agents. It holds no
   other tenant's vectors, so another tenant's load neither slows its inserts nor crowds
   its walks. Built with a larger ef_construction than agents' graphs (build_options()).
+- `chunk_gin_agent_<id>` (GIN on search_vector WHERE agent_id = id) beside each agent's
+  graph: its keyword search reads only its own postings. Through the table-wide GIN it
+  read every tenant's postings of the query's words before its agent filter applied
+  (bench/search.py data, three common words, a 21k-chunk agent: 7.1 ms per keyword
+  statement, 2.2 ms with its own index), so one tenant's corpus slowed another's keyword
+  search. Small agents keep the table-wide one: their statements are cheap either way.
 
 Queries say `organization_id = N AND agent_id = M` with values the planner sees as
 constants (search/engine.py), so it matches these partial indexes, preferring the
@@ -45,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 AGENT_PREFIX = "chunk_hnsw_agent_"
 ORG_PREFIX = "chunk_hnsw_org_"
+KEYWORD_PREFIX = "chunk_gin_agent_"
+PREFIXES = {AGENT_PREFIX: "agent", ORG_PREFIX: "organization", KEYWORD_PREFIX: "agent-keyword"}
 # Any constant unique to this lock; pg_try_advisory_lock takes a bigint.
 SYNC_LOCK = 0x4C6F7265_0001
 
@@ -53,7 +61,10 @@ def build_options(scope: str) -> dict[str, int]:
     """How a graph of this scope is built. An organization's graph links clusters of many
     agents: built with ef_construction 64, org-wide recall@10 varied from 0.923 to 0.973
     between builds of the same data (some queries at 0), with 128 it was 0.986-0.988
-    (bench/search.py data, docs/benchmarks.md); a larger m did not help."""
+    (bench/search.py data, docs/benchmarks.md); a larger m did not help. A keyword index
+    has no options of its own."""
+    if scope == "agent-keyword":
+        return {}
     ef_construction = 64 if scope == "agent" else settings.SEARCH_ORG_GRAPH_EF_CONSTRUCTION
     return {"m": 16, "ef_construction": ef_construction}
 
@@ -70,12 +81,18 @@ def org_index_name(org_id: int) -> str:
     return f"{ORG_PREFIX}{org_id}"
 
 
+def keyword_index_name(agent_id: int) -> str:
+    return f"{KEYWORD_PREFIX}{agent_id}"
+
+
 @dataclass
 class SyncResult:
     created_agents: list[int] = field(default_factory=list)
     dropped_agents: list[int] = field(default_factory=list)
     created_orgs: list[int] = field(default_factory=list)
     dropped_orgs: list[int] = field(default_factory=list)
+    created_keyword: list[int] = field(default_factory=list)  # agents' keyword indexes
+    dropped_keyword: list[int] = field(default_factory=list)
     rebuilt: list[str] = field(default_factory=list)  # built with other options than wanted now
     skipped: bool = False  # another sync held the lock
 
@@ -114,7 +131,7 @@ def sync_indexes() -> SyncResult:
 
 
 def _sync(result: SyncResult) -> None:
-    have: dict[str, dict[int, str]] = {"agent": {}, "organization": {}}
+    have: dict[str, dict[int, str]] = {scope: {} for scope in PREFIXES.values()}
     stale = []
     for graph in graphs():
         if graph.valid and not graph.leftover:
@@ -135,12 +152,18 @@ def _sync(result: SyncResult) -> None:
 
     result.created_agents, result.dropped_agents = _plan(agents, have["agent"], settings.SEARCH_AGENT_INDEX_MIN_CHUNKS)
     result.created_orgs, result.dropped_orgs = _plan(orgs, have["organization"], settings.SEARCH_ORG_INDEX_MIN_CHUNKS)
+    # An agent's keyword index comes and goes with its graph (the same sizes, the same line).
+    result.created_keyword, result.dropped_keyword = _plan(agents, have["agent-keyword"], settings.SEARCH_AGENT_INDEX_MIN_CHUNKS)
     for agent_id in result.dropped_agents:
         _drop(index_name(agent_id))
+    for agent_id in result.dropped_keyword:
+        _drop(keyword_index_name(agent_id))
     for org_id in result.dropped_orgs:
         _drop(org_index_name(org_id))
     for agent_id in result.created_agents:
         _build(index_name(agent_id), "agent", f"agent_id = {int(agent_id)}")
+    for agent_id in result.created_keyword:
+        _build(keyword_index_name(agent_id), "agent-keyword", f"agent_id = {int(agent_id)}")
     for org_id in result.created_orgs:
         _build(org_index_name(org_id), "organization", f"organization_id = {int(org_id)}")
     dropped = {index_name(a) for a in result.dropped_agents} | {org_index_name(o) for o in result.dropped_orgs}
@@ -151,12 +174,13 @@ def _sync(result: SyncResult) -> None:
 
 
 def _build(name: str, scope: str, predicate: str) -> None:
-    logger.info("search: building HNSW graph %s", name)
+    logger.info("search: building index %s", name)
+    if scope == "agent-keyword":
+        method = "gin (search_vector)"  # as chunk_search_vector_gin, for one agent's rows
+    else:
+        method = f"hnsw (embedding halfvec_cosine_ops) WITH ({_options_sql(scope)})"
     with connection.cursor() as cursor:
-        cursor.execute(
-            f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}" ON knowledge_chunk'
-            f" USING hnsw (embedding halfvec_cosine_ops) WITH ({_options_sql(scope)}) WHERE {predicate}"
-        )
+        cursor.execute(f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}" ON knowledge_chunk USING {method} WHERE {predicate}')
 
 
 def _rebuild(graph: "Graph") -> None:
@@ -176,7 +200,8 @@ def _drop(name: str) -> None:
 
 
 def drop_agent_index(agent_id: int) -> bool:
-    return _drop_now(index_name(agent_id))
+    """The agent's graph and keyword index."""
+    return _drop_now(index_name(agent_id)) and _drop_now(keyword_index_name(agent_id))
 
 
 def drop_org_index(org_id: int) -> bool:
@@ -195,8 +220,10 @@ def _drop_now(name: str) -> bool:
 
 @dataclass(frozen=True)
 class Graph:
+    """A partial index of search's: an HNSW graph, or an agent's keyword (GIN) index."""
+
     name: str
-    scope: str  # "agent" | "organization"
+    scope: str  # "agent" | "organization" | "agent-keyword"
     owner_id: int
     valid: bool
     size_bytes: int
@@ -204,7 +231,7 @@ class Graph:
     leftover: bool = False  # what a REINDEX CONCURRENTLY that died left beside the graph
 
 
-_NAME = re.compile(rf"^({AGENT_PREFIX}|{ORG_PREFIX})(\d+)(.*)$")
+_NAME = re.compile(rf"^({'|'.join(PREFIXES)})(\d+)(.*)$")
 
 
 def graphs() -> list[Graph]:
@@ -212,14 +239,13 @@ def graphs() -> list[Graph]:
         cursor.execute(
             "SELECT c.relname, i.indisvalid, pg_relation_size(c.oid), c.reloptions FROM pg_index i"
             " JOIN pg_class c ON c.oid = i.indexrelid"
-            " WHERE i.indrelid = 'knowledge_chunk'::regclass AND (c.relname LIKE %s OR c.relname LIKE %s) ORDER BY c.relname",
-            [AGENT_PREFIX.replace("_", r"\_") + "%", ORG_PREFIX.replace("_", r"\_") + "%"],
+            " WHERE i.indrelid = 'knowledge_chunk'::regclass AND c.relname LIKE ANY(%s) ORDER BY c.relname",
+            [[prefix.replace("_", r"\_") + "%" for prefix in PREFIXES]],
         )
         rows = cursor.fetchall()
     out = []
     for name, valid, size, reloptions in rows:
         prefix, owner, rest = _NAME.match(name).groups()
         options = {k: int(v) for k, v in (item.split("=", 1) for item in reloptions or [])}
-        scope = "agent" if prefix == AGENT_PREFIX else "organization"
-        out.append(Graph(name, scope, int(owner), valid, size, options, leftover=bool(rest)))
+        out.append(Graph(name, PREFIXES[prefix], int(owner), valid, size, options, leftover=bool(rest)))
     return out

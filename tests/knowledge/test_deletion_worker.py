@@ -102,6 +102,7 @@ def test_agent_deletion_drops_the_agents_partial_search_index_first(settings):
         agent_delete_request(org=org, agent=agent)  # runs the job once committed (tests run tasks inline)
     assert dropped == [(agent.pk, 20)]  # before any chunk went
     assert indexes.existing() == {}
+    assert indexes.graphs() == []  # its keyword index too
     assert DeletionJob.objects.for_org(org).get().status == "completed"
 
 

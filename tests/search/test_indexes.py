@@ -3,7 +3,7 @@ run in a transaction, hence transactional tests."""
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, transaction
 
 from knowledge.models import AgentStats
 from search import indexes
@@ -73,6 +73,52 @@ def test_large_agents_get_a_graph_the_planner_uses_and_lose_it_when_they_shrink(
     assert indexes.existing() == {}
 
 
+def test_large_agents_get_a_keyword_index_of_their_own_that_keyword_search_uses(org_a, org_b, settings):
+    from search import selectors
+    from search.engine import keyword_statement
+
+    big = AgentFactory(organization=org_a, slug="big")
+    small = AgentFactory(organization=org_a, slug="small")
+    ingest(org_a, big)
+    ingest(org_a, small, {"x": DOCS["git"]})
+    other = AgentFactory(organization=org_b, slug="big")
+    ingest(org_b, other)  # the same words in another tenant
+    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 5
+    result = indexes.sync_indexes()
+    assert result.created_keyword == sorted([big.pk, other.pk])  # each its own
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", [indexes.keyword_index_name(big.pk)])
+        assert cursor.fetchone()[0].endswith(f"USING gin (search_vector) WHERE (agent_id = {big.pk})")
+
+    def plan(slug):
+        """Which GIN index the keyword statement reads: the btrees that a few test rows make
+        look cheaper are dropped for the EXPLAIN, in a transaction rolled back after it
+        (sequential scans off for the same reason)."""
+        agent = selectors.search_agent_get(org=org_a, slug=slug)
+        sql, params = keyword_statement(org_id=org_a.pk, agents=[agent], query="archive tar", k=5, filters=("", []))
+        with transaction.atomic(), connection.binding_cursor() as cursor:
+            cursor.execute(
+                "SELECT i.indexname, k.conname FROM pg_indexes i LEFT JOIN pg_constraint k ON k.conindid = i.indexname::regclass"
+                " WHERE i.tablename = 'knowledge_chunk' AND i.indexdef NOT LIKE '%% gin %%' AND i.indexname <> 'knowledge_chunk_pkey'"
+            )
+            for name, constraint in cursor.fetchall():
+                if constraint:
+                    cursor.execute(f'ALTER TABLE knowledge_chunk DROP CONSTRAINT "{constraint}"')
+                else:
+                    cursor.execute(f'DROP INDEX "{name}"')
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute("EXPLAIN " + sql, params)
+            lines = [row[0] for row in cursor.fetchall()]
+            transaction.set_rollback(True)
+        return "\n".join(lines)
+
+    assert indexes.keyword_index_name(big.pk) in plan("big")
+    assert "chunk_search_vector_gin" in plan("small")
+    _set_total(big, 1)
+    assert indexes.sync_indexes().dropped_keyword == [big.pk]
+    assert {g.owner_id for g in indexes.graphs()} == {other.pk}
+
+
 def test_by_default_every_agent_too_large_for_the_exact_scan_gets_its_own_graph(org_a, settings):
     # A shared graph gave such agents recall@10 of 0.90 (bench/search.py); their own, 0.997.
     agent = AgentFactory(organization=org_a, slug="above")
@@ -128,9 +174,9 @@ def test_a_graph_left_invalid_by_a_dead_build_is_rebuilt(org_a, settings):
         cursor.execute(
             "UPDATE pg_index SET indisvalid = false WHERE indexrelid = %s::regclass", [indexes.index_name(agent.pk)]
         )
-    assert [g.valid for g in indexes.graphs()] == [False]
+    assert {g.name: g.valid for g in indexes.graphs()}[indexes.index_name(agent.pk)] is False
     assert indexes.sync_indexes().created_agents == [agent.pk]
-    assert [g.valid for g in indexes.graphs()] == [True]
+    assert [g.valid for g in indexes.graphs()] == [True, True]
 
 
 def test_the_engines_bound_statements_walk_the_agents_and_the_organizations_graphs(org_a, settings):
@@ -181,7 +227,7 @@ def test_organization_graphs_are_built_more_thoroughly_and_rebuilt_when_that_cha
     settings.SEARCH_ORG_GRAPH_EF_CONSTRUCTION = 96
     indexes.sync_indexes()
     options = {g.scope: g.options for g in indexes.graphs()}
-    assert options == {"agent": {"m": 16, "ef_construction": 64}, "organization": {"m": 16, "ef_construction": 96}}
+    assert options == {"agent": {"m": 16, "ef_construction": 64}, "organization": {"m": 16, "ef_construction": 96}, "agent-keyword": {}}
     settings.SEARCH_ORG_GRAPH_EF_CONSTRUCTION = 128
     result = indexes.sync_indexes()
     assert (result.rebuilt, result.created_orgs, result.dropped_orgs) == ([indexes.org_index_name(org_a.pk)], [], [])
@@ -201,7 +247,7 @@ def test_what_a_dead_rebuild_left_beside_a_graph_is_dropped_and_the_graph_kept(o
     assert indexes.existing() == {big.pk: name}
     result = indexes.sync_indexes()
     assert (result.created_agents, result.dropped_agents) == ([], [])
-    assert [g.name for g in indexes.graphs()] == [name]
+    assert [g.name for g in indexes.graphs() if g.scope == "agent"] == [name]
 
 
 def test_only_one_sync_runs_at_a_time(org_a, settings):
@@ -242,9 +288,10 @@ def test_search_indexes_command_syncs_and_lists_the_graphs(org_a, settings, caps
     settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 5
     call_command("search_indexes", "--sync")
     out = capsys.readouterr().out
-    assert "agents: 1 built, 0 dropped; organizations: 0 built, 0 dropped; 0 rebuilt" in out
+    assert "agents: 1 built, 0 dropped; agents' keyword indexes: 1 built, 0 dropped; organizations: 0 built, 0 dropped; 0 rebuilt" in out
     assert f"{indexes.index_name(agent.pk)}  agent {agent.pk}  m 16, ef_construction 64" in out
-    assert out.rstrip().endswith("1 graphs")
+    assert f"{indexes.keyword_index_name(agent.pk)}  agent-keyword {agent.pk}" in out
+    assert out.rstrip().endswith("2 indexes")
 
 
 def test_deleting_an_organization_drops_its_graph_before_its_rows(settings):

@@ -4,10 +4,10 @@ from search import indexes
 
 
 class Command(BaseCommand):
-    help = "List the HNSW graphs on knowledge_chunk (per large agent and organization); --sync builds and drops them now."
+    help = "List search's partial indexes on knowledge_chunk (HNSW graphs per large agent and organization, keyword indexes per large agent); --sync builds and drops them now."
 
     def add_arguments(self, parser):
-        parser.add_argument("--sync", action="store_true", help="create missing graphs and drop unneeded ones first")
+        parser.add_argument("--sync", action="store_true", help="create missing indexes and drop unneeded ones first")
 
     def handle(self, *args, sync, **options):
         if sync:
@@ -17,6 +17,7 @@ class Command(BaseCommand):
             else:
                 self.stdout.write(
                     f"agents: {len(result.created_agents)} built, {len(result.dropped_agents)} dropped; "
+                    f"agents' keyword indexes: {len(result.created_keyword)} built, {len(result.dropped_keyword)} dropped; "
                     f"organizations: {len(result.created_orgs)} built, {len(result.dropped_orgs)} dropped; "
                     f"{len(result.rebuilt)} rebuilt"
                 )
@@ -27,4 +28,4 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"{graph.name}  {graph.scope} {graph.owner_id}  {options}  {graph.size_bytes / 2**20:.1f} MB{state}"
             )
-        self.stdout.write(f"{len(graphs)} graphs")
+        self.stdout.write(f"{len(graphs)} indexes")

@@ -372,13 +372,17 @@ def load_synthetic(*, org_slug: str, specs: list[AgentSpec], topics: Topics, bat
 
 
 def build_graphs(timings: dict) -> None:
-    """The HNSW graphs search.indexes.sync_indexes() keeps, as its scheduled task would
-    build them after a load: per agent and per organization above their thresholds."""
+    """The indexes search.indexes.sync_indexes() keeps, as its scheduled task would build
+    them after a load: HNSW graphs per agent and per organization above their thresholds,
+    and those agents' keyword indexes."""
     from search import indexes
 
     started = time.perf_counter()
     result = indexes.sync_indexes()
-    label = f"HNSW graphs ({len(result.created_agents)} agents, {len(result.created_orgs)} organizations)"
+    label = (
+        f"HNSW graphs ({len(result.created_agents)} agents, {len(result.created_orgs)} organizations)"
+        f" and {len(result.created_keyword)} agents' keyword indexes"
+    )
     timings[label] = time.perf_counter() - started
 
 

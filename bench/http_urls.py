@@ -15,7 +15,6 @@ from config.urls import urlpatterns as api_urlpatterns
 from knowledge import selectors
 from search import apis as search_apis
 from search import selectors as search_selectors
-from search.engine import AgentSelection
 from tenants.api import OrgAPIView, not_found
 
 
@@ -45,20 +44,24 @@ class CountedOrganizationStatsApi(OrgAPIView):
         )
 
 
-def _no_results(search_request, selection: AgentSelection) -> Response:
+def _no_results(search_request) -> Response:
     return Response({"results": [], "mode": search_request.mode, "took_ms": 0.0, "cached": False})
 
 
+# Each reads its agents as the search would (self.joined; the organization's digest and
+# selection), then answers without searching.
 class AgentSearchWithoutSearchApi(search_apis.AgentSearchApi):
     def post(self, request, slug):
         search_request, _ = search_apis._request(request.data)
-        return _no_results(search_request, AgentSelection([search_selectors.search_agent_from_row(self.joined)]))
+        search_selectors.search_agent_from_row(self.joined)
+        return _no_results(search_request)
 
 
 class OrganizationSearchWithoutSearchApi(search_apis.OrganizationSearchApi):
     def post(self, request):
         search_request, slugs = search_apis._request(request.data, self.InputSerializer)
-        return _no_results(search_request, search_selectors.search_agents_get(org=self.org, slugs=slugs))
+        search_selectors.search_agents_get(org=self.org, slugs=slugs)
+        return _no_results(search_request)
 
 
 urlpatterns = api_urlpatterns + [

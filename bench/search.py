@@ -358,6 +358,8 @@ def hybrid_table(client, specs, topics, queries: list[Query], per_class: int = 6
     """The default mode: each query's vector under two new texts, one with words of its
     topic (what keyword search matches) searched in hybrid mode, one searched in vector
     mode, alternating which goes first."""
+    from django.conf import settings
+
     by_slug = {s.slug: s for s in specs}
     chosen = [q for c in CLASSES for q in [q for q in queries if q.size_class is c][:per_class]]
     pairs = []
@@ -376,7 +378,7 @@ def hybrid_table(client, specs, topics, queries: list[Query], per_class: int = 6
     table = harness.Table(
         "Hybrid search (the default mode) against vector search, through the API",
         ["agents", "queries", "hybrid p50 ms", "hybrid p95 ms", "vector p50 ms", "vector p95 ms", "hybrid/vector p50"],
-        notes=[f"hybrid: vector and keyword candidates ({_hybrid_depth()} each), fused by reciprocal rank, rows of the"
+        notes=[f"hybrid: vector and keyword candidates ({settings.SEARCH_HYBRID_CANDIDATES} each), fused by reciprocal rank, rows of the"
                " top 10; query texts carry three words of the query's topic, as the chunks near it do",
                "targets (issue 4's, for search in general): p50 <= 10 ms, p95 <= 25 ms"],
     )  # fmt: skip
@@ -388,12 +390,6 @@ def hybrid_table(client, specs, topics, queries: list[Query], per_class: int = 6
             harness.ratio(hybrid[0], vector[0]),
         )  # fmt: skip
     return table
-
-
-def _hybrid_depth() -> int:
-    from django.conf import settings
-
-    return settings.SEARCH_HYBRID_CANDIDATES
 
 
 def cache_table(client, data, specs, topics, requests: int = 1500, pool: int = 300) -> harness.Table:

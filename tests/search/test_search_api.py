@@ -239,13 +239,41 @@ def test_search_across_agents_never_reaches_another_organization(client_b, kb_a,
     assert client_b.post("/api/v1/search", {"query": "x", "agents": ["support", "other"]}, format="json").status_code == 404
 
 
-def test_keyword_plain_queries_match_any_term_and_websearch_syntax_is_honoured(client_a, kb_a):
-    any_term = _search(client_a, "how do I commit with docker", mode="keyword", limit=10)["results"]
-    assert {r["document_key"] for r in any_term} == {"git", "docker"}
-    quoted = _search(client_a, '"docker ps"', mode="keyword")["results"]
-    assert {r["document_key"] for r in quoted} == {"docker"}
-    excluded = _search(client_a, "archive -tar", mode="keyword")["results"]
-    assert {r["document_key"] for r in excluded} == {"zip"}
+def _keys(client, query):
+    return {r["document_key"] for r in _search(client, query, mode="keyword", limit=10)["results"]}
+
+
+def test_keyword_questions_match_any_term_require_quoted_phrases_and_exclude_minus_words(client_a, kb_a):
+    assert _keys(client_a, "how do I commit with docker") == {"git", "docker"}
+    assert _keys(client_a, '"docker ps"') == {"docker"}
+    assert _keys(client_a, '"docker ps" commit') == {"docker"}  # the phrase is required, commit is not
+    assert _keys(client_a, '"ps docker" commit') == set()  # a phrase is in order
+    assert _keys(client_a, '"the" commit') == {"git"}  # a phrase of stop words requires nothing
+    assert _keys(client_a, "archive -tar") == {"zip"}
+    assert _keys(client_a, "-tar") == set()
+    assert _keys(client_a, "e-mail archive") == {"tar", "zip"}  # a hyphen inside a word excludes nothing
+
+
+def test_keyword_search_ranks_chunks_holding_more_of_the_question_first(client_a, agent_a, org_a):
+    from tests.search.conftest import ingest
+
+    ingest(org_a, agent_a, {
+        "repeats": ("archive archive archive archive archive, an archive of archives", {}),
+        "covers": ("Extract files from a tar archive, one of many tools.", {}),
+    })  # fmt: skip
+    results = _search(client_a, "how do I extract a tar archive", mode="keyword")["results"]
+    assert [r["document_key"] for r in results] == ["covers", "repeats"]
+    assert 0 < results[1]["score"] < results[0]["score"] < 1
+
+
+def test_keyword_questions_with_or_stop_words_or_quotes_in_words_are_plain_questions(client_a, kb_a):
+    # "or" is English here, not websearch_to_tsquery's operator: docker holds two terms, git one.
+    either = _search(client_a, "list or commit containers", mode="keyword")["results"]
+    assert [r["document_key"] for r in either][:2] == ["docker", "git"]
+    assert _search(client_a, "the and of", mode="keyword")["results"] == []
+    assert _search(client_a, "the and of")["results"]  # hybrid: the vector half still answers
+    quoted = _search(client_a, "don't tar's C:\\archive\\", mode="keyword")["results"]
+    assert quoted[0]["document_key"] == "tar"
 
 
 def test_search_across_everyone_skips_an_agent_created_after_the_agents_were_read(client_a, org_a, kb_a, monkeypatch):

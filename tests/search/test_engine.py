@@ -1,0 +1,102 @@
+import random
+
+import pytest
+from django.db import connection
+
+from search import engine
+from tests.factories import AgentFactory
+from tests.search.conftest import ingest
+
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf"]
+
+
+def _ref(agent):
+    return engine.AgentRef(agent.pk, agent.slug, agent.language, 0, 0, 1.0, 1.0, agent.embedding_model)
+
+
+def _every_match_ranked(org, agent, query: str, k: int) -> list[tuple[int, float]]:
+    """What the tiers must find: every chunk holding any term, ranked by coverage, then ts_rank."""
+    terms = engine.query_terms(agent.language, query)
+    coverage = " + ".join(f"(c.search_vector @@ quote_literal(%s)::tsquery)::int" for _ in terms)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT c.id, round((({coverage} - 1 + ts_rank(c.search_vector, %s::tsquery, 32)) / %s)::numeric, 9) AS r"
+            " FROM knowledge_chunk c WHERE c.organization_id = %s AND c.agent_id = %s AND c.search_vector @@ %s::tsquery"
+            " ORDER BY r DESC, c.id LIMIT %s",
+            [*terms, engine.at_least(terms, 1), len(terms), org.pk, agent.pk, engine.at_least(terms, 1), k],
+        )
+        return [(cid, float(r)) for cid, r in cursor.fetchall()]
+
+
+def _keyword(org, agents, query, k, filters=("", [])):
+    sql, params = engine.keyword_statement(org_id=org.pk, agents=[_ref(a) for a in agents], query=query, k=k, filters=filters)
+    return engine.fetch_together([(sql, params)])[0]
+
+
+@pytest.mark.parametrize("query", ["alpha bravo", "alpha bravo charlie", "delta echo foxtrot golf", " ".join(WORDS), "golf"])
+@pytest.mark.parametrize("k", [1, 3, 10, 50])
+@pytest.mark.parametrize("tiers", [True, False])
+def test_keyword_search_by_tiers_or_in_one_scan_finds_the_top_k_of_every_match_ranked(org_a, agent_a, settings, query, k, tiers):
+    settings.SEARCH_KEYWORD_TIERS_MIN_CHUNKS = 0 if tiers else 10**9
+    # Chunks holding random subsets of seven words, some repeated: every coverage level
+    # is populated, and a seven-term query skips tiers with too many combinations.
+    rng = random.Random(7)
+    docs = {}
+    for i in range(80):
+        words = rng.sample(WORDS, rng.randint(1, 6)) * rng.randint(1, 3)
+        docs[f"d{i}"] = (" ".join(words) + f" filler{i}", {})
+    ingest(org_a, agent_a, docs)
+    found = [(cid, round(float(r), 9)) for cid, r in _keyword(org_a, [agent_a], query, k)]
+    assert found == _every_match_ranked(org_a, agent_a, query, k)
+    assert len(found) == min(k, len(_every_match_ranked(org_a, agent_a, query, 1000)))
+
+
+def test_keyword_tiers_skip_those_with_more_combinations_than_the_limit():
+    assert engine.keyword_tiers(3) == [3, 2, 1]
+    assert engine.keyword_tiers(7) == [7, 6, 5, 2, 1]  # C(7,4) = C(7,3) = 35 > 32
+    assert engine.keyword_tiers(1) == [1]
+
+
+@pytest.mark.parametrize("tiers", [True, False])
+def test_keyword_search_keeps_filters_and_agents_by_tiers_or_in_one_scan(org_a, agent_a, settings, tiers):
+    settings.SEARCH_KEYWORD_TIERS_MIN_CHUNKS = 0 if tiers else 10**9
+    other = AgentFactory(organization=org_a, slug="other")
+    ingest(org_a, agent_a, {"a": ("alpha bravo charlie", {"year": 2020}), "b": ("alpha bravo", {"year": 2021})})
+    ingest(org_a, other, {"c": ("alpha bravo charlie", {"year": 2021})})
+    filters = engine.filters_sql(org_a.pk, {"year": 2021})
+    found = _keyword(org_a, [agent_a], "alpha bravo charlie", 10, filters)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT key FROM knowledge_chunk WHERE id = ANY(%s)", [[cid for cid, _ in found]])
+        assert [key for (key,) in cursor.fetchall()] == ["b#0"]
+
+
+def test_query_terms_are_stemmed_distinct_and_without_stop_words(agent_a):
+    assert engine.query_terms("english", "Extracting the archives and extract an archive") == ("extract", "archiv")
+    assert engine.query_terms("english", "the and of") == ()
+
+
+def test_at_least_quotes_lexemes_for_tsquery_input():
+    assert engine.at_least(("don't", "c:\\x"), 2) == "('don''t' & 'c:\\\\x')"
+    assert engine.at_least(("a", "b", "c"), 2) == "('a' & 'b') | ('a' & 'c') | ('b' & 'c')"
+
+
+def _scans(plan: dict):
+    if plan.get("Relation Name") == "knowledge_chunk":
+        yield plan
+    for child in plan.get("Plans", []):
+        yield from _scans(child)
+
+
+def test_a_lower_keyword_tier_is_never_read_when_a_higher_one_holds_k_chunks(org_a, agent_a, settings):
+    settings.SEARCH_KEYWORD_TIERS_MIN_CHUNKS = 0
+    ingest(org_a, agent_a, {f"d{i}": ("alpha bravo" if i < 5 else "alpha", {}) for i in range(20)})
+    sql, params = engine.keyword_statement(org_id=org_a.pk, agents=[_ref(agent_a)], query="alpha bravo", k=3, filters=("", []))
+    with connection.binding_cursor() as cursor:
+        cursor.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql, params)
+        plan = cursor.fetchone()[0][0]["Plan"]
+    loops = [scan["Actual Loops"] for scan in _scans(plan)]
+    assert loops == [1, 0]  # all terms: read; any term: never executed
+    sql, params = engine.keyword_statement(org_id=org_a.pk, agents=[_ref(agent_a)], query="alpha bravo", k=6, filters=("", []))
+    with connection.binding_cursor() as cursor:
+        cursor.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql, params)
+        assert [scan["Actual Loops"] for scan in _scans(cursor.fetchone()[0][0]["Plan"])] == [1, 1]

@@ -33,7 +33,13 @@ def _keyword(org, agents, query, k, filters=("", [])):
     return engine.fetch_together([(sql, params)])[0]
 
 
-@pytest.mark.parametrize("query", ["alpha bravo", "alpha bravo charlie", "delta echo foxtrot golf", " ".join(WORDS), "golf"])
+QUERIES = [
+    "alpha bravo", "alpha bravo charlie", "delta echo foxtrot golf", " ".join(WORDS), "golf",
+    "alpha bravo zulu yankee xray whiskey victor",  # long, mostly unmatched: tiers of the words present
+]
+
+
+@pytest.mark.parametrize("query", QUERIES)
 @pytest.mark.parametrize("k", [1, 3, 10, 50])
 @pytest.mark.parametrize("tiers", [True, False])
 def test_keyword_search_by_tiers_or_in_one_scan_finds_the_top_k_of_every_match_ranked(org_a, agent_a, settings, query, k, tiers):
@@ -100,3 +106,10 @@ def test_a_lower_keyword_tier_is_never_read_when_a_higher_one_holds_k_chunks(org
     with connection.binding_cursor() as cursor:
         cursor.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql, params)
         assert [scan["Actual Loops"] for scan in _scans(cursor.fetchone()[0][0]["Plan"])] == [1, 1]
+
+
+def test_only_terms_held_in_the_searched_scope_count_as_present(org_a, agent_a, org_b, agent_b):
+    ingest(org_a, agent_a, {"a": ("alpha bravo", {})})
+    ingest(org_b, agent_b, {"b": ("zulu yankee", {})})
+    scope, params = "c.organization_id = %s AND c.agent_id = %s", [org_a.pk, agent_a.pk]
+    assert engine._present(scope, params, ("zulu", "bravo", "alpha", "xray")) == ("bravo", "alpha")

@@ -106,11 +106,6 @@ def load(report):
     return org, questions
 
 
-def lexemes(cursor, query: str) -> list[str]:
-    cursor.execute("SELECT tsvector_to_array(to_tsvector('english', %s))", [query])
-    return cursor.fetchone()[0]
-
-
 def ranked_documents(cursor, org, scope_agent, scope_agents, question: str, strategy: str) -> tuple[list[str], int]:
     """Distinct document keys, best first (up to TOP), and how many chunks matched."""
     from django.conf import settings
@@ -138,7 +133,7 @@ def ranked_documents(cursor, org, scope_agent, scope_agents, question: str, stra
     tsquery, order = STRATEGIES[strategy]
     if "{" in order:
         weights = []
-        for i, term in enumerate(lexemes(cursor, question) or [""]):
+        for i, term in enumerate(engine.query_terms("english", question) or [""]):
             params[f"t{i}"] = term
             if "{idf}" in order:
                 # Reference only: the exact document frequency of each term in the scope.

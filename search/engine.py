@@ -310,8 +310,10 @@ def keyword_statement(
     wanted = " ".join([_EXCLUDED.sub(" ", rest), *phrases])
     filter_sql, filter_params = filters
     by_language: dict[str, list[AgentRef]] = {}
+    chunks: dict[str, int] = {}
     for agent in agents:
         by_language.setdefault(agent.language, []).append(agent)
+        chunks[agent.language] = chunks.get(agent.language, 0) + agent.total_chunks
     parts, params = [], []
     for number, (language, group) in enumerate(by_language.items()):
         terms = query_terms(language, wanted)
@@ -331,7 +333,7 @@ def keyword_statement(
             # A stop word's empty tsquery matches nothing, so excludes nothing.
             scope += " AND NOT c.search_vector @@ plainto_tsquery(%s::regconfig, %s)"
             scope_params += [language, word]
-        if sum(a.total_chunks for a in group) >= settings.SEARCH_KEYWORD_TIERS_MIN_CHUNKS:
+        if chunks[language] >= settings.SEARCH_KEYWORD_TIERS_MIN_CHUNKS:
             # Only where tiers would be skipped: the check costs what a tier costs.
             present = terms if len(keyword_tiers(len(terms))) == len(terms) else _present(scope, scope_params, terms)
             if not present:
@@ -371,14 +373,15 @@ def _present(scope: str, scope_params: list, terms: tuple[str, ...]) -> tuple[st
     every chunk holding any word: three common words and five unmatched ones took 3.6 ms
     (p95 25.5) org-wide on bench/search.py's data, 2.8-4.0 (p95 5.2-5.8) with this check first.
     Each test is a GIN lookup that stops at the first chunk in scope."""
+    literals = _tsquery_literal(terms)
     with connection.binding_cursor() as cursor:
         cursor.execute(
-            "SELECT t FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, i) WHERE EXISTS"
-            f" (SELECT FROM knowledge_chunk c WHERE {scope} AND c.search_vector @@ t::tsquery) ORDER BY i",
-            [_tsquery_literal(terms), *scope_params],
+            "SELECT t FROM unnest(%s::text[]) AS t WHERE EXISTS"
+            f" (SELECT FROM knowledge_chunk c WHERE {scope} AND c.search_vector @@ t::tsquery)",
+            [literals, *scope_params],
         )
         present = {t for (t,) in cursor.fetchall()}
-    return tuple(term for term, literal in zip(terms, _tsquery_literal(terms)) if literal in present)
+    return tuple(term for term, literal in zip(terms, literals) if literal in present)
 
 
 def _coverage_tiers(

@@ -64,11 +64,14 @@ def test_keyword_tiers_skip_those_with_more_combinations_than_the_limit():
 
 
 @pytest.mark.parametrize("tiers", [True, False])
-def test_keyword_search_keeps_filters_and_agents_by_tiers_or_in_one_scan(org_a, agent_a, settings, tiers):
+def test_keyword_search_keeps_filters_agents_and_organizations_by_tiers_or_in_one_scan(
+    org_a, agent_a, org_b, agent_b, settings, tiers
+):
     settings.SEARCH_KEYWORD_TIERS_MIN_CHUNKS = 0 if tiers else 10**9
     other = AgentFactory(organization=org_a, slug="other")
     ingest(org_a, agent_a, {"a": ("alpha bravo charlie", {"year": 2020}), "b": ("alpha bravo", {"year": 2021})})
     ingest(org_a, other, {"c": ("alpha bravo charlie", {"year": 2021})})
+    ingest(org_b, agent_b, {"a": ("alpha bravo charlie", {"year": 2021})})  # same slug, same words
     filters = engine.filters_sql(org_a.pk, {"year": 2021})
     found = _keyword(org_a, [agent_a], "alpha bravo charlie", 10, filters)
     with connection.cursor() as cursor:

@@ -48,18 +48,28 @@ def _no_results(search_request) -> Response:
     return Response({"results": [], "mode": search_request.mode, "took_ms": 0.0, "cached": False})
 
 
-# Each reads its agents as the search would (self.joined; the organization's digest and
-# selection), then answers without searching.
+def _initial_without_prefetch(view, request, *args, **kwargs):
+    view.early = search_apis._early_request(request, view.InputSerializer)
+    OrgAPIView.initial(view, request, *args, **kwargs)
+
+
+# Each validates its body and reads its agents as the search would (self.joined; the
+# organization's digest and selection), then answers without searching: no shared-cache
+# read either, sent early or not.
 class AgentSearchWithoutSearchApi(search_apis.AgentSearchApi):
+    initial = _initial_without_prefetch
+
     def post(self, request, slug):
-        search_request, _ = search_apis._request(request.data)
+        search_request, _ = self.early or search_apis._request(request.data)
         search_selectors.search_agent_from_row(self.joined)
         return _no_results(search_request)
 
 
 class OrganizationSearchWithoutSearchApi(search_apis.OrganizationSearchApi):
+    initial = _initial_without_prefetch
+
     def post(self, request):
-        search_request, slugs = search_apis._request(request.data, self.InputSerializer)
+        search_request, slugs = self.early or search_apis._request(request.data, self.InputSerializer)
         search_selectors.search_agents_get(org=self.org, slugs=slugs)
         return _no_results(search_request)
 

@@ -1,3 +1,5 @@
+import json
+
 from django.conf import settings
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
@@ -5,8 +7,9 @@ from rest_framework.response import Response
 
 from search import selectors
 from search.engine import AgentSelection
-from search.services import MODES, SearchRequest, search
+from search.services import MODES, SearchRequest, search, search_prefetch
 from tenants.api import HotInputSerializer, OrgAPIView
+from tenants.auth import claimed_key_prefix
 from tenants.errors import invalid
 
 
@@ -60,35 +63,87 @@ def _request(data, serializer_class=SearchInputSerializer) -> tuple[SearchReques
     """The validated search request, and the `agents` the body names (None if it names none)."""
     serializer = serializer_class(data=data)
     serializer.is_valid(raise_exception=True)
-    values = dict(serializer.validated_data)
-    if not values["query"].strip():
+    if not serializer.validated_data["query"].strip():
         raise invalid("query", "Must not be blank.")
+    return _values(serializer.validated_data)
+
+
+def _values(validated) -> tuple[SearchRequest, list[str] | None]:
+    values = dict(validated)
     values["chunk_context"] = dict(values.get("chunk_context") or {})
     values["weights"] = dict(values.get("weights") or {})
     agents = values.pop("agents", None)
     return SearchRequest(**values), agents
 
 
-class AgentSearchApi(OrgAPIView):
+def _early_request(request, serializer_class) -> tuple[SearchRequest, list[str] | None] | None:
+    """_request's answer from the raw JSON body, before authentication; None where that
+    would fail: its error is raised after authentication, as any other input error."""
+    if request.content_type.split(";")[0].strip() != "application/json":
+        return None
+    try:
+        data = json.loads(request.body)
+    except Exception:  # noqa: BLE001 - unreadable or too large: left to the parser
+        return None
+    serializer = serializer_class(data=data)
+    if not isinstance(data, dict) or not serializer.is_valid() or not serializer.validated_data["query"].strip():
+        return None
+    return _values(serializer.validated_data)
+
+
+class SearchApi(OrgAPIView):
+    """A search endpoint. Its shared-cache read (the result, the query's embedding) is
+    sent before the API key's statement and read after it: the two round trips overlap
+    (services.search_prefetch; caching.SharedRead)."""
+
+    InputSerializer = SearchInputSerializer
+
+    def scope(self, slugs: list[str] | None, **url_kwargs) -> tuple:
+        raise NotImplementedError
+
+    def initial(self, request, *args, **kwargs):
+        self.early, pending = _early_request(request, self.InputSerializer), None
+        caller = claimed_key_prefix(request)
+        if self.early is not None and caller is not None:
+            pending = search_prefetch(caller=caller, scope=self.scope(self.early[1], **kwargs), request=self.early[0])
+        try:
+            super().initial(request, *args, **kwargs)  # authentication: the API key's statement
+        finally:
+            self.read = pending.receive() if pending else None
+
+    def search(self, selection: AgentSelection, search_request: SearchRequest, slugs: list[str] | None = None, **url_kwargs):
+        return Response(search(
+            org=self.org, selection=selection, request=search_request, scope=self.scope(slugs, **url_kwargs),
+            caller=self.request.user.api_key.prefix, read=self.read,
+        ))  # fmt: skip
+
+
+class AgentSearchApi(SearchApi):
     def key_join(self, slug):
         return selectors.search_agent_key_join(slug=slug)
 
+    def scope(self, slugs, slug):
+        return ("agent", slug)
+
     @extend_schema(request=SearchInputSerializer, responses=SearchOutput)
     def post(self, request, slug):
-        search_request, _ = _request(request.data)
+        search_request, _ = self.early or _request(request.data)
         agent = selectors.search_agent_from_row(self.joined)
-        return Response(search(org=self.org, selection=AgentSelection([agent]), request=search_request))
+        return self.search(AgentSelection([agent]), search_request, slug=slug)
 
 
-class OrganizationSearchApi(OrgAPIView):
+class OrganizationSearchApi(SearchApi):
     class InputSerializer(SearchInputSerializer):
         agents = serializers.ListField(child=serializers.SlugField(), required=False, max_length=1000)
 
+    def scope(self, slugs):
+        return ("agents", *sorted(set(slugs or ())))
+
     @extend_schema(request=InputSerializer, responses=SearchOutput)
     def post(self, request):
-        search_request, slugs = _request(request.data, self.InputSerializer)
+        search_request, slugs = self.early or _request(request.data, self.InputSerializer)
         selection = selectors.search_agents_get(org=self.org, slugs=slugs)
-        return Response(search(org=self.org, selection=selection, request=search_request))
+        return self.search(selection, search_request, slugs)
 
 
 class HotChunksApi(OrgAPIView):

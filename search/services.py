@@ -2,7 +2,9 @@
 
 import hashlib
 import json
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -31,12 +33,13 @@ class SearchRequest:
     chunk_context: dict = field(default_factory=dict)  # {"before": n, "after": m}
     weights: dict = field(default_factory=dict)  # {"vector": w, "keyword": w}
 
-    def cache_key(self, org_id: int, selection: AgentSelection) -> str:
-        # The agents' data versions make a cached result unreachable the moment any
-        # of them changes: an entry can be unused, never stale.
+    def cache_key(self, org_id: int, scope: tuple) -> str:
+        """The result's key: organization, the agents asked for (`scope`, as the caller
+        named them) and the request. The agents' data versions are stored with the result
+        and compared on every read (search()): a cached result can be unused, never stale,
+        and the key is known before the agents are read (search_prefetch)."""
         normalized = {**asdict(self), "query": " ".join(self.query.split())}
-        material = json.dumps([org_id, normalized], sort_keys=True) + "|" + selection.versions
-        return hashlib.sha256(material.encode()).hexdigest()
+        return hashlib.sha256(json.dumps([org_id, scope, normalized], sort_keys=True).encode()).hexdigest()
 
 
 def _query_key(model: str, text: str) -> str:
@@ -61,21 +64,56 @@ def query_vector_put(model: str, text: str, vector) -> None:
     query_embeddings.set(_query_key(model, text), np.asarray(vector, dtype=np.float16).tobytes())
 
 
-def search(*, org: Organization, selection: AgentSelection, request: SearchRequest) -> dict:
+# (caller, scope) -> (organization id, embedding models) of the caller's last search of
+# that scope: what search_prefetch needs before the caller's API key has been read. A
+# guess, never trusted: keys it builds for another organization are never looked up.
+_seen: OrderedDict = OrderedDict()
+_seen_lock = threading.Lock()
+_SEEN_SIZE = 10_000
+
+
+def search_prefetch(*, caller: str, scope: tuple, request: SearchRequest) -> caching.SharedRead | None:
+    """Sends, before the caller is authenticated, the shared-cache read that search() would
+    make after: the result and the query embeddings, under the organization and models of
+    the caller's last search of `scope`. None when there was none in this process."""
+    seen = _seen.get((caller, scope))
+    if seen is None:
+        return None
+    org_id, models = seen
+    entries = [(result_cache, request.cache_key(org_id, scope))]
+    if request.mode != "keyword":
+        entries += [(query_embeddings, _query_key(model, request.query)) for model in models]
+    return caching.SharedRead([tier.full_key(key) for tier, key in entries if not tier.held(key)])
+
+
+def search(
+    *, org: Organization, selection: AgentSelection, request: SearchRequest, scope: tuple,
+    caller: str | None = None, read: dict | None = None,
+) -> dict:
+    """`scope`: the agents as the caller named them (("agent", slug); ("agents", slugs or
+    None for all)). `read`: what search_prefetch's read found, for `caller`."""
     started = time.perf_counter()
     filters = engine.filters_sql(org.pk, request.filters)  # validates, even when the answer is cached
-    key = request.cache_key(org.pk, selection)
-    # One shared-cache round trip for the result and, in case it is missing, the query's
-    # embedding for each model its agents use.
+    key = request.cache_key(org.pk, scope)
+    # One shared-cache round trip (or none, after search_prefetch) for the result and, in
+    # case it is missing or not current, the query's embedding for each model its agents use.
     models = list(selection.by_model) if request.mode != "keyword" else []
-    found = caching.get_many([(result_cache, key)] + [(query_embeddings, _query_key(m, request.query)) for m in models])
-    results = found[0]
-    cached = results is not None
-    if not cached:
+    found = caching.get_many([(result_cache, key)] + [(query_embeddings, _query_key(m, request.query)) for m in models], read)
+    cached = found[0] is not None and found[0][0] == selection.versions
+    if cached:
+        results = found[0][1]
+    else:
         results = _run(org, selection, request, filters, _query_vectors(models, request.query, found[1:]))
-        result_cache.set(key, results)
+        result_cache.set(key, (selection.versions, results))
     took_ms = (time.perf_counter() - started) * 1000
     tracking.record(org_id=org.pk, results=results, agent_ids=selection.ids, latency_ms=took_ms, cache_hit=cached)
+    if caller is not None:
+        with _seen_lock:
+            # A keyword search names no models: the caller's next search may still need them.
+            _seen[(caller, scope)] = (org.pk, tuple(models) or _seen.get((caller, scope), (0, ()))[1])
+            _seen.move_to_end((caller, scope))
+            if len(_seen) > _SEEN_SIZE:
+                _seen.popitem(last=False)
     return {
         "results": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results],
         "mode": request.mode,

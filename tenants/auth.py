@@ -64,7 +64,7 @@ def api_key_authenticate(raw_key: str, *, join: KeyJoin | None = None) -> ApiPri
     `join` row), or None. One indexed lookup by prefix, a prepared statement."""
     if not raw_key.startswith(API_KEY_PREFIX):
         return None
-    prefix = raw_key[len(API_KEY_PREFIX) :].split("_", 1)[0]
+    prefix = _prefix(raw_key)
     with connection.binding_cursor(prepared=True) as cursor:
         cursor.execute(_key_sql(join.sql if join else None), [*(join.params if join else ()), prefix, timezone.now()])
         row = cursor.fetchone()
@@ -77,6 +77,22 @@ def api_key_authenticate(raw_key: str, *, join: KeyJoin | None = None) -> ApiPri
     _touch(key)
     joined = row[_WIDTH:] if join and row[_WIDTH] is not None else None
     return ApiPrincipal(key, joined)
+
+
+def _prefix(raw_key: str) -> str:
+    return raw_key[len(API_KEY_PREFIX) :].split("_", 1)[0]
+
+
+def _bearer(request) -> tuple[str, str]:
+    scheme, _, raw_key = authentication.get_authorization_header(request).decode("latin-1").partition(" ")
+    return scheme.lower(), raw_key.strip()
+
+
+def claimed_key_prefix(request) -> str | None:
+    """The prefix of the API key the request presents, NOT verified: for work that may
+    start before authentication and whose result is only used once it has passed."""
+    scheme, raw_key = _bearer(request)
+    return _prefix(raw_key) if scheme == "bearer" and raw_key.startswith(API_KEY_PREFIX) else None
 
 
 def _touch(key: ApiKey) -> None:
@@ -95,17 +111,16 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
     keyword = "Bearer"
 
     def authenticate(self, request):
-        header = authentication.get_authorization_header(request).decode("latin-1")
-        if not header:
+        scheme, raw_key = _bearer(request)
+        if not scheme and not raw_key:
             return None
-        scheme, _, raw_key = header.partition(" ")
-        if scheme.lower() != "bearer" or not raw_key.strip():
+        if scheme != "bearer" or not raw_key:
             raise exceptions.AuthenticationFailed("Authorization header must be 'Bearer <api key>'.")
         # A view that needs a row with the key names it (OrgAPIView.key_join).
         context = request.parser_context or {}
         key_join = getattr(context.get("view"), "key_join", None)
         join = key_join(**context.get("kwargs", {})) if key_join else None
-        principal = api_key_authenticate(raw_key.strip(), join=join)
+        principal = api_key_authenticate(raw_key, join=join)
         if principal is None:
             raise exceptions.AuthenticationFailed("Invalid, revoked or expired API key.")
         return principal, principal.api_key

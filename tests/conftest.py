@@ -18,6 +18,7 @@ def _clear_cache():
     tracking._local.drain()
     services.result_cache.clear_local()
     services.query_embeddings.clear_local()
+    services._seen.clear()
     caching._breaker["open_until"] = 0.0
     if settings.REDIS_URL:
         cache.delete_pattern("*")  # only this run's KEY_PREFIX

@@ -8,6 +8,9 @@ from django.utils import timezone
 
 from knowledge.models import AgentStats
 from search import caching, services, tasks, tracking
+from tenants import auth
+from tests.conftest import api_client
+from tests.search.conftest import ingest
 from search.models import ChunkAccess
 from tests.factories import AgentFactory
 
@@ -184,16 +187,107 @@ def test_full_redis_buffer_queues_one_flush_task_for_the_worker(client_a, org_a,
             caches["default"].delete_pattern("*")
 
 
+def _record_shared_reads(monkeypatch) -> list:
+    """Events, in order: ("read", key kinds) for a read after authentication, ("send", key
+    kinds) / "receive" for one sent before it (SharedRead), "key" for the API key's statement."""
+    events = []
+    get_many, init, receive = caching.shared_get_many, caching.SharedRead.__init__, caching.SharedRead.receive
+    authenticate = auth.api_key_authenticate
+    kinds = lambda keys: [key.split(":", 1)[0] for key in keys]  # noqa: E731
+    monkeypatch.setattr(caching, "shared_get_many", lambda keys: events.append(("read", kinds(keys))) or get_many(keys))
+    monkeypatch.setattr(caching.SharedRead, "__init__", lambda self, keys: events.append(("send", kinds(keys))) or init(self, keys))
+    monkeypatch.setattr(caching.SharedRead, "receive", lambda self: events.append("receive") or receive(self))
+    monkeypatch.setattr(auth, "api_key_authenticate", lambda *a, **k: events.append("key") or authenticate(*a, **k))
+    return events
+
+
 @pytest.mark.redis
 def test_a_search_reads_its_result_and_its_query_embedding_from_redis_in_one_round_trip(client_a, kb_a, redis_cache, monkeypatch):
-    reads = []
-    original = caching.shared_get_many
-    monkeypatch.setattr(caching, "shared_get_many", lambda keys: reads.append(keys) or original(keys))
+    events = _record_shared_reads(monkeypatch)
     client_a.post(URL, {"query": "tar archive", "mode": "hybrid"}, format="json")
-    assert [[key.split(":", 1)[0] for key in keys] for keys in reads] == [["results", "qemb"]]
-    reads.clear()
+    # The caller's first search of this agent (in this process): read once authenticated.
+    assert events == ["key", ("read", ["results", "qemb"])]
+    events.clear()
+    caching.flush_writes()
+    services.result_cache.clear_local()
+    services.query_embeddings.clear_local()
+    assert client_a.post(URL, {"query": "tar archive", "mode": "hybrid"}, format="json").json()["cached"] is True
+    # Then sent before the API key's statement, answered after it: no other read.
+    assert events == [("send", ["results", "qemb"]), "key", "receive"]
+    events.clear()
     client_a.post(URL, {"query": "git commit", "mode": "keyword"}, format="json")  # no embedding needed
-    assert [[key.split(":", 1)[0] for key in keys] for keys in reads] == [["results"]]
+    assert events == [("send", ["results"]), "key", "receive"]
+    events.clear()
+    # What is in the in-process tier is not asked for.
+    client_a.post(URL, {"query": "git commit", "mode": "keyword"}, format="json")
+    assert events == [("send", []), "key", "receive"]
+
+
+@pytest.mark.redis
+def test_an_early_read_of_the_whole_organization_is_used_once_its_agents_are_read(client_a, kb_a, redis_cache, monkeypatch):
+    body = {"query": "tar archive", "agents": ["support"]}
+    first = client_a.post("/api/v1/search", body, format="json").json()
+    caching.flush_writes()
+    services.result_cache.clear_local()
+    services.query_embeddings.clear_local()
+    events = _record_shared_reads(monkeypatch)
+    second = client_a.post("/api/v1/search", {**body, "agents": ["support", "support"]}, format="json").json()
+    assert events == [("send", ["results", "qemb"]), "key", "receive"]
+    assert (first["cached"], second["cached"], second["results"]) == (False, True, first["results"])
+
+
+def test_a_cached_result_of_older_data_versions_is_never_served(client_a, org_a, kb_a):
+    first = client_a.post(URL, {"query": "tar archive"}, format="json").json()
+    assert client_a.post(URL, {"query": "tar archive"}, format="json").json()["cached"] is True
+    ingest(org_a, kb_a, {"tar2": ("# tar two\n\nAnother tar archive page.", {})})
+    third = client_a.post(URL, {"query": "tar archive"}, format="json").json()
+    assert third["cached"] is False and third["results"] != first["results"]
+    assert client_a.post(URL, {"query": "tar archive"}, format="json").json()["cached"] is True
+
+
+def test_an_early_read_guessed_for_another_organization_is_never_used(client_a, client_b, org_a, org_b, kb_a, kb_b):
+    """The organization an early read assumes is a guess (the caller's last search): keys
+    built for another organization are never looked up, whatever they hold."""
+    client_b.post(URL, {"query": "tar archive"}, format="json")  # B's result is cached
+    ((caller, scope), (org_id, models)), = [(k, v) for k, v in services._seen.items()]
+    assert org_id == org_b.pk
+    a_prefix = client_a._credentials["HTTP_AUTHORIZATION"].split("_")[1]
+    services._seen[(a_prefix, scope)] = (org_b.pk, models)  # A's caller wrongly taken for B
+    response = client_a.post(URL, {"query": "tar archive"}, format="json").json()
+    assert response["cached"] is False
+    assert {r["document_key"] for r in response["results"]} <= {"tar", "docker", "git", "zip"}
+    assert services._seen[(a_prefix, scope)][0] == org_a.pk  # corrected by the search
+
+
+@pytest.mark.redis
+def test_an_early_read_that_fails_leaves_the_search_working_and_is_counted(client_a, kb_a, redis_cache, monkeypatch):
+    client_a.post(URL, {"query": "tar archive"}, format="json")
+    caching.flush_writes()
+    services.result_cache.clear_local()
+    before = caching.metrics["redis_errors"]
+
+    def fail(self):
+        raise ConnectionError("reset")
+
+    monkeypatch.setattr(caching._redis_client().connection_pool.connection_class, "read_response", fail)
+    response = client_a.post(URL, {"query": "tar archive"}, format="json")
+    assert response.status_code == 200 and response.json()["results"]
+    assert caching.metrics["redis_errors"] == before + 1
+    monkeypatch.undo()
+    caching._breaker["open_until"] = 0.0
+    # The connection that failed was dropped, not handed back with a reply pending.
+    assert client_a.post(URL, {"query": "tar archive"}, format="json").status_code == 200
+
+
+def test_input_errors_and_missing_keys_answer_as_before_once_early_reads_start(client_a, anon_client, kb_a):
+    client_a.post(URL, {"query": "tar archive"}, format="json")  # the caller's searches are now read early
+    assert anon_client.post(URL, {"query": "tar archive"}, format="json").status_code == 401
+    bad_key = api_client(client_a._credentials["HTTP_AUTHORIZATION"].split(" ")[1] + "x")
+    assert bad_key.post(URL, {"query": "tar archive"}, format="json").status_code == 401
+    response = client_a.post(URL, {"query": "tar", "limit": 0}, format="json")
+    assert response.status_code == 400 and "limit" in response.json()["error"]["fields"]
+    response = client_a.post(URL, "{not json", content_type="application/json")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "parse_error"
 
 
 @pytest.mark.redis

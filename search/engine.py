@@ -26,7 +26,7 @@ import re
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date, datetime
-from functools import cached_property, lru_cache
+from functools import cached_property
 from itertools import combinations
 from math import comb
 from typing import NamedTuple
@@ -260,17 +260,30 @@ KEYWORD_TIER_MAX_CLAUSES = 32
 KEYWORD_MAX_TERMS = 32
 
 
-@lru_cache(maxsize=4096)
+# (language, text) -> its terms: texts repeat (a result-cache miss after an ingest, the
+# same question in another mode). Cleared when full; a dict's get and set are atomic.
+_terms: dict[tuple[str, str], tuple[str, ...]] = {}
+_TERMS_SIZE = 4096
+_LEXEMES = "SELECT lexeme, positions[1] AS p FROM unnest(to_tsvector(%s::regconfig, %s)) ORDER BY p LIMIT %s"
+
+
 def query_terms(language: str, query: str) -> tuple[str, ...]:
     """The query's distinct lexemes in `language`, in the order they appear, stop words
     out: what the chunks' search_vector holds for those words. From PostgreSQL (its
     dictionaries stem), one round trip per new (language, query)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT lexeme FROM unnest(to_tsvector(%s::regconfig, %s)) ORDER BY positions[1] LIMIT %s",
-            [language, query, KEYWORD_MAX_TERMS],
-        )
-        return tuple(lexeme for (lexeme,) in cursor.fetchall())
+    terms = _terms.get((language, query))
+    if terms is None:
+        with connection.cursor() as cursor:
+            cursor.execute(_LEXEMES, [language, query, KEYWORD_MAX_TERMS])
+            terms = _remember_terms(language, query, tuple(lexeme for lexeme, _ in cursor.fetchall()))
+    return terms
+
+
+def _remember_terms(language: str, query: str, terms: tuple[str, ...]) -> tuple[str, ...]:
+    if len(_terms) >= _TERMS_SIZE:
+        _terms.clear()
+    _terms[(language, query)] = terms
+    return terms
 
 
 def _tsquery_literal(terms) -> list[str]:
@@ -316,9 +329,6 @@ def keyword_statement(
         chunks[agent.language] = chunks.get(agent.language, 0) + agent.total_chunks
     parts, params = [], []
     for number, (language, group) in enumerate(by_language.items()):
-        terms = query_terms(language, wanted)
-        if not terms:  # nothing but stop words (or exclusions)
-            continue
         where, where_params = _agent_condition(group, everyone_but if len(group) == len(agents) else None)
         # GIN: the agent's chunk_gin_agent_<id> where it has one (agent_id is a constant),
         # else chunk_search_vector_gin; either way ANDed with the tenant and agent filter.
@@ -334,12 +344,14 @@ def keyword_statement(
             scope += " AND NOT c.search_vector @@ plainto_tsquery(%s::regconfig, %s)"
             scope_params += [language, word]
         if chunks[language] >= settings.SEARCH_KEYWORD_TIERS_MIN_CHUNKS:
-            # Only where tiers would be skipped: the check costs what a tier costs.
-            present = terms if len(keyword_tiers(len(terms))) == len(terms) else _present(scope, scope_params, terms)
-            if not present:
+            terms, present = _terms_present(language, wanted, scope, scope_params)
+            if not present:  # nothing but stop words (or exclusions), or nothing the scope holds
                 continue
             sql, part_params = _coverage_tiers(f"g{number}", scope, scope_params, terms, present, k)
         else:
+            terms = query_terms(language, wanted)
+            if not terms:
+                continue
             sql, part_params = _coverage_all(scope, scope_params, terms)
         parts.append(sql)
         params += part_params
@@ -382,6 +394,33 @@ def _present(scope: str, scope_params: list, terms: tuple[str, ...]) -> tuple[st
         )
         present = {t for (t,) in cursor.fetchall()}
     return tuple(term for term, literal in zip(terms, literals) if literal in present)
+
+
+# Questions with this many terms or more skip tiers (keyword_tiers), so need _present.
+PRESENCE_MIN_TERMS = next(n for n in range(1, KEYWORD_MAX_TERMS + 1) if len(keyword_tiers(n)) < n)
+# _tsquery_literal, in SQL, of lexeme t.lexeme.
+_LEXEME_LITERAL = r"'''' || replace(replace(t.lexeme, '\', '\\'), '''', '''''') || ''''"
+
+
+def _terms_present(language: str, query: str, scope: str, scope_params: list) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(query_terms, the terms to read tiers of): with PRESENCE_MIN_TERMS or more, those
+    _present finds, else all. For a text new to this process, one round trip for both
+    instead of one for its terms and another for their presence."""
+    terms = _terms.get((language, query))
+    if terms is not None:
+        return terms, (_present(scope, scope_params, terms) if len(terms) >= PRESENCE_MIN_TERMS else terms)
+    # OR stops at its first true operand: the count is an InitPlan, computed once, and the
+    # EXISTS (a SubPlan: never pulled up out of an OR) runs only for long questions.
+    sql = (
+        f"WITH t AS MATERIALIZED ({_LEXEMES}) SELECT t.lexeme, (SELECT count(*) FROM t) < %s OR EXISTS"
+        f" (SELECT FROM knowledge_chunk c WHERE {scope} AND c.search_vector @@ ({_LEXEME_LITERAL})::tsquery)"
+        " FROM t ORDER BY t.p"
+    )
+    with connection.binding_cursor() as cursor:
+        cursor.execute(sql, [language, query, KEYWORD_MAX_TERMS, PRESENCE_MIN_TERMS, *scope_params])
+        rows = cursor.fetchall()
+    terms = _remember_terms(language, query, tuple(lexeme for lexeme, _ in rows))
+    return terms, tuple(lexeme for lexeme, held in rows if held)
 
 
 def _coverage_tiers(

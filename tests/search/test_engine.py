@@ -2,6 +2,7 @@ import random
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from search import engine
 from tests.factories import AgentFactory
@@ -116,3 +117,23 @@ def test_only_terms_held_in_the_searched_scope_count_as_present(org_a, agent_a, 
     ingest(org_b, agent_b, {"b": ("zulu yankee", {})})
     scope, params = "c.organization_id = %s AND c.agent_id = %s", [org_a.pk, agent_a.pk]
     assert engine._present(scope, params, ("zulu", "bravo", "alpha", "xray")) == ("bravo", "alpha")
+
+
+def test_a_new_question_gets_its_terms_and_their_presence_in_one_statement(org_a, agent_a, org_b, agent_b):
+    ingest(org_a, agent_a, {"a": ("alpha bravo charlie", {})})
+    ingest(org_b, agent_b, {"b": ("zulu yankee", {})})
+    scope, params = "c.organization_id = %s AND c.agent_id = %s", [org_a.pk, agent_a.pk]
+    long_question = "zulu bravo alpha xray yankee whiskey victor charlie"  # B's words do not count
+    engine._terms.clear()
+    with CaptureQueriesContext(connection) as queries:
+        terms, present = engine._terms_present("english", long_question, scope, params)
+    assert len(queries) == 1
+    assert len(terms) >= engine.PRESENCE_MIN_TERMS
+    assert present == engine._present(scope, params, terms) == ("bravo", "alpha", "charli")  # stemmed
+    engine._terms.clear()
+    assert terms == engine.query_terms("english", long_question)
+    # Known terms: the presence check alone. A short question needs none: every tier is read.
+    with CaptureQueriesContext(connection) as queries:
+        assert engine._terms_present("english", long_question, scope, params) == (terms, present)
+        assert engine._terms_present("english", "zulu bravo", scope, params) == (("zulu", "bravo"),) * 2
+    assert len(queries) == 2

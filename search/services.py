@@ -173,10 +173,10 @@ def _candidates(org, selection: AgentSelection, request, filters, vectors, depth
     """(vector hits, keyword hits) of the mode's kinds: (chunk id, distance) nearest first,
     (chunk id, rank) best first, `depth` of each. With `rows` (a dict), the vector
     statements also read the result rows and put them in it. Every first statement goes
-    out in one round trip. Before it, the keyword statement may read from PostgreSQL: the
-    question's terms when its text is new to this process (engine.query_terms), and for a
-    long question over a large scope, which of them the scope holds (engine._present). An
-    HNSW answer shorter than `depth` is then redone exactly."""
+    out in one round trip. Before it, the keyword statement may read from PostgreSQL, in
+    one statement: the question's terms when its text is new to this process, and for a
+    long question over a large scope, which of them the scope holds (engine._terms_present).
+    An HNSW answer shorter than `depth` is then redone exactly."""
     plans = []
     if request.mode in ("vector", "hybrid"):
         # Distances are only comparable within one embedding model: each model's agents

@@ -82,13 +82,9 @@ def _early_request(request, serializer_class) -> tuple[SearchRequest, list[str] 
     if request.content_type.split(";")[0].strip() != "application/json":
         return None
     try:
-        data = json.loads(request.body)
-    except Exception:  # noqa: BLE001 - unreadable or too large: left to the parser
+        return _request(json.loads(request.body), serializer_class)
+    except Exception:  # noqa: BLE001 - invalid, unreadable or too large: left to post()
         return None
-    serializer = serializer_class(data=data)
-    if not isinstance(data, dict) or not serializer.is_valid() or not serializer.validated_data["query"].strip():
-        return None
-    return _values(serializer.validated_data)
 
 
 class SearchApi(OrgAPIView):

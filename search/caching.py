@@ -1,7 +1,8 @@
 """Two tiers: a bounded in-process LRU in front of the shared cache (Redis when
-configured). Keys carry everything that makes a value valid (model and dimensions
-for embeddings; organization, agents and their data versions for results), so an
-entry is never stale, only unused; TTLs just reclaim space.
+configured). Embeddings are keyed by everything that makes them valid (model,
+dimensions, text); results by organization, agents and request, stored with the agents'
+data versions, which search compares on every read (services.search). No entry is ever
+served stale; TTLs just reclaim space.
 
 A search reads what it may need from Redis in one round trip (`get_many`: its result and
 its query embedding), sent before the API key's statement and read after it where the

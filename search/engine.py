@@ -51,7 +51,7 @@ class AgentSelection:
     # that still hold chunks but may not be searched (being deleted), else None.
     everyone_but: list[int] | None = None
     # For such a selection: a digest of every live agent's data version and status, which
-    # stands for them in result-cache keys.
+    # stands for them where results are cached.
     digest: str | None = None
 
     @cached_property

@@ -242,7 +242,7 @@ def warm_up(client, specs, topics) -> None:
 
 def measure_latency(client, data, queries: list[Query]) -> None:
     """Each query through the API, as the same SQL on a raw persistent psycopg connection
-    (engine.vector_statements: what the API runs, bound the same way), and as the same
+    (floor_statement: what the API runs, bound the same way), and as the same
     request without the search; the order alternates."""
     from search import engine, selectors
 
@@ -257,13 +257,11 @@ def measure_latency(client, data, queries: list[Query]) -> None:
 
     with harness.raw_connection() as conn:
         register_vector(conn)
-        cursor = BindingCursor(conn, prepare=False, binary=False)  # as engine.vector_candidates binds them
+        cursor = BindingCursor(conn, prepare=False, binary=False)  # as engine.fetch_results binds them
         for i, query in enumerate(queries):
             selection = refs[ORG if query.size_class.org_wide else query.slug]
             if not query.size_class.plan:
-                query.size_class.plan = plan_indexes(cursor, *engine.vector_statements(
-                    org_id=data.org.pk, agents=selection.agents, vector=query.vector, k=K, filters=("", []),
-                    everyone_but=selection.everyone_but)[0])  # fmt: skip
+                query.size_class.plan = plan_indexes(cursor, *floor_statement(data.org.pk, selection, query, engine))
             steps = [lambda q=query: api_search(client, q),
                      lambda q=query, a=selection: floor_search(cursor, data.org.pk, a, q, engine),
                      lambda q=query: fixed_request(client, q)]  # fmt: skip
@@ -272,11 +270,13 @@ def measure_latency(client, data, queries: list[Query]) -> None:
 
 
 def plan_indexes(cursor, sql: str, params: list) -> str:
-    cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
+    """The indexes the statement's plan read (EXPLAIN ANALYZE: a gated exact scan that
+    never ran is not counted)."""
+    cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
     names = []
 
     def walk(node):
-        if "Index Name" in node:
+        if "Index Name" in node and node.get("Actual Loops", 1):
             names.append(re.sub(r"_\d+$", "_N", node["Index Name"]))
         for child in node.get("Plans", []):
             walk(child)
@@ -300,17 +300,20 @@ def fixed_request(client, query: Query) -> None:
     query.fixed_seconds = seconds
 
 
+def floor_statement(org_id, selection, query: Query, engine) -> tuple[str, list]:
+    """What the API runs for a vector search: the k nearest and their rows, one statement."""
+    nearest = engine.vector_nearest(
+        org_id=org_id, agents=selection.agents, vector=query.vector, k=K, filters=("", []), everyone_but=selection.everyone_but
+    )
+    return engine.search_statement(
+        org_id=org_id, mode="vector", vector=[nearest], keyword=None, depth=K, limit=K, weights={}, include_parent=False
+    )
+
+
 def floor_search(cursor, org_id, selection, query: Query, engine) -> None:
     started = time.perf_counter()
-    statements = engine.vector_statements(
-        org_id=org_id, agents=selection.agents, vector=query.vector, k=K, filters=("", []),
-        everyone_but=selection.everyone_but, rows=True,
-    )  # fmt: skip
-    for sql, params in statements:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-        if len(rows) >= K:
-            break
+    cursor.execute(*floor_statement(org_id, selection, query, engine))
+    rows = cursor.fetchall()
     query.floor_seconds = time.perf_counter() - started
     query.floor_ids = [row[0] for row in rows]
 

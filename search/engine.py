@@ -17,13 +17,12 @@ Vector strategy (bench/search.py measured it; docs/benchmarks.md has the numbers
 Vector and keyword statements are bound on the server as unnamed statements (the query
 vector in binary), which PostgreSQL plans with their values as constants, never prepared:
 every query is planned with its real values, never a generic plan that ignores the
-agent's size. A search's first statements (vector per embedding model, keyword) go out in
-one round trip (fetch_together).
+agent's size. A search is one statement (search_statement): its candidates by vector (per
+embedding model) and by keyword, their fusion, and the rows of those kept.
 """
 
 import json
 import re
-from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import cached_property
@@ -173,84 +172,92 @@ def _agent_condition(agents: list[AgentRef], everyone_but: list[int] | None) -> 
     return "c.agent_id = ANY(%s)", [[a.id for a in agents]]
 
 
-def vector_statements(
-    *, org_id: int, agents: list[AgentRef], vector, k: int, filters: tuple[str, list],
-    everyone_but: list[int] | None = None, rows: bool = False, include_parent: bool = False,
-) -> list[tuple[str, list]]:
-    """The statements of a vector search, in order; each one after the first runs only
-    when the previous returned fewer than k rows. With `rows`, each also returns the
-    result rows (_row_columns) after (id, distance): a vector-only search is then one
-    round trip. bench/search.py runs these same statements on a raw connection as its
-    latency floor."""
+def vector_nearest(
+    *, org_id: int, agents: list[AgentRef], vector, k: int, filters: tuple[str, list], everyone_but: list[int] | None = None
+) -> tuple[str, list]:
+    """The statement of the k nearest chunks: (chunk id, cosine distance), nearest first.
+    Above SEARCH_EXACT_MAX_CHUNKS an HNSW scan, redone exactly in the same statement when
+    it answers fewer than k (a selective filter)."""
     where, where_params = _agent_condition(agents, everyone_but)
     filter_sql, filter_params = filters
-    total = sum(a.total_chunks for a in agents)
-    base = f"FROM knowledge_chunk c WHERE c.organization_id = %s AND {where}{filter_sql}"
+    scope = f"c.organization_id = %s AND {where}{filter_sql}"
+    scope_params = [org_id, *where_params, *filter_params]
     # The query vector travels in pgvector's binary format (%b).
-    params = [halfvecs([vector])[0], org_id, *where_params, *filter_params, k]
-    # The k nearest are found first and materialized, then their rows joined by primary
-    # key: the scan and its sort carry ids only, never the texts of rows they pass over.
-    if rows:
-        outer = f"SELECT t.id, t.d, {_row_columns(include_parent)} FROM t JOIN knowledge_chunk c ON c.id = t.id ORDER BY t.d"
-    else:
-        outer = "SELECT id, d FROM t ORDER BY d"
-    statements = []
-    if total > settings.SEARCH_EXACT_MAX_CHUNKS:
-        # Relaxed-order iterative scan: fetch in approximate order, re-sort exactly.
-        sql = f"WITH t AS MATERIALIZED (SELECT c.id, c.embedding <=> %b::halfvec AS d {base} ORDER BY d LIMIT %s) {outer}"
-        statements.append((sql, params))
+    query = halfvecs([vector])[0]
     # Exact: "+ 0" keeps the planner off the HNSW index; it reads the agent's rows through
     # an agent_id index (bench/search.py saw the agent_id foreign-key index chosen over
     # chunk_org_agent_id_idx; either serves).
-    exact = f"SELECT c.id, (c.embedding <=> %b::halfvec) + 0 AS d {base} ORDER BY d LIMIT %s"
-    statements.append(((f"WITH t AS MATERIALIZED ({exact}) {outer}" if rows else exact), params))
-    return statements
+    def exact(gate: str = "") -> str:
+        return f"SELECT c.id, (c.embedding <=> %b::halfvec) + 0 AS d FROM knowledge_chunk c WHERE {gate}{scope} ORDER BY d LIMIT %s"
+
+    if sum(a.total_chunks for a in agents) <= settings.SEARCH_EXACT_MAX_CHUNKS:
+        return exact(), [query, *scope_params, k]
+    # Relaxed-order iterative scan: fetched in approximate order, re-sorted below. The
+    # exact scan's gate is an InitPlan, evaluated once before that scan: when the graph
+    # found k, the exact scan never runs (as in _coverage_tiers).
+    return (
+        f"WITH a AS MATERIALIZED (SELECT c.id, c.embedding <=> %b::halfvec AS d FROM knowledge_chunk c WHERE {scope}"
+        f" ORDER BY d LIMIT %s), e AS MATERIALIZED ({exact('(SELECT count(*) FROM a) < %s AND ')})"
+        " SELECT id, d FROM a WHERE NOT EXISTS (SELECT FROM e) UNION ALL SELECT id, d FROM e ORDER BY d"
+    ), [query, *scope_params, k, query, k, *scope_params, k]
 
 
-def fetch_together(statements: list[tuple[str, list]]) -> list[list[tuple]]:
-    """Each statement's rows, the statements sent in one round trip (psycopg's pipeline
-    mode: PostgreSQL runs them one after the other and the client waits once). Bound on
-    the server, never prepared: an unnamed statement is planned with its values."""
-    with ExitStack() as stack:
-        cursors = [stack.enter_context(connection.binding_cursor()) for _ in statements]
-        if len(statements) == 1:
-            cursors[0].execute(*statements[0])
-        else:
-            # An error surfaces when the pipeline syncs, outside any execute(): wrapped here
-            # so callers see Django's exceptions either way.
-            with connection.wrap_database_errors, connection.connection.pipeline():
-                for cursor, (sql, params) in zip(cursors, statements):
-                    cursor.execute(sql, params)
-        return [cursor.fetchall() for cursor in cursors]
+def search_statement(
+    *, org_id: int, mode: str, vector: list[tuple[str, list]], keyword: tuple[str, list] | None, depth: int, limit: int,
+    weights: dict, include_parent: bool,
+) -> tuple[str, list]:
+    """A whole search in one statement: the `limit` best chunks (chunk id, score, the
+    result row: _row_columns), best first. `vector`: a vector_nearest statement per
+    embedding model, merged by distance (distances are only comparable within a model,
+    and each model's agents are searched with that model's query vector); `keyword`: a
+    keyword_statement. Each gives `depth` candidates; hybrid fuses their ranks
+    (reciprocal rank fusion: scores of the two lists are not comparable, ranks are).
+    Scores are rounded before ordering, so ties and min_score see the scores callers see.
+    The scans carry ids only; rows are joined for the `limit` kept, never for candidates."""
+    ctes, params = [], []
+    if vector:
+        union = " UNION ALL ".join(f"SELECT id, d FROM ({sql}) v{i}" for i, (sql, _) in enumerate(vector))
+        ctes.append(f"v AS MATERIALIZED ({union} ORDER BY d, id LIMIT %s)")
+        params += [*(p for _, ps in vector for p in ps), depth]
+    if keyword is not None:
+        ctes.append(f"kw AS MATERIALIZED ({keyword[0]})")
+        params += keyword[1]
+    if mode == "vector":
+        scored = "SELECT id, 1 - d AS s FROM v"
+    elif mode == "keyword":
+        scored = "SELECT id, r AS s FROM kw"
+    else:
+        rrf = settings.SEARCH_RRF_K
+        scored = (
+            "SELECT id, sum(s) AS s FROM (SELECT id, %s::float8 / (%s + row_number() OVER (ORDER BY d, id)) AS s FROM v"
+            " UNION ALL SELECT id, %s::float8 / (%s + row_number() OVER (ORDER BY r DESC, id)) FROM kw) x GROUP BY id"
+        )
+        params += [float(weights["vector"]), rrf, float(weights["keyword"]), rrf]
+    ctes.append(f"top AS MATERIALIZED (SELECT id, round(s::numeric, 6)::float8 AS s FROM ({scored}) x ORDER BY 2 DESC, id LIMIT %s)")
+    sql = (
+        f"WITH {', '.join(ctes)} SELECT top.id, top.s, {_row_columns(include_parent)} FROM top"
+        " JOIN knowledge_chunk c ON c.id = top.id AND c.organization_id = %s ORDER BY top.s DESC, top.id"
+    )
+    return sql, [*params, limit, org_id]
 
 
-def nearest(statements: list[tuple[str, list]], k: int, first: list[tuple] | None = None) -> list[tuple]:
-    """Runs a vector search's statements (vector_statements) in order until one returns k
-    rows. `first`: the first statement's rows, when they were read along with others."""
-    found = first if first is not None else fetch_together(statements[:1])[0]
-    for statement in statements[1:]:
-        if len(found) >= k:
-            break
-        found = fetch_together([statement])[0]
-    return found
-
-
-def with_rows(found: list[tuple]) -> list[tuple]:
-    """(chunk id, distance, result row) of a vector statement's rows read with `rows`."""
-    return [(cid, distance, _row(rest)) for cid, distance, *rest in found]
+def fetch_results(statement: tuple[str, list]) -> list[tuple[int, float, dict]]:
+    """(chunk id, score, result row) of a search_statement. Bound on the server, never
+    prepared: an unnamed statement is planned with its values."""
+    with connection.binding_cursor() as cursor:
+        cursor.execute(*statement)
+        return [(cid, score, _row(rest)) for cid, score, *rest in cursor.fetchall()]
 
 
 def vector_candidates(
     *, org_id: int, agents: list[AgentRef], vector, k: int, filters: tuple[str, list], everyone_but: list[int] | None = None
 ) -> list[tuple[int, float]]:
     """(chunk id, cosine distance) of the k nearest chunks, nearest first."""
-    return nearest(
-        vector_statements(org_id=org_id, agents=agents, vector=vector, k=k, filters=filters, everyone_but=everyone_but), k
-    )
+    with connection.binding_cursor() as cursor:
+        cursor.execute(*vector_nearest(org_id=org_id, agents=agents, vector=vector, k=k, filters=filters, everyone_but=everyone_but))
+        return cursor.fetchall()
 
 
-# A question's syntax, as search boxes have it: "a phrase" must be there, -word must not.
-# Every other word is wanted, not required.
 _PHRASE = re.compile(r'"([^"]*)"?')
 _EXCLUDED = re.compile(r"(?:^|(?<=\s))-(\w\S*)")
 # A tier is one tsquery matching chunks that hold at least m of the query's n terms: the
@@ -481,17 +488,6 @@ def _row(values) -> dict:
         "_agent_id": agent_id,
         "_parent_text": parent_text,
     }
-
-
-def fetch_chunks(*, org_id: int, ids: list[int], include_parent: bool) -> dict[int, dict]:
-    """Result rows by chunk id (_row_columns: without the agent's slug)."""
-    if not ids:
-        return {}
-    sql = f"SELECT c.id, {_row_columns(include_parent)} FROM knowledge_chunk c WHERE c.organization_id = %s AND c.id = ANY(%s)"
-    # Primary keys whatever the ids: one plan serves, so it is prepared.
-    with connection.binding_cursor(prepared=True) as cursor:
-        cursor.execute(sql, [org_id, ids])
-        return {cid: _row(rest) for cid, *rest in cursor.fetchall()}
 
 
 def fetch_neighbours(*, org_id: int, spans: list[tuple[int, int, int]]) -> list[tuple[int, int, str, str]]:

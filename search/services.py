@@ -126,38 +126,35 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
     agents = selection.agents
     if not agents:
         return []
-    limit = request.limit
-    depth = max(limit, settings.SEARCH_HYBRID_CANDIDATES) if request.mode == "hybrid" else limit
-    # A vector-only search takes its result rows from the vector statement: one round trip.
-    rows = {} if request.mode == "vector" else None
-    vector_hits, keyword_hits = _candidates(org, selection, request, filters, vectors, depth, rows)
-    scores: dict[int, float] = {}
-    if request.mode == "vector":
-        scores = {cid: 1.0 - float(d) for cid, d in vector_hits}
-    elif request.mode == "keyword":
-        scores = {cid: float(r) for cid, r in keyword_hits}
-    else:
-        weights = _weights(agents, request)
-        k = settings.SEARCH_RRF_K
-        # Reciprocal rank fusion: scores of the two lists are not comparable, ranks are.
-        for rank, (cid, _) in enumerate(vector_hits, start=1):
-            scores[cid] = scores.get(cid, 0.0) + weights["vector"] / (k + rank)
-        for rank, (cid, _) in enumerate(keyword_hits, start=1):
-            scores[cid] = scores.get(cid, 0.0) + weights["keyword"] / (k + rank)
-    # Rounded before filtering and ordering, so min_score and ties see the scores callers see.
-    ranked = sorted(((cid, round(s, 6)) for cid, s in scores.items()), key=lambda item: (-item[1], item[0]))
-    if request.min_score is not None:
-        ranked = [(cid, s) for cid, s in ranked if s >= request.min_score]
-    ranked = ranked[:limit]
-    if rows is None:
-        rows = engine.fetch_chunks(org_id=org.pk, ids=[cid for cid, _ in ranked], include_parent=request.include_parent)
+    depth = max(request.limit, settings.SEARCH_HYBRID_CANDIDATES) if request.mode == "hybrid" else request.limit
+    vector = []
+    if request.mode in ("vector", "hybrid"):
+        vector = [
+            engine.vector_nearest(
+                org_id=org.pk, agents=group, vector=vectors[model], k=depth, filters=filters,
+                everyone_but=selection.everyone_but if len(group) == len(agents) else None,
+            )
+            for model, group in selection.by_model.items()
+        ]  # fmt: skip
+    keyword = None
+    if request.mode in ("keyword", "hybrid"):
+        # May read the question's terms first (one round trip, for a text new to this
+        # process): the tiers of a large scope are built from them.
+        keyword = engine.keyword_statement(
+            org_id=org.pk, agents=agents, query=request.query, k=depth, filters=filters, everyone_but=selection.everyone_but,
+        )  # fmt: skip
+    found = engine.fetch_results(engine.search_statement(
+        org_id=org.pk, mode=request.mode, vector=vector, keyword=keyword, depth=depth, limit=request.limit,
+        weights=_weights(agents, request), include_parent=request.include_parent,
+    ))  # fmt: skip
     slugs = selection.slug_by_id
     results = []
-    for cid, score in ranked:
-        row = rows.get(cid)
-        # Deleted between ranking and fetching; or, in a search over everyone but a few
-        # agents, an agent created after they were read (not one of those searched).
-        if row is None or row["_agent_id"] not in slugs:
+    for cid, score, row in found:
+        if request.min_score is not None and score < request.min_score:
+            break  # best first: the rest score lower
+        # In a search over everyone but a few agents, an agent created after they were
+        # read (not one of those searched).
+        if row["_agent_id"] not in slugs:
             continue
         result = {**row, "agent": slugs[row["_agent_id"]], "score": score, "_chunk_id": cid}
         parent_text = result.pop("_parent_text")
@@ -167,42 +164,6 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
     if request.chunk_context:
         _add_context(org, results, request.chunk_context)
     return results
-
-
-def _candidates(org, selection: AgentSelection, request, filters, vectors, depth, rows):
-    """(vector hits, keyword hits) of the mode's kinds: (chunk id, distance) nearest first,
-    (chunk id, rank) best first, `depth` of each. With `rows` (a dict), the vector
-    statements also read the result rows and put them in it. Every first statement goes
-    out in one round trip. Before it, the keyword statement may read from PostgreSQL, in
-    one statement: the question's terms when its text is new to this process, and for a
-    long question over a large scope, which of them the scope holds (engine._terms_present).
-    An HNSW answer shorter than `depth` is then redone exactly."""
-    plans = []
-    if request.mode in ("vector", "hybrid"):
-        # Distances are only comparable within one embedding model: each model's agents
-        # are searched with that model's query vector, then merged by distance.
-        for model, group in selection.by_model.items():
-            plans.append(engine.vector_statements(
-                org_id=org.pk, agents=group, vector=vectors[model], k=depth, filters=filters,
-                everyone_but=selection.everyone_but if len(group) == len(selection.agents) else None,
-                rows=rows is not None, include_parent=request.include_parent,
-            ))  # fmt: skip
-    keyword = []
-    if request.mode in ("keyword", "hybrid"):
-        keyword = [engine.keyword_statement(
-            org_id=org.pk, agents=selection.agents, query=request.query, k=depth, filters=filters,
-            everyone_but=selection.everyone_but,
-        )]  # fmt: skip
-    firsts = engine.fetch_together([plan[0] for plan in plans] + keyword)
-    vector_hits = []
-    for plan, first in zip(plans, firsts):
-        found = engine.nearest(plan, depth, first=first)
-        if rows is not None:
-            found = engine.with_rows(found)
-            rows.update((cid, row) for cid, _, row in found)
-        vector_hits += [(cid, distance) for cid, distance, *_ in found]
-    vector_hits = sorted(vector_hits, key=lambda hit: hit[1])[:depth]
-    return vector_hits, (firsts[-1] if keyword else [])
 
 
 def _weights(agents, request) -> dict:

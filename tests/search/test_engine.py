@@ -31,7 +31,9 @@ def _every_match_ranked(org, agent, query: str, k: int) -> list[tuple[int, float
 
 def _keyword(org, agents, query, k, filters=("", [])):
     sql, params = engine.keyword_statement(org_id=org.pk, agents=[_ref(a) for a in agents], query=query, k=k, filters=filters)
-    return engine.fetch_together([(sql, params)])[0]
+    with connection.binding_cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
 
 
 QUERIES = [

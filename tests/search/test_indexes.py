@@ -183,23 +183,28 @@ def test_the_engines_bound_statements_walk_the_agents_and_the_organizations_grap
     # Values bound on the server (the vector in binary) still reach the planner as
     # constants, so the partial indexes' predicates match.
     from search import selectors
-    from search.engine import vector_statements
+    from search.engine import search_statement, vector_nearest
 
     big = AgentFactory(organization=org_a, slug="big")
     ingest(org_a, big)
     settings.SEARCH_EXACT_MAX_CHUNKS = 0
 
-    def plan(agents, everyone_but=None, rows=False):
-        [(sql, params), _] = vector_statements(
+    def plan(agents, everyone_but=None, whole=False, analyze=False):
+        statement = vector_nearest(
             org_id=org_a.pk, agents=agents, vector=[0.1] * settings.EMBEDDING_DIMENSIONS, k=3, filters=("", []),
-            everyone_but=everyone_but, rows=rows,
+            everyone_but=everyone_but,
         )  # fmt: skip
+        if whole:  # what a vector search runs: the nearest, then their rows
+            statement = search_statement(
+                org_id=org_a.pk, mode="vector", vector=[statement], keyword=None, depth=3, limit=3, weights={},
+                include_parent=False,
+            )  # fmt: skip
         with connection.binding_cursor() as cursor:
             # As in _plan(): what is asked is which graph the planner can use, not whether
             # sorting the few rows earlier tests left behind looks cheaper.
             cursor.execute("SET enable_seqscan = off")
             cursor.execute("SET enable_sort = off")
-            cursor.execute("EXPLAIN " + sql, params)
+            cursor.execute(("EXPLAIN ANALYZE " if analyze else "EXPLAIN ") + statement[0], statement[1])
             lines = [row[0] for row in cursor.fetchall()]
             cursor.execute("RESET enable_seqscan")
             cursor.execute("RESET enable_sort")
@@ -209,14 +214,16 @@ def test_the_engines_bound_statements_walk_the_agents_and_the_organizations_grap
     indexes.sync_indexes()
     one = [selectors.search_agent_get(org=org_a, slug="big")]
     assert indexes.index_name(big.pk) in plan(one)
-    assert indexes.index_name(big.pk) in plan(one, rows=True)  # a vector-only search's statement
+    assert indexes.index_name(big.pk) in plan(one, whole=True)
+    # The graph found k: the exact scan gated behind it never ran.
+    assert "never executed" in plan(one, analyze=True)
     # Its own graph holds the same chunks as the organization's would here: one at a time.
     settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 10**6
     settings.SEARCH_ORG_INDEX_MIN_CHUNKS = 5
     indexes.sync_indexes()
     everyone = selectors.search_agents_get(org=org_a, slugs=None)
     assert indexes.org_index_name(org_a.pk) in plan(everyone.agents, everyone.everyone_but)
-    assert indexes.org_index_name(org_a.pk) in plan(everyone.agents, everyone.everyone_but, rows=True)
+    assert indexes.org_index_name(org_a.pk) in plan(everyone.agents, everyone.everyone_but, whole=True)
 
 
 def test_organization_graphs_are_built_more_thoroughly_and_rebuilt_when_that_changes(org_a, settings):

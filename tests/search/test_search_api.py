@@ -141,29 +141,38 @@ def test_a_vector_search_reads_its_rows_in_its_one_statement(client_a, org_a):
         assert (result["document_key"], result["document_title"], result["agent"]) == ("manual", "", "support")  # no title given
 
 
-def test_a_hybrid_search_sends_its_vector_and_keyword_statements_in_one_round_trip(client_a, kb_a, monkeypatch):
-    import psycopg
-
-    pipelines, original = [], psycopg.Connection.pipeline
-    monkeypatch.setattr(psycopg.Connection, "pipeline", lambda self: pipelines.append(1) or original(self))
+def test_a_hybrid_search_ranks_fuses_and_reads_its_rows_in_one_statement(client_a, kb_a):
     with CaptureQueriesContext(connection) as queries:
         body = _search(client_a, "extract tar archive", mode="hybrid")
     assert body["results"][0]["document_key"] == "tar"
-    chunk_statements = [q["sql"] for q in queries.captured_queries if "knowledge_chunk" in q["sql"]]
-    assert sum("<=>" in sql for sql in chunk_statements) == 1 and sum("tsquery" in sql for sql in chunk_statements) == 1
-    assert pipelines == [1]
+    [statement] = [q["sql"] for q in queries.captured_queries if "knowledge_chunk" in q["sql"]]
+    assert "<=>" in statement and "tsquery" in statement
 
 
-@pytest.mark.django_db(transaction=True)
-def test_statements_sent_together_answer_in_order_and_fail_as_django_errors():
-    from django.db import DataError
+@pytest.mark.parametrize("weights", [None, {"vector": 2.0, "keyword": 0.5}])
+def test_hybrid_scores_are_the_reciprocal_rank_fusion_of_the_vector_and_keyword_lists(client_a, org_a, kb_a, settings, weights):
+    from search import engine, selectors
+    from search.services import _query_vectors
 
-    from search import engine
-
-    assert engine.fetch_together([("SELECT 1", []), ("SELECT %s::int", [2])]) == [[(1,)], [(2,)]]
-    with pytest.raises(DataError):
-        engine.fetch_together([("SELECT 1", []), ("SELECT 1 / 0", [])])
-    assert engine.fetch_together([("SELECT 3", []), ("SELECT 4", [])]) == [[(3,)], [(4,)]]  # still usable
+    query, depth, k = "compress an archive file", settings.SEARCH_HYBRID_CANDIDATES, settings.SEARCH_RRF_K
+    [agent] = engine.AgentSelection([selectors.search_agent_get(org=org_a, slug="support")]).agents
+    vector = _query_vectors([agent.embedding_model], query, [None])[agent.embedding_model]
+    nearest = engine.vector_candidates(org_id=org_a.pk, agents=[agent], vector=vector, k=depth, filters=("", []))
+    with connection.binding_cursor() as cursor:
+        cursor.execute(*engine.keyword_statement(org_id=org_a.pk, agents=[agent], query=query, k=depth, filters=("", [])))
+        matched = cursor.fetchall()
+    w = weights or {"vector": agent.vector_weight, "keyword": agent.keyword_weight}
+    expected: dict[int, float] = {}
+    for rank, (cid, _) in enumerate(sorted(nearest, key=lambda hit: (hit[1], hit[0])), start=1):
+        expected[cid] = expected.get(cid, 0.0) + w["vector"] / (k + rank)
+    for rank, (cid, _) in enumerate(matched, start=1):
+        expected[cid] = expected.get(cid, 0.0) + w["keyword"] / (k + rank)
+    body = _search(client_a, query, mode="hybrid", limit=100, **({"weights": weights} if weights else {}))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT key, id FROM knowledge_chunk WHERE organization_id = %s", [org_a.pk])
+        ids = dict(cursor.fetchall())
+    got = [(ids[r["chunk_key"]], r["score"]) for r in body["results"]]
+    assert got == sorted(((cid, round(s, 6)) for cid, s in expected.items()), key=lambda item: (-item[1], item[0]))
 
 
 def test_chunk_context_adds_neighbours_without_duplicates(client_a, org_a):
@@ -298,7 +307,6 @@ def test_key_lookups_are_prepared_and_searches_never_are(client_a, kb_a):
         cursor.execute("SELECT statement FROM pg_prepared_statements")
         prepared = [row[0] for row in cursor.fetchall()]
     assert any("tenants_apikey" in sql and "knowledge_agentstats" in sql for sql in prepared)
-    assert any("knowledge_chunk" in sql and "ANY($2)" in sql for sql in prepared)  # rows by id
     assert not any("<=>" in sql or "tsquery" in sql for sql in prepared)
 
 

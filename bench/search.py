@@ -270,13 +270,14 @@ def measure_latency(client, data, queries: list[Query]) -> None:
 
 
 def plan_indexes(cursor, sql: str, params: list) -> str:
-    """The indexes the statement's plan read (EXPLAIN ANALYZE: a gated exact scan that
-    never ran is not counted)."""
+    """The indexes the statement's candidate scan read (EXPLAIN ANALYZE: a gated exact
+    scan that never ran is not counted)."""
     cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
     names = []
 
     def walk(node):
-        if "Index Name" in node and node.get("Actual Loops", 1):
+        # The candidates' scan: rows are then joined by primary key.
+        if "Index Name" in node and node.get("Actual Loops", 1) and not node["Index Name"].endswith("_pkey"):
             names.append(re.sub(r"_\d+$", "_N", node["Index Name"]))
         for child in node.get("Plans", []):
             walk(child)
@@ -593,7 +594,8 @@ class LoreInProcess:
             started = time.perf_counter()
             agent = selectors.search_agent_get(org=self.org, slug=query.slug)
             body = services.search(
-                org=self.org, selection=AgentSelection([agent]), request=services.SearchRequest(query=query.text, mode="vector", limit=K)
+                org=self.org, selection=AgentSelection([agent]), request=services.SearchRequest(query=query.text, mode="vector", limit=K),
+                scope=("agent", query.slug),
             )
             out[query.text] = ([f"{r['agent']}/{r['chunk_key']}" for r in body["results"]], time.perf_counter() - started)
             assert not body["cached"]

@@ -215,30 +215,36 @@ def search_statement(
     Scores are rounded before ordering, so ties and min_score see the scores callers see.
     The scans carry ids only; rows are joined for the `limit` kept, never for candidates."""
     ctes, params = [], []
-    if vector:
+    if len(vector) == 1:
+        ctes.append(f"v AS MATERIALIZED ({vector[0][0]})")
+        params += vector[0][1]
+    elif vector:
         union = " UNION ALL ".join(f"SELECT id, d FROM ({sql}) v{i}" for i, (sql, _) in enumerate(vector))
         ctes.append(f"v AS MATERIALIZED ({union} ORDER BY d, id LIMIT %s)")
         params += [*(p for _, ps in vector for p in ps), depth]
     if keyword is not None:
         ctes.append(f"kw AS MATERIALIZED ({keyword[0]})")
         params += keyword[1]
+    # A single list holds exactly the `limit` candidates asked of it: scored as they are.
     if mode == "vector":
-        scored = "SELECT id, 1 - d AS s FROM v"
+        source, score = "v", "round((1 - v.d)::numeric, 6)::float8"
     elif mode == "keyword":
-        scored = "SELECT id, r AS s FROM kw"
+        source, score = "kw", "round(kw.r::numeric, 6)::float8"
     else:
         rrf = settings.SEARCH_RRF_K
-        scored = (
-            "SELECT id, sum(s) AS s FROM (SELECT id, %s::float8 / (%s + row_number() OVER (ORDER BY d, id)) AS s FROM v"
-            " UNION ALL SELECT id, %s::float8 / (%s + row_number() OVER (ORDER BY r DESC, id)) FROM kw) x GROUP BY id"
+        ctes.append(
+            "top AS MATERIALIZED (SELECT id, round(sum(s)::numeric, 6)::float8 AS s FROM ("
+            "SELECT id, %s::float8 / (%s + row_number() OVER (ORDER BY d, id)) AS s FROM v"
+            " UNION ALL SELECT id, %s::float8 / (%s + row_number() OVER (ORDER BY r DESC, id)) FROM kw) x"
+            " GROUP BY id ORDER BY 2 DESC, id LIMIT %s)"
         )
-        params += [float(weights["vector"]), rrf, float(weights["keyword"]), rrf]
-    ctes.append(f"top AS MATERIALIZED (SELECT id, round(s::numeric, 6)::float8 AS s FROM ({scored}) x ORDER BY 2 DESC, id LIMIT %s)")
+        params += [float(weights["vector"]), rrf, float(weights["keyword"]), rrf, limit]
+        source, score = "top", "top.s"
     sql = (
-        f"WITH {', '.join(ctes)} SELECT top.id, top.s, {_row_columns(include_parent)} FROM top"
-        " JOIN knowledge_chunk c ON c.id = top.id AND c.organization_id = %s ORDER BY top.s DESC, top.id"
+        f"WITH {', '.join(ctes)} SELECT {source}.id, {score} AS s, {_row_columns(include_parent)} FROM {source}"
+        f" JOIN knowledge_chunk c ON c.id = {source}.id AND c.organization_id = %s ORDER BY s DESC, {source}.id"
     )
-    return sql, [*params, limit, org_id]
+    return sql, [*params, org_id]
 
 
 def fetch_results(statement: tuple[str, list]) -> list[tuple[int, float, dict]]:

@@ -343,3 +343,21 @@ def test_changing_an_agents_search_weights_invalidates_its_cached_results(client
     assert _search(client_a, "zip archive")["cached"] is True  # the name ranks nothing
     agent_update(org=org_a, agent=kb_a, config={"keyword_weight": 3.0})
     assert _search(client_a, "zip archive")["cached"] is False
+
+
+def test_a_search_across_agents_of_two_embedding_models_merges_them_by_distance(client_a, org_a, kb_a):
+    from tests.search.conftest import ingest
+
+    other = AgentFactory(organization=org_a, slug="other")
+    Agent.objects.for_org(org_a).filter(pk=other.pk).update(embedding_model="another-model")
+    other.refresh_from_db()
+    ingest(org_a, other)
+    with CaptureQueriesContext(connection) as queries:
+        results = _search(client_a, "extract tar archive", url="/api/v1/search", mode="vector", limit=4)["results"]
+    [statement] = [q["sql"] for q in queries.captured_queries if "knowledge_chunk c" in q["sql"]]
+    assert statement.count("<=>") == 2  # each model's agents with that model's query vector
+    # The same documents under both models (the offline embedder ignores the model name):
+    # each chunk ties with its copy, and both copies come first.
+    assert [r["document_key"] for r in results[:2]] == ["tar", "tar"]
+    assert {r["agent"] for r in results[:2]} == {"support", "other"}
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)

@@ -63,13 +63,9 @@ def _request(data, serializer_class=SearchInputSerializer) -> tuple[SearchReques
     """The validated search request, and the `agents` the body names (None if it names none)."""
     serializer = serializer_class(data=data)
     serializer.is_valid(raise_exception=True)
-    if not serializer.validated_data["query"].strip():
+    values = dict(serializer.validated_data)
+    if not values["query"].strip():
         raise invalid("query", "Must not be blank.")
-    return _values(serializer.validated_data)
-
-
-def _values(validated) -> tuple[SearchRequest, list[str] | None]:
-    values = dict(validated)
     values["chunk_context"] = dict(values.get("chunk_context") or {})
     values["weights"] = dict(values.get("weights") or {})
     agents = values.pop("agents", None)

@@ -225,7 +225,7 @@ def search_statement(
     if keyword is not None:
         ctes.append(f"kw AS MATERIALIZED ({keyword[0]})")
         params += keyword[1]
-    # A single list holds exactly the `limit` candidates asked of it: scored as they are.
+    # A single list is scored as it is; hybrid fuses its two lists' ranks first.
     if mode == "vector":
         source, score = "v", "round((1 - v.d)::numeric, 6)::float8"
     elif mode == "keyword":
@@ -242,9 +242,9 @@ def search_statement(
         source, score = "top", "top.s"
     sql = (
         f"WITH {', '.join(ctes)} SELECT {source}.id, {score} AS s, {_row_columns(include_parent)} FROM {source}"
-        f" JOIN knowledge_chunk c ON c.id = {source}.id AND c.organization_id = %s ORDER BY s DESC, {source}.id"
+        f" JOIN knowledge_chunk c ON c.id = {source}.id AND c.organization_id = %s ORDER BY s DESC, {source}.id LIMIT %s"
     )
-    return sql, [*params, org_id]
+    return sql, [*params, org_id, limit]
 
 
 def fetch_results(statement: tuple[str, list]) -> list[tuple[int, float, dict]]:

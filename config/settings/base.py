@@ -263,11 +263,11 @@ SEARCH_ACCESS_RETENTION_DAYS = env.int("SEARCH_ACCESS_RETENTION_DAYS", default=9
 # and launching its workers cost ≈ 6 ms even when the gate skipped the scan (org-wide,
 # bench/search.py); at hundreds of requests per second on 2 cores, workers only compete.
 DATABASE_PARALLEL_WORKERS = env.int("DATABASE_PARALLEL_WORKERS", default=0)
-# HNSW scan settings travel as connection startup options: no SET per query, and
-# every connection (web, worker, shell) searches the same way.
-_hnsw_options = (
+# These travel as connection startup options: no SET per query, and every connection
+# (web, worker, shell) searches the same way.
+_search_options = (
     f"-c hnsw.ef_search={SEARCH_HNSW_EF_SEARCH} -c hnsw.iterative_scan=relaxed_order"
     f" -c hnsw.max_scan_tuples={SEARCH_HNSW_MAX_SCAN_TUPLES}"
     f" -c max_parallel_workers_per_gather={DATABASE_PARALLEL_WORKERS}"
 )
-DATABASES["default"]["OPTIONS"]["options"] = (DATABASES["default"]["OPTIONS"].get("options", "") + " " + _hnsw_options).strip()
+DATABASES["default"]["OPTIONS"]["options"] = (DATABASES["default"]["OPTIONS"].get("options", "") + " " + _search_options).strip()

@@ -150,7 +150,8 @@ def test_a_hybrid_search_ranks_fuses_and_reads_its_rows_in_one_statement(client_
 
 
 @pytest.mark.parametrize("weights", [None, {"vector": 2.0, "keyword": 0.5}])
-def test_hybrid_scores_are_the_reciprocal_rank_fusion_of_the_vector_and_keyword_lists(client_a, org_a, kb_a, settings, weights):
+def test_hybrid_scores_are_the_reciprocal_rank_fusion_of_the_vector_and_keyword_lists(client_a, org_a, kb_a, kb_b, settings, weights):
+    # kb_b: another organization holding the same documents; none of its chunks may count.
     from search import engine, selectors
     from search.services import _query_vectors
 
@@ -345,7 +346,8 @@ def test_changing_an_agents_search_weights_invalidates_its_cached_results(client
     assert _search(client_a, "zip archive")["cached"] is False
 
 
-def test_a_search_across_agents_of_two_embedding_models_merges_them_by_distance(client_a, org_a, kb_a):
+def test_a_search_across_agents_of_two_embedding_models_merges_them_by_distance(client_a, org_a, kb_a, kb_b):
+    # kb_b: another organization holding the same documents; its copies must not appear.
     from tests.search.conftest import ingest
 
     other = AgentFactory(organization=org_a, slug="other")
@@ -361,3 +363,5 @@ def test_a_search_across_agents_of_two_embedding_models_merges_them_by_distance(
     assert [r["document_key"] for r in results[:2]] == ["tar", "tar"]
     assert {r["agent"] for r in results[:2]} == {"support", "other"}
     assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    # Another organization's copy (its agent is also "support") would repeat a pair.
+    assert len({(r["agent"], r["chunk_key"]) for r in results}) == len(results)

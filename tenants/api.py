@@ -5,6 +5,7 @@ offending input field (dotted for nested ones, e.g. "config.chunk_size") to mess
 """
 
 import copy
+import math
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
@@ -14,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from tenants.errors import ApiError, not_found  # noqa: F401 - re-exported for views
+from core.errors import ApiError, not_found  # noqa: F401 - re-exported for views
 
 
 def _flatten(detail, prefix="") -> dict:
@@ -55,6 +56,8 @@ def exception_handler(exc, context):
         codes = exc.get_codes() if hasattr(exc, "get_codes") else "error"
         body = {"code": codes if isinstance(codes, str) else "error", "message": str(exc.detail), "fields": {}}
     response.data = {"error": body}
+    if getattr(exc, "retry_after", None) is not None:
+        response["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     return response
 
 

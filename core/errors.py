@@ -39,3 +39,9 @@ def too_large(field: str, message: str) -> ApiError:
 def unavailable(code: str, message: str, retry_after: float) -> ApiError:
     """503: a dependency (the embedding provider) cannot answer now; nothing was written."""
     return ApiError(503, code, message, retry_after=retry_after)
+
+
+def quota_exceeded(name: str, limit: int, usage: int, adding: int) -> ApiError:
+    """403: the organization holds, or would hold, more of `name` than its quota."""
+    message = f"Quota '{name}' exceeded: the limit is {limit}, {usage} in use, this request adds {adding}."
+    return ApiError(403, "quota_exceeded", message, {name: [message]})

@@ -49,6 +49,8 @@ def _config_field():
 
 
 class AgentListCreateApi(OrgAPIView):
+    key_scopes = {"POST": "admin"}
+    rate_scopes = {"POST": "read"}
     class InputSerializer(serializers.Serializer):
         slug = serializers.CharField(max_length=64)
         name = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
@@ -67,6 +69,8 @@ class AgentListCreateApi(OrgAPIView):
 
 
 class AgentDetailApi(AgentDeleteMixin, OrgAPIView):
+    key_scopes = {"PATCH": "admin", "DELETE": "admin"}
+    rate_scopes = {"PATCH": "read"}
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200, required=False, allow_blank=True)
         config = _config_field()

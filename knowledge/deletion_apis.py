@@ -106,6 +106,8 @@ class DeletionJobDetailApi(OrgAPIView):
 
 
 class DeletionJobCancelApi(OrgAPIView):
+    key_scopes = {"POST": "admin"}
+    rate_scopes = {"POST": "read"}
     @extend_schema(request=None, responses=DeletionJobOutput)
     def post(self, request, job_id):
         job = services.deletion_job_cancel(org=self.org, job=_job_or_404(self.org, job_id))
@@ -113,6 +115,8 @@ class DeletionJobCancelApi(OrgAPIView):
 
 
 class DeletionJobRetryApi(OrgAPIView):
+    key_scopes = {"POST": "admin"}
+    rate_scopes = {"POST": "read"}
     @extend_schema(request=None, responses={202: DeletionJobOutput})
     def post(self, request, job_id):
         job = services.deletion_job_retry(org=self.org, job=_job_or_404(self.org, job_id))

@@ -89,6 +89,8 @@ class SearchApi(OrgAPIView):
     (services.search_prefetch; caching.SharedRead)."""
 
     InputSerializer = SearchInputSerializer
+    key_scopes = {"POST": "read"}
+    rate_scopes = {"POST": "search"}
 
     def scope(self, slugs: list[str] | None, **url_kwargs) -> tuple:
         raise NotImplementedError
@@ -146,6 +148,8 @@ class HotChunksApi(OrgAPIView):
         access_count = serializers.IntegerField()
         avg_score = serializers.FloatField()
         last_accessed_at = serializers.DateTimeField()
+
+    rate_scopes = {"GET": "search"}
 
     def key_join(self, slug):
         return selectors.search_agent_key_join(slug=slug)

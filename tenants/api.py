@@ -11,11 +11,14 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.permissions import SAFE_METHODS, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from core.errors import ApiError, not_found  # noqa: F401 - re-exported for views
+from core.permissions import KeyScopePermission
+from core.throttling import OrganizationRateThrottle
 
 
 def _flatten(detail, prefix="") -> dict:
@@ -85,9 +88,34 @@ class OrgAPIView(APIView):
 
     A view whose every request needs one more row of the organization (a search: its
     agent) defines `key_join(**url_kwargs) -> tenants.auth.KeyJoin`; the row is read in the
-    API key's statement and is `self.joined` (None when there is none)."""
+    API key's statement and is `self.joined` (None when there is none).
+
+    Before the body is parsed, the key's scope is checked (`key_scopes`: the scope each
+    method needs, else read for reads and write for the rest) and the organization's and
+    the key's rate limits (`rate_scopes`: the limit each method counts against, same
+    defaults)."""
 
     key_join = None
+    key_scopes: dict[str, str] = {}
+    rate_scopes: dict[str, str] = {}
+    permission_classes = [IsAuthenticated, KeyScopePermission]
+    throttle_classes = [OrganizationRateThrottle]
+
+    def key_scope_for(self, method: str) -> str:
+        return self.key_scopes.get(method) or ("read" if method in SAFE_METHODS else "write")
+
+    def rate_scope_for(self, method: str) -> str:
+        return self.rate_scopes.get(method) or ("read" if method in SAFE_METHODS else "write")
+
+    def check_throttles(self, request):
+        throttle = OrganizationRateThrottle()
+        if not throttle.allow_request(request, self):
+            raise ApiError(
+                429, "rate_limited",
+                f"Rate limit of the '{throttle.scope}' scope reached: {throttle.limit} requests per minute for the"
+                f" organization, {throttle.key_limit} per API key. Retry after {throttle.wait()} s.",
+                {"scope": [throttle.scope], "limit": [f"{throttle.limit}/min"]}, retry_after=throttle.wait_seconds,
+            )  # fmt: skip
 
     @property
     def org(self):

@@ -14,11 +14,31 @@ slug_validator = RegexValidator(
 )
 
 
+def _rate_field(scope: str):
+    return models.PositiveIntegerField(
+        null=True, blank=True, help_text=f"{scope} requests per minute, per organization and per key; empty: the default"
+    )
+
+
+def _quota_field(what: str):
+    return models.PositiveBigIntegerField(null=True, blank=True, help_text=f"most {what}; empty: the default")
+
+
 class Organization(models.Model):
     slug = models.CharField(max_length=64, unique=True, validators=[slug_validator])
     name = models.CharField(max_length=200)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # Overrides of the settings' defaults (core/limits.py); read with the API key in its
+    # one statement, so a rate limit costs no query of its own.
+    search_rate = _rate_field("search")
+    write_rate = _rate_field("write")
+    read_rate = _rate_field("read")
+    max_agents = _quota_field("agents")
+    max_documents = _quota_field("documents")
+    max_chunks = _quota_field("chunks")
+    max_bytes = _quota_field("bytes of document text")
+    max_jobs = _quota_field("queued or running background jobs")
 
     class Meta:
         ordering = ["slug"]
@@ -48,10 +68,17 @@ class ApiKey(models.Model):
     """`lore_<prefix>_<secret>`: the prefix is stored in clear to recognise a key and to
     find its row; only the SHA-256 of the whole key is stored."""
 
+    class Scope(models.TextChoices):
+        # Ordered: each scope can do what the ones before it can (core/permissions.py).
+        READ = "read", "read: search, stats, lists, hot chunks"
+        WRITE = "write", "write: also ingest and delete documents"
+        ADMIN = "admin", "admin: also agents and deletion jobs"
+
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=200, blank=True)
     prefix = models.CharField(max_length=16, unique=True)
     key_hash = models.CharField(max_length=64)
+    scope = models.CharField(max_length=8, choices=Scope.choices, default=Scope.ADMIN)
     created_at = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     expires_at = models.DateTimeField(null=True, blank=True)
@@ -80,3 +107,19 @@ class ApiKey(models.Model):
     @property
     def is_expired(self) -> bool:
         return self.expires_at is not None and self.expires_at <= timezone.now()
+
+
+class OrganizationUsage(models.Model):
+    """What an organization holds, against its quotas: one row, moved by exact deltas in
+    the same transaction as the rows it counts (knowledge/services/stats.py, the only
+    writer). Its row lock is what makes a quota exact: two writers of one organization
+    take turns on it, so they cannot both pass the last slot."""
+
+    organization = models.OneToOneField(Organization, on_delete=models.CASCADE, primary_key=True, related_name="usage")
+    agents = models.BigIntegerField(default=0)
+    documents = models.BigIntegerField(default=0)
+    chunks = models.BigIntegerField(default=0)
+    bytes = models.BigIntegerField(default=0)
+
+    unscoped = models.Manager()
+    objects = TenantManager()

@@ -209,6 +209,29 @@ LORE_DELETION_BATCH_SIZE = env.int("LORE_DELETION_BATCH_SIZE", default=5000)
 LORE_DELETION_STALE_SECONDS = env.int("LORE_DELETION_STALE_SECONDS", default=120)
 # A run hands the job back to the queue after this long, well inside Q_CLUSTER["timeout"].
 LORE_DELETION_SLICE_SECONDS = env.int("LORE_DELETION_SLICE_SECONDS", default=300)
+# Rate limits: requests per minute per organization and scope (0: none), overridable per
+# organization (core/limits.py). Each API key may use LORE_KEY_RATE_SHARE of its
+# organization's rate.
+LORE_SEARCH_RATE = env.int("LORE_SEARCH_RATE", default=3000)
+LORE_WRITE_RATE = env.int("LORE_WRITE_RATE", default=600)
+LORE_READ_RATE = env.int("LORE_READ_RATE", default=1200)
+LORE_KEY_RATE_SHARE = env.float("LORE_KEY_RATE_SHARE", default=1.0)
+# While Redis is failing, rate limits are kept per process for this long before retrying it.
+LORE_RATE_LIMIT_RETRY_SECONDS = env.float("LORE_RATE_LIMIT_RETRY_SECONDS", default=5.0)
+# Quotas per organization (0: none), overridable per organization.
+LORE_MAX_AGENTS = env.int("LORE_MAX_AGENTS", default=1000)
+LORE_MAX_DOCUMENTS = env.int("LORE_MAX_DOCUMENTS", default=1_000_000)
+LORE_MAX_CHUNKS = env.int("LORE_MAX_CHUNKS", default=10_000_000)
+LORE_MAX_BYTES = env.int("LORE_MAX_BYTES", default=20 * 1024**3)
+LORE_MAX_QUEUED_JOBS = env.int("LORE_MAX_QUEUED_JOBS", default=100)
+# Bounds on what one request may carry (400/413 naming the field beyond them).
+LORE_MAX_METADATA_BYTES = env.int("LORE_MAX_METADATA_BYTES", default=16 * 1024)
+LORE_MAX_METADATA_DEPTH = env.int("LORE_MAX_METADATA_DEPTH", default=5)
+LORE_MAX_METADATA_KEYS = env.int("LORE_MAX_METADATA_KEYS", default=200)
+SEARCH_MAX_FILTER_FIELDS = env.int("SEARCH_MAX_FILTER_FIELDS", default=20)
+SEARCH_MAX_FILTER_VALUES = env.int("SEARCH_MAX_FILTER_VALUES", default=100)
+SEARCH_MAX_PHRASES = env.int("SEARCH_MAX_PHRASES", default=10)
+SEARCH_MAX_BODY_BYTES = env.int("SEARCH_MAX_BODY_BYTES", default=64 * 1024)
 # API keys are throttled: last_used_at is written at most once per this many seconds.
 LORE_API_KEY_TOUCH_SECONDS = env.int("LORE_API_KEY_TOUCH_SECONDS", default=60)
 

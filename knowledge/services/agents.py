@@ -67,6 +67,7 @@ def agent_create(*, org: Organization, slug: str, name: str = "", config: dict |
         with transaction.atomic():
             agent = Agent.objects.for_org(org).create(slug=slug, name=name or slug, **values)
             AgentStats.objects.for_org(org).create(agent=agent)
+            stats_apply(org=org, agents=1)
     except IntegrityError as exc:
         raise ValidationError({"slug": [f"Agent '{slug}' already exists in this organization."]}) from exc
     return agent

@@ -12,7 +12,7 @@ from django.utils import timezone
 from knowledge.chunking import CONTENT_TYPES, chunk_document, normalize_text
 from knowledge.embeddings import embed_with_cache, halfvecs
 from knowledge.models import Agent, Document, IngestionJob
-from knowledge.services.stats import stats_apply
+from knowledge.services.stats import quota_precheck, stats_apply
 from tenants.errors import ApiError, conflict, invalid, not_found, too_large
 from tenants.models import Organization
 
@@ -201,6 +201,12 @@ def documents_ingest(*, org: Organization, agent: Agent, docs: list[DocumentInpu
         todo.append(item)
     if not todo:
         return batch
+    fresh = [item for item in todo if current.get(item.doc.key, (None, None))[1] != Document.Status.READY]
+    quota_precheck(org=org, adding={
+        "documents": len(fresh),
+        "chunks": sum(len(item.chunks) for item in todo) - sum(current[i.doc.key][4] for i in todo if i not in fresh),
+        "bytes": sum(item.size_bytes for item in fresh),
+    })  # fmt: skip
 
     texts = [c.text for item in todo for c in item.chunks]
     vectors, batch.embedded, batch.cache_hits = embed_with_cache(org_id=org.pk, model=agent.embedding_model, texts=texts)

@@ -2,29 +2,68 @@
 
 from dataclasses import dataclass
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 
+from core import limits
 from knowledge.models import Agent, AgentStats
 from knowledge.selectors import agent_stats_recount
-from tenants.models import Organization
+from tenants.models import Organization, OrganizationUsage
 
 
 def stats_apply(
-    *, org: Organization, agent: Agent, chunks: int = 0, documents: int = 0, size_bytes: int = 0, ingested_at=None
+    *, org: Organization, agent: Agent | None = None, chunks: int = 0, documents: int = 0, size_bytes: int = 0,
+    agents: int = 0, ingested_at=None,
 ) -> None:
-    """Moves an agent's counters by exact deltas: one UPDATE of one row, inside the
-    caller's transaction, so the counts commit or roll back with the rows they count.
-    Also bumps data_version, which invalidates cached search results."""
-    values = {
-        "total_chunks": F("total_chunks") + chunks,
-        "document_count": F("document_count") + documents,
-        "total_size_bytes": F("total_size_bytes") + size_bytes,
-        "data_version": F("data_version") + 1,
-    }
-    if ingested_at is not None:
-        values["last_ingested_at"] = ingested_at
-    AgentStats.objects.for_org(org).filter(agent_id=agent.pk).update(**values)
+    """Moves an agent's counters, and its organization's usage, by exact deltas: one
+    UPDATE of one row each, inside the caller's transaction, so the counts commit or roll
+    back with the rows they count. Bumps the agent's data_version, which invalidates
+    cached search results. Raises quota_exceeded (the caller's transaction then writes
+    nothing) when a positive delta takes the organization past a quota."""
+    if agent is not None:
+        values = {
+            "total_chunks": F("total_chunks") + chunks,
+            "document_count": F("document_count") + documents,
+            "total_size_bytes": F("total_size_bytes") + size_bytes,
+            "data_version": F("data_version") + 1,
+        }
+        if ingested_at is not None:
+            values["last_ingested_at"] = ingested_at
+        AgentStats.objects.for_org(org).filter(agent_id=agent.pk).update(**values)
+    if agents or documents or chunks or size_bytes:
+        _usage_apply(org=org, adding={"agents": agents, "documents": documents, "chunks": chunks, "bytes": size_bytes})
+
+
+def _usage_apply(*, org: Organization, adding: dict) -> None:
+    # The row lock this upsert takes is held to the end of the caller's transaction: a
+    # concurrent writer of the same organization waits here and then reads what this one
+    # committed, so a quota's last slot is taken once. (An organization without a row yet
+    # holds nothing: the insert starts it from the deltas.)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO tenants_organizationusage AS u (organization_id, agents, documents, chunks, bytes)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (organization_id) DO UPDATE SET agents = u.agents + EXCLUDED.agents,"
+            " documents = u.documents + EXCLUDED.documents, chunks = u.chunks + EXCLUDED.chunks,"
+            " bytes = u.bytes + EXCLUDED.bytes RETURNING agents, documents, chunks, bytes",
+            [org.pk, adding["agents"], adding["documents"], adding["chunks"], adding["bytes"]],
+        )
+        after = dict(zip(USAGE_FIELDS, cursor.fetchone()))
+    limits.quota_check(org, usage={name: after[name] - adding[name] for name in USAGE_FIELDS}, adding=adding)
+
+
+USAGE_FIELDS = ("agents", "documents", "chunks", "bytes")
+
+
+def usage_get(*, org: Organization) -> dict:
+    """What the organization holds (one primary-key read)."""
+    row = OrganizationUsage.objects.for_org(org).values(*USAGE_FIELDS).first()
+    return row or dict.fromkeys(USAGE_FIELDS, 0)
+
+
+def quota_precheck(*, org: Organization, adding: dict) -> None:
+    """The quota check without a lock, before the slow work (chunking, embedding) of a
+    write that would fail it anyway; stats_apply decides exactly, at commit."""
+    limits.quota_check(org, usage=usage_get(org=org), adding=adding)
 
 
 @dataclass

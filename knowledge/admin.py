@@ -59,10 +59,15 @@ def confirm_deletion_page(modeladmin, request, queryset, *, rows: list[dict], in
 
 class NoBlockingDeleteMixin:
     """Django's own delete would cascade through every chunk in one request: deletions
-    go through jobs (the admin actions) instead."""
+    go through jobs (the admin actions) instead, which need the model's delete permission
+    all the same (a view-only user sees the action refused)."""
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def has_queue_deletion_permission(self, request):
+        opts = self.model._meta
+        return request.user.has_perm(f"{opts.app_label}.delete_{opts.model_name}")
 
 
 @admin.register(Agent)
@@ -102,7 +107,7 @@ class AgentAdmin(NoBlockingDeleteMixin, admin.ModelAdmin):
     def get_inlines(self, request, obj):
         return self.inlines if obj else []
 
-    @admin.action(description="Queue deletion of selected agents")
+    @admin.action(description="Queue deletion of selected agents", permissions=["queue_deletion"])
     def queue_deletion(self, request, queryset):
         agents = [a for a in queryset.select_related("organization", "stats") if a.status != Agent.Status.DELETED]
         if request.POST.get("post") != "yes":
@@ -158,11 +163,16 @@ class DeletionJobAdmin(admin.ModelAdmin):
     def requested_by(self, obj):
         return obj.requested_by_user or obj.requested_by_key or "command line"
 
-    @admin.action(description="Cancel selected deletions")
+    # Cancelling or retrying a job changes it: Django's change permission on deletion jobs,
+    # which the read-only pages above do not otherwise use.
+    def has_run_permission(self, request):
+        return request.user.has_perm("knowledge.change_deletionjob")
+
+    @admin.action(description="Cancel selected deletions", permissions=["run"])
     def cancel(self, request, queryset):
         self._each(request, queryset, deletion_job_cancel, "Cancelled")
 
-    @admin.action(description="Retry selected deletions")
+    @admin.action(description="Retry selected deletions", permissions=["run"])
     def retry(self, request, queryset):
         self._each(request, queryset, deletion_job_retry, "Queued again")
 

@@ -118,3 +118,17 @@ class OrganizationStatsApi(OrgAPIView):
     @extend_schema(responses=OutputSerializer)
     def get(self, request):
         return Response(self.OutputSerializer(selectors.organization_stats(org=self.org)).data)
+
+
+class UsageApi(OrgAPIView):
+    class OutputSerializer(serializers.Serializer):
+        quotas = serializers.DictField(
+            child=serializers.DictField(), help_text="agents, documents, chunks, bytes, jobs: {limit (null: none), used}"
+        )
+        rate_limits = serializers.DictField(
+            child=serializers.DictField(), help_text="search, write, read: {organization_per_minute, key_per_minute}"
+        )
+
+    @extend_schema(responses=OutputSerializer)
+    def get(self, request):
+        return Response(selectors.organization_usage(org=self.org))

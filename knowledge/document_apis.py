@@ -152,14 +152,14 @@ class DocumentBatchApi(AgentScopedAPIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         docs = [DocumentInput(**d) for d in data.validated_data["documents"]]
-        if sum(len(d.text.encode()) for d in docs) > settings.LORE_MAX_BATCH_BYTES:
-            raise too_large("documents", f"A batch may hold at most {settings.LORE_MAX_BATCH_BYTES} bytes of text.")
         keys = set()
         for i, doc in enumerate(docs):
             services.document_input_validate(doc, prefix=f"documents[{i}].")
             if doc.key in keys:
                 raise invalid(f"documents[{i}].key", "Duplicate key in this batch.")
             keys.add(doc.key)
+        if sum(services.document_bytes(d) for d in docs) > settings.LORE_MAX_BATCH_BYTES:
+            raise too_large("documents", f"A batch may hold at most {settings.LORE_MAX_BATCH_BYTES} bytes of text and metadata.")
         job = services.ingestion_job_create(org=self.org, agent=agent, docs=docs, api_key=request.auth)
         return Response(IngestionJobOutput(job).data, status=status.HTTP_202_ACCEPTED)
 

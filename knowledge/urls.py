@@ -17,4 +17,5 @@ urlpatterns = [
     path("deletions/<int:job_id>/cancel", deletion_apis.DeletionJobCancelApi.as_view(), name="deletion-cancel"),
     path("deletions/<int:job_id>/retry", deletion_apis.DeletionJobRetryApi.as_view(), name="deletion-retry"),
     path("stats", apis.OrganizationStatsApi.as_view(), name="org-stats"),
+    path("usage", apis.UsageApi.as_view(), name="org-usage"),
 ]

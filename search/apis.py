@@ -1,16 +1,17 @@
 import json
+from collections import OrderedDict
 
 from django.conf import settings
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 
-from search import selectors
+from search import engine, selectors
 from search.engine import AgentSelection
 from search.services import MODES, SearchRequest, search, search_prefetch
 from tenants.api import HotInputSerializer, OrgAPIView
 from tenants.auth import claimed_key_prefix
-from tenants.errors import invalid
+from tenants.errors import invalid, too_large
 
 
 class ContextSerializer(HotInputSerializer):
@@ -66,16 +67,36 @@ def _request(data, serializer_class=SearchInputSerializer) -> tuple[SearchReques
     values = dict(serializer.validated_data)
     if not values["query"].strip():
         raise invalid("query", "Must not be blank.")
+    if engine.query_operators(values["query"]) > settings.SEARCH_MAX_PHRASES:
+        raise invalid("query", f"At most {settings.SEARCH_MAX_PHRASES} quoted phrases and -words.")
     values["chunk_context"] = dict(values.get("chunk_context") or {})
     values["weights"] = dict(values.get("weights") or {})
     agents = values.pop("agents", None)
     return SearchRequest(**values), agents
 
 
-def _early_request(request, serializer_class) -> tuple[SearchRequest, list[str] | None] | None:
-    """_request's answer from the raw JSON body, before authentication; None where that
-    would fail: its error is raised after authentication, as any other input error."""
-    if request.content_type.split(";")[0].strip() != "application/json":
+# Prefixes of API keys that authenticated in this process: only their bodies are read
+# before authentication (bounded by SEARCH_MAX_BODY_BYTES), so a caller without a key
+# that worked here never gets a body parsed before being refused.
+_known_callers: OrderedDict = OrderedDict()
+_KNOWN_CALLERS_SIZE = 10_000
+
+
+def _body_length(request) -> int | None:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        return None
+
+
+def _early_request(request, serializer_class, caller: str | None) -> tuple[SearchRequest, list[str] | None] | None:
+    """_request's answer from the raw JSON body, before authentication, for a caller whose
+    key authenticated here before and a small body; None where that would fail: its error
+    is raised after authentication, as any other input error."""
+    if caller not in _known_callers or request.content_type.split(";")[0].strip() != "application/json":
+        return None
+    length = _body_length(request)
+    if length is None or length > settings.SEARCH_MAX_BODY_BYTES:
         return None
     try:
         return _request(json.loads(request.body), serializer_class)
@@ -96,14 +117,22 @@ class SearchApi(OrgAPIView):
         raise NotImplementedError
 
     def initial(self, request, *args, **kwargs):
-        self.early, pending = _early_request(request, self.InputSerializer), None
         caller = claimed_key_prefix(request)
-        if self.early is not None and caller is not None:
+        self.early, pending = _early_request(request, self.InputSerializer, caller), None
+        if self.early is not None:
             pending = search_prefetch(caller=caller, scope=self.scope(self.early[1], **kwargs), request=self.early[0])
         try:
             super().initial(request, *args, **kwargs)  # authentication: the API key's statement
         finally:
             self.read = pending.receive() if pending else None
+        # Authenticated, within its scope and rate: now the body may be read, if small.
+        if (_body_length(request) or 0) > settings.SEARCH_MAX_BODY_BYTES:
+            raise too_large("body", f"A search body may hold at most {settings.SEARCH_MAX_BODY_BYTES} bytes.")
+        prefix = request.user.api_key.prefix
+        if prefix not in _known_callers:
+            _known_callers[prefix] = True
+            if len(_known_callers) > _KNOWN_CALLERS_SIZE:
+                _known_callers.popitem(last=False)
 
     def search(self, selection: AgentSelection, search_request: SearchRequest, slugs: list[str] | None = None, **url_kwargs):
         return Response(search(

@@ -92,10 +92,14 @@ def filters_sql(org_id: int, filters: dict) -> tuple[str, list]:
     """SQL conditions on chunk `c` for the request's filters; 400 naming the field
     (and operator) for anything not supported."""
     clauses, params = [], []
+    if len(filters) > settings.SEARCH_MAX_FILTER_FIELDS:
+        raise invalid("filters", f"At most {settings.SEARCH_MAX_FILTER_FIELDS} fields.")
     for field, condition in filters.items():
         if field == "document_keys":
             if not isinstance(condition, list) or not all(isinstance(k, str) for k in condition) or not condition:
                 raise invalid("filters.document_keys", "Must be a non-empty list of document keys.")
+            if len(condition) > settings.SEARCH_MAX_FILTER_VALUES:
+                raise invalid("filters.document_keys", f"At most {settings.SEARCH_MAX_FILTER_VALUES} keys.")
             # Index document_org_agent_key_uniq through document_id.
             clauses.append(
                 "c.document_id IN (SELECT d.id FROM knowledge_document d WHERE d.organization_id = %s AND d.key = ANY(%s))"
@@ -120,6 +124,8 @@ def filters_sql(org_id: int, filters: dict) -> tuple[str, list]:
             elif op == "$in":
                 if not isinstance(value, list) or not value:
                     raise invalid(name, "Must be a non-empty list.")
+                if len(value) > settings.SEARCH_MAX_FILTER_VALUES:
+                    raise invalid(name, f"At most {settings.SEARCH_MAX_FILTER_VALUES} values.")
                 for item in value:
                     _scalar(name, item)
                 clauses.append("(" + " OR ".join(["c.metadata @> %s::jsonb"] * len(value)) + ")")
@@ -129,7 +135,7 @@ def filters_sql(org_id: int, filters: dict) -> tuple[str, list]:
                 if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                     raise invalid(name, "Must be a number or an ISO date.")
                 if isinstance(value, str):
-                    if not _is_iso_date(value):
+                    if len(value) > 40 or not _is_iso_date(value):
                         raise invalid(name, "Must be a number or an ISO date (YYYY-MM-DD[THH:MM:SS]).")
                     # ISO dates compare correctly as text.
                     clauses.append(f"(jsonb_typeof(c.metadata -> %s) = 'string' AND c.metadata ->> %s {sign} %s)")
@@ -143,6 +149,8 @@ def filters_sql(org_id: int, filters: dict) -> tuple[str, list]:
 def _scalar(name, value):
     if not isinstance(value, (str, int, float, bool)) and value is not None:
         raise invalid(name, "Must be a string, number, boolean or null.")
+    if isinstance(value, str) and len(value) > settings.SEARCH_MAX_FILTER_VALUE_CHARS:
+        raise invalid(name, f"At most {settings.SEARCH_MAX_FILTER_VALUE_CHARS} characters.")
 
 
 def _json(value) -> str:
@@ -262,6 +270,12 @@ def vector_candidates(
     with connection.binding_cursor() as cursor:
         cursor.execute(*vector_nearest(org_id=org_id, agents=agents, vector=vector, k=k, filters=filters, everyone_but=everyone_but))
         return cursor.fetchall()
+
+
+def query_operators(query: str) -> int:
+    """How many quoted phrases and -words the question holds: each is a condition of its
+    own in the keyword statement."""
+    return len(_PHRASE.findall(query)) + len(_EXCLUDED.findall(_PHRASE.sub(" ", query)))
 
 
 _PHRASE = re.compile(r'"([^"]*)"?')

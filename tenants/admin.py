@@ -15,9 +15,14 @@ class OrganizationAdmin(NoBlockingDeleteMixin, admin.ModelAdmin):
     list_filter = ["is_active"]
     search_fields = ["slug", "name"]
     readonly_fields = ["created_at"]
+    fieldsets = [
+        (None, {"fields": ["slug", "name", "is_active", "created_at"]}),
+        ("Rate limits (requests per minute; empty: the default, 0: none)", {"fields": ["search_rate", "write_rate", "read_rate"]}),
+        ("Quotas (empty: the default, 0: none)", {"fields": ["max_agents", "max_documents", "max_chunks", "max_bytes", "max_jobs"]}),
+    ]
     actions = ["delete_organization"]
 
-    @admin.action(description="Delete selected organizations (in the background)")
+    @admin.action(description="Delete selected organizations (in the background)", permissions=["queue_deletion"])
     def delete_organization(self, request, queryset):
         if request.POST.get("post") != "yes":
             rows = []
@@ -36,16 +41,16 @@ class OrganizationAdmin(NoBlockingDeleteMixin, admin.ModelAdmin):
 class ApiKeyCreateForm(forms.ModelForm):
     class Meta:
         model = ApiKey
-        fields = ["organization", "name", "expires_at"]
+        fields = ["organization", "name", "scope", "expires_at"]
 
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "organization", "created_at", "expires_at", "last_used_at", "state"]
-    list_filter = ["organization", ("revoked_at", admin.EmptyFieldListFilter), ("expires_at", admin.EmptyFieldListFilter)]
+    list_display = ["__str__", "organization", "scope", "created_at", "expires_at", "last_used_at", "state"]
+    list_filter = ["scope", "organization", ("revoked_at", admin.EmptyFieldListFilter), ("expires_at", admin.EmptyFieldListFilter)]
     search_fields = ["prefix", "name", "organization__slug"]
-    readonly_fields = ["organization", "prefix", "created_at", "created_by", "last_used_at", "revoked_at"]
-    fields = ["organization", "name", "prefix", "expires_at", "created_at", "created_by", "last_used_at", "revoked_at"]
+    readonly_fields = ["organization", "prefix", "scope", "created_at", "created_by", "last_used_at", "revoked_at"]
+    fields = ["organization", "name", "prefix", "scope", "expires_at", "created_at", "created_by", "last_used_at", "revoked_at"]
     actions = ["revoke"]
 
     def get_queryset(self, request):
@@ -57,7 +62,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         return super().get_form(request, obj, **kwargs)
 
     def get_fields(self, request, obj=None):
-        return ["organization", "name", "expires_at"] if obj is None else self.fields
+        return ["organization", "name", "scope", "expires_at"] if obj is None else self.fields
 
     def get_readonly_fields(self, request, obj=None):
         return [] if obj is None else self.readonly_fields
@@ -74,6 +79,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         key, raw_key = api_key_create(
             org=form.cleaned_data["organization"],
             name=form.cleaned_data["name"],
+            scope=form.cleaned_data["scope"],
             expires_at=form.cleaned_data["expires_at"],
             created_by=request.user,
         )
@@ -81,7 +87,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
         # Shown once: only the hash is stored.
         messages.warning(request, f"New API key (copy it now, it will not be shown again): {raw_key}")
 
-    @admin.action(description="Revoke selected API keys")
+    def has_revoke_permission(self, request):
+        return request.user.has_perm("tenants.change_apikey")
+
+    @admin.action(description="Revoke selected API keys", permissions=["revoke"])
     def revoke(self, request, queryset):
         revoked = sum(api_key_revoke(org=key.organization, key_id=key.pk) for key in queryset.filter(revoked_at__isnull=True))
         self.message_user(request, f"Revoked {revoked} key(s) at {timezone.now():%Y-%m-%d %H:%M} UTC.")

@@ -10,7 +10,8 @@ from tests.factories import AgentFactory, OrganizationFactory, make_api_key
 
 @pytest.fixture(autouse=True)
 def _clear_cache():
-    from search import caching, selectors, services, tracking
+    from core import throttling
+    from search import apis, caching, selectors, services, tracking
 
     yield
     caching.flush_writes()
@@ -19,6 +20,9 @@ def _clear_cache():
     services.result_cache.clear_local()
     services.query_embeddings.clear_local()
     services._seen.clear()
+    apis._known_callers.clear()
+    throttling._local.clear()
+    throttling._outage["until"] = 0.0
     caching._breaker["open_until"] = 0.0
     if settings.REDIS_URL:
         cache.delete_pattern("*")  # only this run's KEY_PREFIX

@@ -159,7 +159,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        "core.parsers.JSONParser",
         "rest_framework.parsers.MultiPartParser",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -199,6 +199,11 @@ LORE_MAX_BATCH_DOCUMENTS = env.int("LORE_MAX_BATCH_DOCUMENTS", default=500)
 LORE_MAX_BATCH_BYTES = env.int("LORE_MAX_BATCH_BYTES", default=20 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = LORE_MAX_BATCH_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = LORE_MAX_DOCUMENT_BYTES + 1024 * 1024
+FILE_UPLOAD_HANDLERS = [
+    "core.uploads.LimitedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 # Deletion. A document (or set of chunk keys) of at most LORE_SYNC_DELETE_MAX_CHUNKS
 # chunks is deleted in the request; larger ones, and every agent, through a DeletionJob.
 LORE_SYNC_DELETE_MAX_CHUNKS = env.int("LORE_SYNC_DELETE_MAX_CHUNKS", default=2000)
@@ -229,7 +234,8 @@ LORE_MAX_METADATA_BYTES = env.int("LORE_MAX_METADATA_BYTES", default=16 * 1024)
 LORE_MAX_METADATA_DEPTH = env.int("LORE_MAX_METADATA_DEPTH", default=5)
 LORE_MAX_METADATA_KEYS = env.int("LORE_MAX_METADATA_KEYS", default=200)
 SEARCH_MAX_FILTER_FIELDS = env.int("SEARCH_MAX_FILTER_FIELDS", default=20)
-SEARCH_MAX_FILTER_VALUES = env.int("SEARCH_MAX_FILTER_VALUES", default=100)
+SEARCH_MAX_FILTER_VALUES = env.int("SEARCH_MAX_FILTER_VALUES", default=500)
+SEARCH_MAX_FILTER_VALUE_CHARS = env.int("SEARCH_MAX_FILTER_VALUE_CHARS", default=1000)
 SEARCH_MAX_PHRASES = env.int("SEARCH_MAX_PHRASES", default=10)
 SEARCH_MAX_BODY_BYTES = env.int("SEARCH_MAX_BODY_BYTES", default=64 * 1024)
 # API keys are throttled: last_used_at is written at most once per this many seconds.

@@ -26,6 +26,7 @@ from knowledge.services.ingestion import (  # noqa: F401
     BatchResult,
     DocumentInput,
     IngestResult,
+    document_bytes,
     document_ingest,
     document_input_validate,
     documents_ingest,

@@ -9,6 +9,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from core.validation import json_shape, json_size
 from knowledge.chunking import CONTENT_TYPES, chunk_document, normalize_text
 from knowledge.embeddings import embed_with_cache, halfvecs
 from knowledge.models import Agent, Document, IngestionJob
@@ -72,14 +73,28 @@ def document_input_validate(doc: DocumentInput, *, prefix: str = "") -> None:
         raise invalid(f"{prefix}key", "Must be 1 to 512 characters.")
     if doc.content_type not in CONTENT_TYPES:
         raise invalid(f"{prefix}content_type", f"Unsupported; use one of {', '.join(CONTENT_TYPES)}.")
-    if len(doc.text.encode()) > settings.LORE_MAX_DOCUMENT_BYTES:
-        raise too_large(f"{prefix}text", f"Document is larger than {settings.LORE_MAX_DOCUMENT_BYTES} bytes.")
-    if not normalize_text(doc.text).strip():
-        raise invalid(f"{prefix}text", "Must not be empty.")
     if not isinstance(doc.metadata, dict):
         raise invalid(f"{prefix}metadata", "Must be an object.")
+    # Metadata is copied into every chunk of the document: bounded before anything else.
+    depth, keys = json_shape(doc.metadata)
+    if depth > settings.LORE_MAX_METADATA_DEPTH:
+        raise invalid(f"{prefix}metadata", f"Nested {depth} deep; at most {settings.LORE_MAX_METADATA_DEPTH} levels.")
+    if keys > settings.LORE_MAX_METADATA_KEYS:
+        raise invalid(f"{prefix}metadata", f"Holds {keys} keys; at most {settings.LORE_MAX_METADATA_KEYS}.")
+    metadata_bytes = json_size(doc.metadata)
+    if metadata_bytes > settings.LORE_MAX_METADATA_BYTES:
+        raise too_large(f"{prefix}metadata", f"{metadata_bytes} bytes of JSON; at most {settings.LORE_MAX_METADATA_BYTES}.")
     if "heading_path" in doc.metadata:
         raise invalid(f"{prefix}metadata.heading_path", "Reserved: Lore sets it on each chunk.")
+    if document_bytes(doc) > settings.LORE_MAX_DOCUMENT_BYTES:
+        raise too_large(f"{prefix}text", f"Document (text and metadata) is larger than {settings.LORE_MAX_DOCUMENT_BYTES} bytes.")
+    if not normalize_text(doc.text).strip():
+        raise invalid(f"{prefix}text", "Must not be empty.")
+
+
+def document_bytes(doc: DocumentInput) -> int:
+    """What a document weighs against the document and batch limits: text and metadata."""
+    return len(doc.text.encode()) + (json_size(doc.metadata) if doc.metadata else 0)
 
 
 def _sha256(text: str) -> str:

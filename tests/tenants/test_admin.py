@@ -27,11 +27,16 @@ def test_agent_change_page_shows_stats_inline(admin_client, agent_a):
 
 
 def test_admin_creates_api_key_and_shows_it_once(admin_client, org_a):
-    response = admin_client.post("/admin/tenants/apikey/add/", {"organization": org_a.pk, "name": "from admin"}, follow=True)
+    response = admin_client.post(
+        "/admin/tenants/apikey/add/", {"organization": org_a.pk, "name": "from admin", "scope": "read"}, follow=True
+    )
     assert response.status_code == 200
     message = next(str(m) for m in response.context["messages"] if "lore_" in str(m))
     raw_key = message.split(": ")[-1]
     assert api_client(raw_key).get("/api/v1/agents").status_code == 200
+    # The scope chosen at creation holds: a read key cannot create agents.
+    refused = api_client(raw_key).post("/api/v1/agents", {"slug": "x"}, format="json")
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden_scope"
     assert ApiKey.unscoped.get(name="from admin").key_hash != raw_key
 
 

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand
 
 from tenants.cli import organization_or_error
+from tenants.models import ApiKey
 from tenants.services import api_key_create
 
 
@@ -10,8 +11,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("org_slug")
         parser.add_argument("--name", default="")
+        parser.add_argument(
+            "--scope", default=ApiKey.Scope.ADMIN, choices=ApiKey.Scope.values,
+            help="read: search, stats, lists; write: also documents; admin (default): also agents and deletion jobs",
+        )
 
-    def handle(self, *args, org_slug, name, **options):
+    def handle(self, *args, org_slug, name, scope, **options):
         org = organization_or_error(org_slug)
-        _, raw_key = api_key_create(org=org, name=name)
+        _, raw_key = api_key_create(org=org, name=name, scope=scope)
         self.stdout.write(raw_key)

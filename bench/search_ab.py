@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/search_ab.py --base HEAD~1            # after bench/search.py loaded the data
     .venv/bin/python bench/search_ab.py --base 082b7c4 --mode hybrid
+    .venv/bin/python bench/search_ab.py --base-env LORE_SEARCH_RATE=0   # a setting off against on
 
 On a shared VM the same request costs up to twice as much from one run to the next
 (docs/benchmarks.md), so a change worth a fraction of a millisecond is measured against
@@ -33,6 +34,8 @@ def main():
     parser.add_argument("--mode", default="vector", choices=["vector", "hybrid", "keyword"])
     parser.add_argument("--queries", type=int, default=100, help="queries per size class (default 100)")
     parser.add_argument("--rounds", type=int, default=2, help="passes over the queries, each with new texts (default 2)")
+    parser.add_argument("--base-env", nargs="*", default=[], metavar="NAME=VALUE", help="settings of the base's server only")
+    parser.add_argument("--this-env", nargs="*", default=[], metavar="NAME=VALUE", help="settings of this checkout's server only")
     args = parser.parse_args()
 
     run = harness.Run()
@@ -55,8 +58,8 @@ def main():
         subprocess.run(["git", "worktree", "add", "--detach", str(worktree), base], cwd=harness.ROOT, check=True, capture_output=True)
         try:
             servers = {
-                "base": harness.Gunicorn(env, root=worktree, log=Path(tmp) / "base.log"),
-                "this": harness.Gunicorn(env, log=Path(tmp) / "this.log"),
+                "base": harness.Gunicorn(env, root=worktree, log=Path(tmp) / "base.log", **_pairs(args.base_env)),
+                "this": harness.Gunicorn(env, log=Path(tmp) / "this.log", **_pairs(args.this_env)),
             }
             with servers["base"], servers["this"]:
                 clients = {name: harness.Client(server.url, data.api_key) for name, server in servers.items()}
@@ -83,8 +86,10 @@ def main():
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=harness.ROOT, check=False)
 
+    settings_note = " ".join(f"{side}: {' '.join(pairs)}" for side, pairs in (("base", args.base_env), ("this", args.this_env)) if pairs)
     table = harness.Table(
-        f"Search A/B, mode {args.mode}: this checkout against {base}, the same queries alternating, through the API",
+        f"Search A/B, mode {args.mode}: this checkout against {base}{f' ({settings_note})' if settings_note else ''},"
+        " the same queries alternating, through the API",
         ["agents", "requests each", f"{base} p50 ms", f"{base} p95 ms", "this p50 ms", "this p95 ms", "this/base p50", "this/base p95"],
         notes=["two gunicorns (2 workers x 4 threads) on the same database and Redis; distinct texts per server, embeddings from Redis"],
     )
@@ -99,6 +104,10 @@ def main():
               harness.ratio(all_b[0], all_a[0]), harness.ratio(all_b[1], all_a[1]))  # fmt: skip
     harness.print_tables([run.table(), table])
     harness.stop_database("search")
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in items)
 
 
 if __name__ == "__main__":

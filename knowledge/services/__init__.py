@@ -34,4 +34,4 @@ from knowledge.services.ingestion import (  # noqa: F401
     ingestion_job_create,
     ingestion_job_run,
 )
-from knowledge.services.stats import Drift, stats_apply, stats_reconcile  # noqa: F401
+from knowledge.services.stats import Drift, stats_apply, stats_reconcile, usage_reconcile  # noqa: F401

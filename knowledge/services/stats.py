@@ -34,7 +34,7 @@ def stats_apply(
         _usage_apply(org=org, adding={"agents": agents, "documents": documents, "chunks": chunks, "bytes": size_bytes})
 
 
-def _usage_apply(*, org: Organization, adding: dict) -> None:
+def _usage_apply(*, org: Organization, adding: dict, check: bool = True) -> None:
     # The row lock this upsert takes is held to the end of the caller's transaction: a
     # concurrent writer of the same organization waits here and then reads what this one
     # committed, so a quota's last slot is taken once. (An organization without a row yet
@@ -48,7 +48,8 @@ def _usage_apply(*, org: Organization, adding: dict) -> None:
             [org.pk, adding["agents"], adding["documents"], adding["chunks"], adding["bytes"]],
         )
         after = dict(zip(USAGE_FIELDS, cursor.fetchone()))
-    limits.quota_check(org, usage={name: after[name] - adding[name] for name in USAGE_FIELDS}, adding=adding)
+    if check:
+        limits.quota_check(org, usage={name: after[name] - adding[name] for name in USAGE_FIELDS}, adding=adding)
 
 
 USAGE_FIELDS = ("agents", "documents", "chunks", "bytes")
@@ -97,3 +98,23 @@ def stats_reconcile(*, org: Organization, fix: bool = False) -> list[Drift]:
                 )  # fmt: skip
             rows.append(row)
     return rows
+
+
+def usage_reconcile(*, org: Organization, fix: bool = False) -> tuple[dict, dict]:
+    """(recorded, actual): the organization's usage row against the sums of its agents'
+    stats rows (which stats_reconcile checks against the chunks and documents themselves).
+    The usage row is locked first: a writer between its stats row and its usage row waits,
+    and its uncommitted stats are not in the sums either."""
+    from knowledge.selectors import organization_stats
+
+    with transaction.atomic():
+        _usage_apply(org=org, adding=dict.fromkeys(USAGE_FIELDS, 0), check=False)  # creates and locks the row
+        recorded = OrganizationUsage.objects.for_org(org).values(*USAGE_FIELDS).get()
+        totals = organization_stats(org=org)
+        actual = {
+            "agents": totals["total_agents"], "documents": totals["total_documents"],
+            "chunks": totals["total_chunks"], "bytes": totals["total_size_bytes"],
+        }  # fmt: skip
+        if fix and recorded != actual:
+            OrganizationUsage.objects.for_org(org).update(**actual)
+    return recorded, actual

@@ -7,7 +7,8 @@ from django.core.management import call_command
 from django.db import connection
 
 from knowledge.models import AgentStats
-from knowledge.services import DocumentInput, documents_delete, documents_ingest, stats_reconcile
+from knowledge.services import DocumentInput, documents_delete, documents_ingest, stats_reconcile, usage_reconcile
+from tenants.models import OrganizationUsage
 from tests.factories import AgentFactory, OrganizationFactory
 
 
@@ -46,6 +47,8 @@ def test_stats_stay_exact_under_concurrent_ingest_reingest_and_delete():
     drift = stats_reconcile(org=org)
     assert [row for row in drift if row.drift] == []
     assert AgentStats.objects.for_org(org).get(agent=agent).total_chunks == drift[0].actual[0]
+    recorded, actual = usage_reconcile(org=org)
+    assert recorded == actual and actual["chunks"] == drift[0].actual[0]
 
 
 @pytest.mark.django_db
@@ -58,6 +61,11 @@ def test_reconcile_stats_reports_and_fixes_drift():
     call_command("reconcile_stats", "--org", "acme", stdout=out)
     assert "acme/kb: chunks 999 ->" in out.getvalue()
     assert "1 with drift" in out.getvalue()
+    call_command("reconcile_stats", "--fix", stdout=StringIO())
+    OrganizationUsage.objects.for_org(org).update(chunks=50)
+    out = StringIO()
+    call_command("reconcile_stats", stdout=out)
+    assert "acme (usage): chunks 50 -> 5" in out.getvalue()
     call_command("reconcile_stats", "--fix", stdout=StringIO())
     out = StringIO()
     call_command("reconcile_stats", stdout=out)

@@ -16,6 +16,7 @@ from knowledge import selectors
 from search import apis as search_apis
 from search import selectors as search_selectors
 from tenants.api import OrgAPIView, not_found
+from tenants.auth import claimed_key_prefix
 
 
 class CountedAgentStatsApi(OrgAPIView):
@@ -49,8 +50,9 @@ def _no_results(search_request) -> Response:
 
 
 def _initial_without_prefetch(view, request, *args, **kwargs):
-    view.early = search_apis._early_request(request, view.InputSerializer)
+    view.early = search_apis._early_request(request, view.InputSerializer, claimed_key_prefix(request))
     OrgAPIView.initial(view, request, *args, **kwargs)
+    view.admitted(request)
 
 
 # Each validates its body and reads its agents as the search would (self.joined; the

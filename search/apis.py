@@ -125,7 +125,11 @@ class SearchApi(OrgAPIView):
             super().initial(request, *args, **kwargs)  # authentication: the API key's statement
         finally:
             self.read = pending.receive() if pending else None
-        # Authenticated, within its scope and rate: now the body may be read, if small.
+        self.admitted(request)
+
+    def admitted(self, request) -> None:
+        """Authenticated, within its scope and rate: now the body may be read, if small,
+        and the caller's next bodies early."""
         if (_body_length(request) or 0) > settings.SEARCH_MAX_BODY_BYTES:
             raise too_large("body", f"A search body may hold at most {settings.SEARCH_MAX_BODY_BYTES} bytes.")
         prefix = request.user.api_key.prefix

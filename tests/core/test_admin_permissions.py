@@ -69,3 +69,17 @@ def AgentFactoryFor(org):  # noqa: N802 - a second agent to hold a deletion job
     from tests.factories import AgentFactory
 
     return AgentFactory(organization=org, slug="doomed")
+
+
+def test_limits_are_edited_in_the_organization_admin(client, org_a):
+    user = get_user_model().objects.create_superuser("root", "root@example.com", "pw")
+    client.force_login(user)
+    page = client.get(f"/admin/tenants/organization/{org_a.pk}/change/")
+    assert page.status_code == 200 and b"search_rate" in page.content and b"max_chunks" in page.content
+    response = client.post(
+        f"/admin/tenants/organization/{org_a.pk}/change/",
+        {"slug": "org-a", "name": "A", "is_active": "on", "search_rate": "120", "max_chunks": "0"},
+    )
+    assert response.status_code == 302
+    org_a.refresh_from_db()
+    assert (org_a.search_rate, org_a.max_chunks, org_a.write_rate) == (120, 0, None)

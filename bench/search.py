@@ -208,9 +208,11 @@ def put_vectors(items) -> None:
     from django.conf import settings
 
     from search import caching, services
+    from tenants.models import Organization
 
+    org_id = Organization.objects.get(slug="bench").pk  # query embeddings are cached per organization
     for text, vector in items:
-        services.query_vector_put(settings.EMBEDDING_MODEL, text, vector)
+        services.query_vector_put(org_id, settings.EMBEDDING_MODEL, text, vector)
     caching.flush_writes()  # in Redis before gunicorn's workers look for them
 
 

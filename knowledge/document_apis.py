@@ -117,7 +117,8 @@ class DocumentListCreateApi(AgentScopedAPIView):
         if len(doc.text.encode()) > settings.LORE_SYNC_INGEST_MAX_BYTES:
             job = services.ingestion_job_create(org=self.org, agent=agent, docs=[doc], api_key=request.auth)
             return Response({"async": True, "ingestion": IngestionJobOutput(job).data}, status=status.HTTP_202_ACCEPTED)
-        result, batch = services.document_ingest(org=self.org, agent=agent, doc=doc)
+        # Interactive: the embedding call is bounded to answer within the worker's timeout.
+        result, batch = services.document_ingest(org=self.org, agent=agent, doc=doc, interactive=True)
         document = selectors.document_get(org=self.org, agent=agent, key=doc.key)
         body = {
             **DocumentOutput(document).data,

@@ -9,12 +9,22 @@ Two providers behind one interface (`embed(texts) -> float32 array (n, dimension
 - `hashing`: offline and deterministic feature hashing of words and word bigrams,
   L2-normalized. It is lexical, not semantic: texts are close when they share words.
   It is for development, tests, benchmarks and offline use, not for production recall.
+
+How long a caller waits depends on who is waiting: a search's query embedding
+(`embed_query`) gets EMBEDDING_QUERY_TIMEOUT and no retry storm, a request someone waits
+on (`interactive=True`: a synchronous ingest) EMBEDDING_SYNC_TIMEOUT, background work
+EMBEDDING_TIMEOUT with EMBEDDING_MAX_RETRIES. Each openai provider (one per model) has a
+circuit breaker: after EMBEDDING_BREAKER_FAILURES consecutive timeouts or outages it
+fails every call at once for EMBEDDING_BREAKER_SECONDS, then lets one trial call through.
+A provider that cannot answer now raises EmbeddingUnavailable (503, retry later); one
+that answers something unusable raises EmbeddingError (502).
 """
 
 import hashlib
 import logging
 import re
 import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -29,14 +39,100 @@ logger = logging.getLogger(__name__)
 
 # The OpenAI embeddings endpoint takes at most 2048 inputs and ~300k tokens a request.
 MAX_INPUTS_PER_REQUEST = 2048
+# Retry-After of a failure while the breaker is still closed (or half-open): the provider
+# may be back at once, but an immediate retry by every client would be a retry storm.
+DEFAULT_RETRY_AFTER = 5.0
+
+# Counted since the process started: calls that timed out or found the provider down,
+# breaker openings, calls refused at once while a breaker was open.
+metrics = {"unavailable": 0, "breaker_openings": 0, "rejected": 0}
 
 
 class EmbeddingError(ApiError):
-    """The provider failed or answered something unusable; nothing was stored.
-    Through the API it is a 502: Lore is fine, its upstream is not."""
+    """The provider answered something unusable or refused the input; nothing was stored.
+    Retrying the same input will not help. Through the API it is a 502: Lore is fine,
+    its upstream is not."""
 
     def __init__(self, message: str):
         super().__init__(502, "embedding_failed", message)
+
+    def __reduce__(self):
+        return (EmbeddingError, (str(self.detail),))
+
+
+class EmbeddingUnavailable(ApiError):
+    """The provider cannot answer now (timeout, connection failure, overload, or its
+    breaker is open); nothing was stored. Retrying later, after `retry_after` seconds,
+    may succeed. Not an EmbeddingError: that one means the input or answer is bad."""
+
+    def __init__(self, message: str, retry_after: float = DEFAULT_RETRY_AFTER):
+        super().__init__(503, "embedding_unavailable", message, retry_after=retry_after)
+
+    def __reduce__(self):
+        return (EmbeddingUnavailable, (str(self.detail), self.retry_after))
+
+
+class CircuitBreaker:
+    """Closed: calls go through. After `EMBEDDING_BREAKER_FAILURES` consecutive failures it
+    opens for `EMBEDDING_BREAKER_SECONDS`: calls fail at once. Then it is half-open: one
+    trial call goes through; its success closes the breaker, its failure opens it again.
+    Settings are read when a failure is recorded, never on the path of a healthy call."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.failures = 0
+        self.open_until = 0.0  # 0: closed
+        self.trial_until = 0.0  # a trial is in flight until then
+        self._lock = threading.Lock()
+
+    def before_call(self) -> bool:
+        """Raises EmbeddingUnavailable while open; True when this call is the half-open trial."""
+        if not self.open_until:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            if not self.open_until:
+                return False
+            # A trial holds the half-open slot at most one cooldown, so a trial whose
+            # caller vanished without reporting cannot keep the breaker shut forever.
+            if now < self.open_until or now < self.trial_until:
+                metrics["rejected"] += 1
+                remaining = max(self.open_until, self.trial_until) - now
+                raise EmbeddingUnavailable(
+                    f"embedding provider {self.name} is unavailable (circuit open after repeated failures)",
+                    retry_after=max(remaining, 1.0),
+                )
+            self.trial_until = now + settings.EMBEDDING_BREAKER_SECONDS
+            return True
+
+    def succeeded(self) -> None:
+        if not self.open_until and not self.failures:
+            return
+        with self._lock:
+            if self.open_until:
+                logger.warning("embeddings: provider %s answers again; circuit closed", self.name)
+            self.failures, self.open_until, self.trial_until = 0, 0.0, 0.0
+
+    def failed(self, trial: bool, exc: Exception) -> float:
+        """Records a failed call; the seconds a caller should wait before retrying."""
+        with self._lock:
+            metrics["unavailable"] += 1
+            self.failures += 1
+            now = time.monotonic()
+            # Calls in flight when the breaker opened report late: they count, but only
+            # the threshold or the trial (re)opens it, so one outage logs once per opening.
+            opens = trial or (not self.open_until and self.failures >= settings.EMBEDDING_BREAKER_FAILURES)
+            if opens:
+                self.open_until = now + settings.EMBEDDING_BREAKER_SECONDS
+                self.trial_until = 0.0
+                metrics["breaker_openings"] += 1
+                logger.warning(
+                    "embeddings: provider %s unavailable (%d consecutive failures, last: %s); circuit open for %gs",
+                    self.name, self.failures, exc, settings.EMBEDDING_BREAKER_SECONDS,
+                )  # fmt: skip
+            if self.open_until > now:
+                return self.open_until - now
+            return DEFAULT_RETRY_AFTER
 
 
 def text_hash(text: str) -> str:
@@ -72,11 +168,14 @@ class HashingProvider:
         norm = np.linalg.norm(vector)
         return vector / norm if norm else vector
 
-    def embed(self, texts: list[str]) -> np.ndarray:
+    def embed(self, texts: list[str], *, interactive: bool = False) -> np.ndarray:
         self.calls += 1
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
         return np.vstack([self._vector(t) for t in texts])
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self.embed([text])[0]
 
 
 class OpenAIProvider:
@@ -91,6 +190,10 @@ class OpenAIProvider:
         base_url: str = "",
         max_retries: int = 5,
         timeout: float = 30.0,
+        interactive_max_retries: int = 0,
+        interactive_timeout: float = 10.0,
+        query_max_retries: int = 0,
+        query_timeout: float = 2.0,
         concurrency: int = 4,
         batch_size: int = 256,
         batch_tokens: int = 250_000,
@@ -105,6 +208,10 @@ class OpenAIProvider:
         self.client = openai.OpenAI(
             api_key=api_key or "not-needed", base_url=base_url or None, max_retries=max_retries, timeout=timeout
         )
+        # Copies sharing the client's connection pool, with the waits of callers who cannot wait long.
+        self.interactive_client = self.client.with_options(timeout=interactive_timeout, max_retries=interactive_max_retries)
+        self.query_client = self.client.with_options(timeout=query_timeout, max_retries=query_max_retries)
+        self.breaker = CircuitBreaker(f"{self.name}:{model}")
         self.calls = 0
         self._lock = threading.Lock()
 
@@ -121,15 +228,27 @@ class OpenAIProvider:
             batches.append((start, texts[start:]))
         return batches
 
-    def _request(self, batch: list[str]) -> np.ndarray:
+    def _request(self, batch: list[str], client) -> np.ndarray:
         import openai
 
+        trial = self.breaker.before_call()
         # `dimensions` is always sent: text-embedding-3 models shorten to it, and a
         # server that ignores it is caught by the dimension check below.
         try:
-            response = self.client.embeddings.create(model=self.model, input=batch, dimensions=self.dimensions)
+            response = client.embeddings.create(model=self.model, input=batch, dimensions=self.dimensions)
         except openai.OpenAIError as exc:
-            raise EmbeddingError(f"embedding request failed: {exc.__class__.__name__}: {exc}") from exc
+            message = f"embedding request failed: {exc.__class__.__name__}: {exc}"
+            if _transient(exc):
+                raise EmbeddingUnavailable(message, retry_after=self.breaker.failed(trial, exc)) from exc
+            # The provider answered (a refused input, a wrong key or model): it is up.
+            self.breaker.succeeded()
+            raise EmbeddingError(message) from exc
+        except BaseException as exc:
+            # Anything else (a bug, an interrupt) must not leave a trial holding the breaker half-open.
+            if trial:
+                self.breaker.failed(trial, exc)
+            raise
+        self.breaker.succeeded()
         with self._lock:
             self.calls += 1
         data = sorted(response.data, key=lambda item: item.index)
@@ -144,20 +263,36 @@ class OpenAIProvider:
             )
         return vectors
 
-    def embed(self, texts: list[str]) -> np.ndarray:
+    def embed(self, texts: list[str], *, interactive: bool = False) -> np.ndarray:
+        """`interactive`: someone waits for the answer (a synchronous API ingest), so the
+        shorter EMBEDDING_SYNC_TIMEOUT / EMBEDDING_SYNC_MAX_RETRIES apply."""
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
+        client = self.interactive_client if interactive else self.client
         batches = self.batches(texts)
         out = np.zeros((len(texts), self.dimensions), dtype=np.float32)
         if len(batches) == 1:
-            out[:] = self._request(batches[0][1])
+            out[:] = self._request(batches[0][1], client)
             return out
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(batches))) as pool:
-            futures = [(offset, pool.submit(self._request, batch)) for offset, batch in batches]
+            futures = [(offset, pool.submit(self._request, batch, client)) for offset, batch in batches]
             for offset, future in futures:
                 vectors = future.result()
                 out[offset : offset + len(vectors)] = vectors
         return out
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """A search's query: EMBEDDING_QUERY_TIMEOUT, EMBEDDING_QUERY_MAX_RETRIES."""
+        return self._request([text], self.query_client)[0]
+
+
+def _transient(exc: Exception) -> bool:
+    """The provider could not answer now (what its client retries), rather than refused."""
+    import openai
+
+    if isinstance(exc, openai.APIConnectionError):  # timeouts included
+        return True
+    return isinstance(exc, openai.APIStatusError) and (exc.status_code in (408, 409, 429) or exc.status_code >= 500)
 
 
 _providers: dict[str, object] = {}
@@ -179,6 +314,10 @@ def get_provider(model: str):
                     base_url=settings.OPENAI_BASE_URL,
                     max_retries=settings.EMBEDDING_MAX_RETRIES,
                     timeout=settings.EMBEDDING_TIMEOUT,
+                    interactive_max_retries=settings.EMBEDDING_SYNC_MAX_RETRIES,
+                    interactive_timeout=settings.EMBEDDING_SYNC_TIMEOUT,
+                    query_max_retries=settings.EMBEDDING_QUERY_MAX_RETRIES,
+                    query_timeout=settings.EMBEDDING_QUERY_TIMEOUT,
                     concurrency=settings.EMBEDDING_CONCURRENCY,
                     batch_size=settings.EMBEDDING_BATCH_SIZE,
                     batch_tokens=settings.EMBEDDING_BATCH_TOKENS,
@@ -198,12 +337,14 @@ def halfvecs(vectors: np.ndarray) -> list[HalfVector]:
     return [HalfVector(v) for v in np.asarray(vectors, dtype=np.float16)]
 
 
-def embed_with_cache(*, org_id: int, model: str, texts: list[str]) -> tuple[np.ndarray, int, int]:
+def embed_with_cache(*, org_id: int, model: str, texts: list[str], interactive: bool = False) -> tuple[np.ndarray, int, int]:
     """Embeddings for `texts`: from the organization's cache where present, from the
     provider for the rest (each distinct text once), which are then cached.
+    `interactive`: a caller is waiting (provider.embed).
 
-    Returns (vectors, embedded, cache_hits). Raises EmbeddingError before writing
-    anything when the provider fails.
+    Returns (vectors, embedded, cache_hits). Raises before writing anything when the
+    provider fails: EmbeddingUnavailable when it cannot answer now (retry later),
+    EmbeddingError when it refused the input or answered something unusable.
     """
     dims = settings.EMBEDDING_DIMENSIONS
     out = np.zeros((len(texts), dims), dtype=np.float32)
@@ -227,7 +368,7 @@ def embed_with_cache(*, org_id: int, model: str, texts: list[str]) -> tuple[np.n
         first_text = {}
         for h, t in zip(hashes, texts):
             first_text.setdefault(h, t)
-        vectors = get_provider(model).embed([first_text[h] for h in missing])
+        vectors = get_provider(model).embed([first_text[h] for h in missing], interactive=interactive)
         fresh = dict(zip(missing, vectors))
         with connection.binding_cursor() as cursor:
             cursor.execute(

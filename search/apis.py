@@ -58,6 +58,11 @@ class SearchOutput(serializers.Serializer):
     mode = serializers.CharField()
     took_ms = serializers.FloatField()
     cached = serializers.BooleanField()
+    degraded = serializers.ListField(
+        child=serializers.ChoiceField(choices=["vector"]),
+        help_text="What this answer had to do without: [\"vector\"] when a hybrid search ran by keywords only "
+        "because the embedding provider was unavailable (not cached). Empty normally.",
+    )
 
 
 def _request(data, serializer_class=SearchInputSerializer) -> tuple[SearchRequest, list[str] | None]:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from django.conf import settings
 
-from knowledge.embeddings import get_provider
+from knowledge.embeddings import EmbeddingUnavailable, get_provider
 from search import caching, engine, tracking
 from search.caching import TwoTierCache
 from search.engine import AgentSelection
@@ -20,6 +20,8 @@ MODES = ("hybrid", "vector", "keyword")
 
 query_embeddings = TwoTierCache("qemb", size=settings.SEARCH_EMBEDDING_LRU_SIZE, ttl=settings.SEARCH_EMBEDDING_TTL)
 result_cache = TwoTierCache("results", size=settings.SEARCH_RESULT_LRU_SIZE, ttl=settings.SEARCH_RESULT_TTL)
+# Hybrid searches answered by keywords only: their query's embedding was unavailable.
+metrics = {"degraded": 0}
 
 
 @dataclass
@@ -42,26 +44,29 @@ class SearchRequest:
         return hashlib.sha256(json.dumps([org_id, scope, normalized], sort_keys=True).encode()).hexdigest()
 
 
-def _query_key(model: str, text: str) -> str:
-    return f"{model}:{settings.EMBEDDING_DIMENSIONS}:{hashlib.sha256(text.encode()).hexdigest()}"
+def _query_key(org_id: int, model: str, text: str) -> str:
+    # Per organization, though the embedding is the same for all: a shared entry would
+    # tell one organization (by took_ms) that another searched the same text.
+    return f"{org_id}:{model}:{settings.EMBEDDING_DIMENSIONS}:{hashlib.sha256(text.encode()).hexdigest()}"
 
 
-def _query_vectors(models: list[str], text: str, cached: list) -> dict[str, np.ndarray]:
+def _query_vectors(org_id: int, models: list[str], text: str, cached: list) -> dict[str, np.ndarray]:
     """The query's embedding per model: from the cache where it was (`cached`, as
-    caching.get_many found them), from the provider (then cached) for the rest."""
+    caching.get_many found them), from the provider (then cached) for the rest.
+    Raises EmbeddingUnavailable when the provider cannot answer within the query timeout."""
     vectors = {}
     for model, raw in zip(models, cached):
         if raw is not None:
             vectors[model] = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
         else:
-            vectors[model] = get_provider(model).embed([text])[0]
-            query_vector_put(model, text, vectors[model])
+            vectors[model] = get_provider(model).embed_query(text)
+            query_vector_put(org_id, model, text, vectors[model])
     return vectors
 
 
-def query_vector_put(model: str, text: str, vector) -> None:
+def query_vector_put(org_id: int, model: str, text: str, vector) -> None:
     """Caches a query's embedding (bench/search.py puts precomputed ones here)."""
-    query_embeddings.set(_query_key(model, text), np.asarray(vector, dtype=np.float16).tobytes())
+    query_embeddings.set(_query_key(org_id, model, text), np.asarray(vector, dtype=np.float16).tobytes())
 
 
 # (caller, scope) -> (organization id, embedding models) of the caller's last search of
@@ -82,7 +87,7 @@ def search_prefetch(*, caller: str, scope: tuple, request: SearchRequest) -> cac
     org_id, models = seen
     entries = [(result_cache, request.cache_key(org_id, scope))]
     if request.mode != "keyword":
-        entries += [(query_embeddings, _query_key(model, request.query)) for model in models]
+        entries += [(query_embeddings, _query_key(org_id, model, request.query)) for model in models]
     return caching.SharedRead([tier.full_key(key) for tier, key in entries if not tier.held(key)])
 
 
@@ -91,20 +96,36 @@ def search(
     caller: str | None = None, read: dict | None = None,
 ) -> dict:
     """`scope`: the agents as the caller named them (("agent", slug); ("agents", slugs or
-    None for all)). `read`: what search_prefetch's read found, for `caller`."""
+    None for all)). `read`: what search_prefetch's read found, for `caller`.
+
+    When the query's embedding is unavailable (EmbeddingUnavailable: provider timed out,
+    down, or its breaker open), a hybrid search answers by keywords alone, says so in
+    `degraded` and is not cached; a vector search raises it."""
     started = time.perf_counter()
     filters = engine.filters_sql(org.pk, request.filters)  # validates, even when the answer is cached
     key = request.cache_key(org.pk, scope)
     # One shared-cache round trip (or none, after search_prefetch) for the result and, in
     # case it is missing or not current, the query's embedding for each model its agents use.
     models = list(selection.by_model) if request.mode != "keyword" else []
-    found = caching.get_many([(result_cache, key)] + [(query_embeddings, _query_key(m, request.query)) for m in models], read)
+    found = caching.get_many(
+        [(result_cache, key)] + [(query_embeddings, _query_key(org.pk, m, request.query)) for m in models], read
+    )
     cached = found[0] is not None and found[0][0] == selection.versions
+    degraded = []
     if cached:
         results = found[0][1]
     else:
-        results = _run(org, selection, request, filters, _query_vectors(models, request.query, found[1:]))
-        result_cache.set(key, (selection.versions, results))
+        try:
+            vectors = _query_vectors(org.pk, models, request.query, found[1:])
+        except EmbeddingUnavailable:
+            if request.mode != "hybrid":
+                raise
+            vectors, degraded = None, ["vector"]
+            metrics["degraded"] += 1
+        results = _run(org, selection, request, filters, vectors)
+        if not degraded:
+            # A degraded result would be served on after the provider is back.
+            result_cache.set(key, (selection.versions, results))
     took_ms = (time.perf_counter() - started) * 1000
     tracking.record(org_id=org.pk, results=results, agent_ids=selection.ids, latency_ms=took_ms, cache_hit=cached)
     if caller is not None:
@@ -119,16 +140,19 @@ def search(
         "mode": request.mode,
         "took_ms": round(took_ms, 3),
         "cached": cached,
+        "degraded": degraded,
     }
 
 
-def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np.ndarray]) -> list[dict]:
+def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np.ndarray] | None) -> list[dict]:
+    """`vectors` None: a hybrid search without its query's embedding, run by keywords."""
     agents = selection.agents
     if not agents:
         return []
-    depth = max(request.limit, settings.SEARCH_HYBRID_CANDIDATES) if request.mode == "hybrid" else request.limit
+    mode = "keyword" if vectors is None else request.mode
+    depth = max(request.limit, settings.SEARCH_HYBRID_CANDIDATES) if mode == "hybrid" else request.limit
     vector = []
-    if request.mode in ("vector", "hybrid"):
+    if mode in ("vector", "hybrid"):
         vector = [
             engine.vector_nearest(
                 org_id=org.pk, agents=group, vector=vectors[model], k=depth, filters=filters,
@@ -137,16 +161,22 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
             for model, group in selection.by_model.items()
         ]  # fmt: skip
     keyword = None
-    if request.mode in ("keyword", "hybrid"):
+    if mode in ("keyword", "hybrid"):
         # May read the question's terms first (one round trip, for a text new to this
         # process): the tiers of a large scope are built from them.
         keyword = engine.keyword_statement(
             org_id=org.pk, agents=agents, query=request.query, k=depth, filters=filters, everyone_but=selection.everyone_but,
         )  # fmt: skip
+    weights = _weights(agents, request)
     found = engine.fetch_results(engine.search_statement(
-        org_id=org.pk, mode=request.mode, vector=vector, keyword=keyword, depth=depth, limit=request.limit,
-        weights=_weights(agents, request), include_parent=request.include_parent,
+        org_id=org.pk, mode=mode, vector=vector, keyword=keyword, depth=depth, limit=request.limit,
+        weights=weights, include_parent=request.include_parent,
     ))  # fmt: skip
+    if mode != request.mode:
+        # Scored as hybrid scores a chunk found by keywords alone, so the caller's
+        # min_score keeps its meaning.
+        rrf, weight = settings.SEARCH_RRF_K, float(weights["keyword"])
+        found = [(cid, round(weight / (rrf + rank), 6), row) for rank, (cid, _, row) in enumerate(found, 1)]
     slugs = selection.slug_by_id
     results = []
     for cid, score, row in found:

@@ -93,3 +93,13 @@ def agent_b(org_b):
 
 def error_fields(response) -> dict:
     return response.json()["error"]["fields"]
+
+
+@pytest.fixture
+def fake():
+    """A local OpenAI-compatible embeddings server (tests/fake_openai.py)."""
+    from tests.fake_openai import FakeOpenAI
+
+    server = FakeOpenAI().start()
+    yield server
+    server.stop()

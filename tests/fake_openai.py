@@ -2,7 +2,9 @@
 
 It answers POST /v1/embeddings like OpenAI (deterministic vectors from the hashing
 provider) and can be scripted to misbehave: `server.script([...])` queues one action
-per request, each a dict with any of status, headers, delay (seconds), dims.
+per request, each a dict with any of status, headers, delay (seconds), dims, hang (accept
+the request and never answer, until the server stops or `release()`). `server.default`
+is the action of requests beyond the script ({}: answer normally).
 """
 
 import json
@@ -17,12 +19,15 @@ class FakeOpenAI:
     def __init__(self):
         self.requests: list[dict] = []
         self.actions: list[dict] = []
+        self.default: dict = {}
+        self._released = threading.Event()
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll: stop() waits for it, once per test.
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def base_url(self) -> str:
@@ -36,7 +41,21 @@ class FakeOpenAI:
         self.thread.start()
         return self
 
+    def received(self, at_least: int, wait: float = 5.0) -> int:
+        """How many requests arrived, once at least `at_least` have (or `wait` passed): a
+        client that gave up on a request may have done so before this server's thread
+        recorded it."""
+        deadline = time.monotonic() + wait
+        while len(self.requests) < at_least and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return len(self.requests)
+
+    def release(self):
+        """Lets hanging requests end (the client has given up on them by then)."""
+        self._released.set()
+
     def stop(self):
+        self.release()
         self.server.shutdown()
         self.server.server_close()
 
@@ -50,11 +69,14 @@ class FakeOpenAI:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with fake._lock:
-                    action = fake.actions.pop(0) if fake.actions else {}
+                    action = fake.actions.pop(0) if fake.actions else fake.default
                     fake.requests.append({**body, "at": time.monotonic()})
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
                 try:
+                    if action.get("hang"):
+                        fake._released.wait()
+                        return
                     time.sleep(action.get("delay", 0))
                     status = action.get("status", 200)
                     if status != 200:
@@ -84,3 +106,17 @@ class FakeOpenAI:
                         fake.in_flight -= 1
 
         return Handler
+
+
+class Clock:
+    """Stands in for the time module of knowledge.embeddings (monkeypatch): a circuit
+    breaker's cooldown passes when a test says so, however slow the machine."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

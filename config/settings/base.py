@@ -191,6 +191,18 @@ EMBEDDING_BATCH_TOKENS = env.int("EMBEDDING_BATCH_TOKENS", default=250_000)
 EMBEDDING_CONCURRENCY = env.int("EMBEDDING_CONCURRENCY", default=4)
 EMBEDDING_MAX_RETRIES = env.int("EMBEDDING_MAX_RETRIES", default=5)
 EMBEDDING_TIMEOUT = env.float("EMBEDDING_TIMEOUT", default=30.0)
+# Callers who cannot wait long: a search's query embedding, a synchronous API ingest
+# (which must answer well within the web server's worker timeout). No retries by default:
+# a retry may wait out a server's Retry-After, which the openai client honours up to
+# minutes; the caller gets a 503 with Retry-After instead.
+EMBEDDING_QUERY_TIMEOUT = env.float("EMBEDDING_QUERY_TIMEOUT", default=2.0)
+EMBEDDING_QUERY_MAX_RETRIES = env.int("EMBEDDING_QUERY_MAX_RETRIES", default=0)
+EMBEDDING_SYNC_TIMEOUT = env.float("EMBEDDING_SYNC_TIMEOUT", default=10.0)
+EMBEDDING_SYNC_MAX_RETRIES = env.int("EMBEDDING_SYNC_MAX_RETRIES", default=0)
+# Circuit breaker per provider and model: this many consecutive timeouts or outages open
+# it for this long (calls fail at once), then one trial call is let through.
+EMBEDDING_BREAKER_FAILURES = env.int("EMBEDDING_BREAKER_FAILURES", default=3)
+EMBEDDING_BREAKER_SECONDS = env.float("EMBEDDING_BREAKER_SECONDS", default=30.0)
 
 # --- Lore limits -----------------------------------------------------------------
 LORE_MAX_DOCUMENT_BYTES = env.int("LORE_MAX_DOCUMENT_BYTES", default=5 * 1024 * 1024)

@@ -166,13 +166,15 @@ def _lock_document_rows(cursor, org: Organization, agent: Agent, keys: list[str]
     raise conflict("concurrent_delete", "Documents were deleted concurrently too often; try again.")
 
 
-def documents_ingest(*, org: Organization, agent: Agent, docs: list[DocumentInput]) -> BatchResult:
+def documents_ingest(*, org: Organization, agent: Agent, docs: list[DocumentInput], interactive: bool = False) -> BatchResult:
     """Upserts documents by key: unchanged ones cost one indexed read and no embedding
     call; changed ones have their chunks replaced atomically, with AgentStats moved
     by exact deltas in the same transaction.
 
     Work outside the transaction: hashing, chunking, embedding (the slow parts).
     Work inside: a handful of set-based statements, whatever the batch size.
+    Nothing is written when embedding fails (EmbeddingUnavailable, EmbeddingError).
+    `interactive`: a caller waits for the answer (embed_with_cache).
     """
     if agent.status != Agent.Status.ACTIVE:
         raise conflict("agent_deleting", "Agent is being deleted; it accepts no new documents.")
@@ -224,7 +226,9 @@ def documents_ingest(*, org: Organization, agent: Agent, docs: list[DocumentInpu
     })  # fmt: skip
 
     texts = [c.text for item in todo for c in item.chunks]
-    vectors, batch.embedded, batch.cache_hits = embed_with_cache(org_id=org.pk, model=agent.embedding_model, texts=texts)
+    vectors, batch.embedded, batch.cache_hits = embed_with_cache(
+        org_id=org.pk, model=agent.embedding_model, texts=texts, interactive=interactive
+    )
     batch.results.extend(_apply(org=org, agent=agent, todo=todo, vectors=vectors))
     return batch
 
@@ -315,9 +319,11 @@ def _apply(*, org: Organization, agent: Agent, todo: list[_Prepared], vectors) -
     return results
 
 
-def document_ingest(*, org: Organization, agent: Agent, doc: DocumentInput) -> tuple[IngestResult, BatchResult]:
+def document_ingest(
+    *, org: Organization, agent: Agent, doc: DocumentInput, interactive: bool = False
+) -> tuple[IngestResult, BatchResult]:
     document_input_validate(doc)
-    batch = documents_ingest(org=org, agent=agent, docs=[doc])
+    batch = documents_ingest(org=org, agent=agent, docs=[doc], interactive=interactive)
     return batch.results[0], batch
 
 

@@ -214,10 +214,10 @@ def test_a_failing_document_fails_alone_in_a_job(client_a, org_a, agent_a, monke
 
     real = ingestion.embed_with_cache
 
-    def flaky(*, org_id, model, texts):
+    def flaky(*, org_id, model, texts, **options):
         if any("POISON" in t for t in texts):
             raise EmbeddingError("provider rejected the input")
-        return real(org_id=org_id, model=model, texts=texts)
+        return real(org_id=org_id, model=model, texts=texts, **options)
 
     monkeypatch.setattr(ingestion, "embed_with_cache", flaky)
     client_a.post(URL, {"key": "kept", "text": "old version"}, format="json")

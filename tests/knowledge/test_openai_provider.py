@@ -5,16 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from knowledge.embeddings import EmbeddingError, OpenAIProvider, reset_providers
+from knowledge.embeddings import EmbeddingError, EmbeddingUnavailable, OpenAIProvider, reset_providers
 from knowledge.models import Chunk, Document
-from tests.fake_openai import FakeOpenAI
-
-
-@pytest.fixture
-def fake():
-    server = FakeOpenAI().start()
-    yield server
-    server.stop()
 
 
 def _provider(fake, **kwargs):
@@ -65,7 +57,7 @@ def test_timeout_is_retried(fake):
 
 def test_gives_up_after_max_retries_with_a_clear_error(fake):
     fake.script([{"status": 500}] * 5)
-    with pytest.raises(EmbeddingError, match="InternalServerError"):
+    with pytest.raises(EmbeddingUnavailable, match="InternalServerError"):
         _provider(fake, max_retries=1).embed(["hello"])
     assert len(fake.requests) == 2
 

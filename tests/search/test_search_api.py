@@ -157,7 +157,7 @@ def test_hybrid_scores_are_the_reciprocal_rank_fusion_of_the_vector_and_keyword_
 
     query, depth, k = "compress an archive file", settings.SEARCH_HYBRID_CANDIDATES, settings.SEARCH_RRF_K
     [agent] = engine.AgentSelection([selectors.search_agent_get(org=org_a, slug="support")]).agents
-    vector = _query_vectors([agent.embedding_model], query, [None])[agent.embedding_model]
+    vector = _query_vectors(org_a.pk, [agent.embedding_model], query, [None])[agent.embedding_model]
     nearest = engine.vector_candidates(org_id=org_a.pk, agents=[agent], vector=vector, k=depth, filters=("", []))
     with connection.binding_cursor() as cursor:
         cursor.execute(*engine.keyword_statement(org_id=org_a.pk, agents=[agent], query=query, k=depth, filters=("", [])))

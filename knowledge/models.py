@@ -5,6 +5,8 @@ from django.db import models
 from django.utils import timezone
 from pgvector.django import HalfVectorField
 
+from core.jobs import JobFields
+
 from tenants.models import ApiKey, Organization, slug_validator
 from tenants.scoping import TenantManager
 
@@ -222,7 +224,7 @@ class EmbeddingCache(models.Model):
         ]
 
 
-class IngestionJob(models.Model):
+class IngestionJob(JobFields):
     class Status(models.TextChoices):
         PENDING = "pending"
         PROCESSING = "processing"
@@ -232,9 +234,10 @@ class IngestionJob(models.Model):
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="ingestion_jobs")
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
-    # The documents to ingest; cleared when the job ends.
+    # The documents to ingest; cleared when the job ends, however it ends.
     payload = models.JSONField(default=list, blank=True)
     total_documents = models.IntegerField(default=0)
+    # Where the next run resumes: documents before it are committed.
     processed_documents = models.IntegerField(default=0)
     total_chunks = models.IntegerField(default=0)
     processed_chunks = models.IntegerField(default=0)
@@ -243,22 +246,28 @@ class IngestionJob(models.Model):
     unchanged = models.IntegerField(default=0)
     failed = models.IntegerField(default=0)
     errors = models.JSONField(default=list, blank=True)
-    attempts = models.IntegerField(default=0)
     requested_by_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    created_at = models.DateTimeField(default=timezone.now)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     unscoped = models.Manager()
     objects = TenantManager()
 
+    FINISHED_FIELDS = {"payload": []}
+
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["organization", "status", "created_at"], name="ingestjob_org_status_idx")]
+        indexes = [
+            models.Index(fields=["organization", "status", "created_at"], name="ingestjob_org_status_idx"),
+            # The claim loop, stale sweeper and quota read unfinished jobs only: a small
+            # partial index, scanned across organizations by the claim (maintenance).
+            models.Index(
+                fields=["organization", "status", "created_at"],
+                condition=models.Q(status__in=["pending", "processing"]),
+                name="ingestjob_unfinished_idx",
+            ),
+        ]
 
 
-class DeletionJob(models.Model):
+class DeletionJob(JobFields):
     class Status(models.TextChoices):
         PENDING = "pending"
         PROCESSING = "processing"
@@ -285,16 +294,11 @@ class DeletionJob(models.Model):
     # highest chunk id deleted (batches walk chunk_org_agent_id_idx forward from here), for
     # document the next chunk ordinal, for keys the position in target["keys"].
     cursor = models.BigIntegerField(default=0)
-    attempts = models.IntegerField(default=0)
     last_error = models.TextField(blank=True)
     requested_by_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     requested_by_user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    created_at = models.DateTimeField(default=timezone.now)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     unscoped = models.Manager()
     objects = TenantManager()
@@ -304,6 +308,12 @@ class DeletionJob(models.Model):
         indexes = [
             models.Index(fields=["organization", "status", "created_at"], name="deljob_org_status_idx"),
             models.Index(fields=["status", "heartbeat_at"], name="deljob_status_heartbeat_idx"),
+            # As ingestjob_unfinished_idx: claims, sweeps and quota counts.
+            models.Index(
+                fields=["organization", "status", "created_at"],
+                condition=models.Q(status__in=["pending", "processing"]),
+                name="deljob_unfinished_idx",
+            ),
         ]
 
     UNFINISHED = (Status.PENDING, Status.PROCESSING)
@@ -327,3 +337,15 @@ class DeletionJob(models.Model):
             return None
         remaining = max(0, self.total_items - self.processed_items)
         return round(remaining / (self.processed_items / elapsed), 1)
+
+
+class JobTurn(models.Model):
+    """When an organization last had a job claimed. Claims go to the organization served
+    longest ago (round-robin across tenants, core.jobs.claim_next); the row is also the lock
+    that serializes one organization's claims, so its in-flight cap holds."""
+
+    organization = models.OneToOneField(Organization, on_delete=models.CASCADE, primary_key=True, related_name="+")
+    last_claimed_at = models.DateTimeField(null=True, blank=True)
+
+    unscoped = models.Manager()
+    objects = TenantManager()

@@ -5,7 +5,7 @@ from django.db.models import Count, Q, Sum
 
 from knowledge.models import Agent, AgentStats, DeletionJob, Document, IngestionJob
 from tenants.auth import KeyJoin
-from core import limits
+from core import jobs, limits
 from tenants.models import Organization, OrganizationUsage
 
 
@@ -124,24 +124,13 @@ def deletion_job_get(*, org: Organization, job_id: int) -> DeletionJob | None:
     return deletion_job_list(org=org).filter(pk=job_id).first()
 
 
-def organization_jobs_unfinished(*, org: Organization, up_to: int) -> int:
-    """The organization's pending or processing jobs (ingestion and deletion), counted up
-    to `up_to`: bounded by the quota, whatever the backlog. Indexes ingestjob_org_status_idx
-    and deljob_org_status_idx (organization, status, ...)."""
-    unfinished = ("pending", "processing")
-    count = 0
-    for model in (IngestionJob, DeletionJob):
-        count += model.objects.for_org(org).filter(status__in=unfinished)[: max(0, up_to - count)].count() if up_to > count else 0
-    return count
-
-
 def organization_usage(*, org: Organization) -> dict:
     """Usage against every quota and the rate limits: one primary-key read of the usage row
     and a job count bounded by the jobs quota."""
     used = OrganizationUsage.objects.for_org(org).values("agents", "documents", "chunks", "bytes").first()
     used = used or {"agents": 0, "documents": 0, "chunks": 0, "bytes": 0}
     job_limit = limits.quota(org, "jobs")
-    used["jobs"] = organization_jobs_unfinished(org=org, up_to=job_limit or 10_000)
+    used["jobs"] = jobs.unfinished_jobs(org=org, up_to=job_limit or 10_000)
     return {
         "quotas": {name: {"limit": limits.quota(org, name) or None, "used": used[name]} for name in limits.QUOTAS},
         "rate_limits": {

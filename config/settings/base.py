@@ -222,10 +222,26 @@ LORE_SYNC_DELETE_MAX_CHUNKS = env.int("LORE_SYNC_DELETE_MAX_CHUNKS", default=200
 LORE_MAX_DELETE_KEYS = env.int("LORE_MAX_DELETE_KEYS", default=10_000)
 # Chunks per batch transaction (bench/delete.py measured the choice; docs/benchmarks.md).
 LORE_DELETION_BATCH_SIZE = env.int("LORE_DELETION_BATCH_SIZE", default=5000)
-# A processing job whose heartbeat is older than this lost its worker and is requeued.
-LORE_DELETION_STALE_SECONDS = env.int("LORE_DELETION_STALE_SECONDS", default=120)
-# A run hands the job back to the queue after this long, well inside Q_CLUSTER["timeout"].
-LORE_DELETION_SLICE_SECONDS = env.int("LORE_DELETION_SLICE_SECONDS", default=300)
+# Background jobs (ingestion and deletion; core/jobs.py). A processing job whose heartbeat
+# is older than LORE_JOB_STALE_SECONDS lost its worker and is requeued. The former names
+# LORE_DELETION_STALE_SECONDS / LORE_DELETION_SLICE_SECONDS are still read.
+LORE_JOB_STALE_SECONDS = env.int("LORE_JOB_STALE_SECONDS", default=env.int("LORE_DELETION_STALE_SECONDS", default=120))
+# A run hands its job back after this long (and a worker's claim loop claims no new job
+# after it), so a whole run stays well inside Q_CLUSTER["timeout"].
+LORE_JOB_SLICE_SECONDS = env.int("LORE_JOB_SLICE_SECONDS", default=env.int("LORE_DELETION_SLICE_SECONDS", default=300))
+LORE_DELETION_STALE_SECONDS = LORE_JOB_STALE_SECONDS
+LORE_DELETION_SLICE_SECONDS = LORE_JOB_SLICE_SECONDS
+# Jobs one organization may have processing at once: its backlog occupies at most this many workers.
+LORE_JOBS_PER_ORG_IN_FLIGHT = env.int("LORE_JOBS_PER_ORG_IN_FLIGHT", default=1)
+# Unfinished jobs an organization may have queued (403 quota_exceeded beyond).
+LORE_MAX_QUEUED_JOBS = env.int("LORE_MAX_QUEUED_JOBS", default=100)
+# Each worker process looks for jobs nobody was woken for this often (0: never).
+LORE_JOB_POLL_SECONDS = env.float("LORE_JOB_POLL_SECONDS", default=2.0)
+# A dependency unavailable (the embedding provider): retried after base * 2^(n-1) seconds,
+# at most the max, failed after LORE_JOB_MAX_RETRIES runs in a row without progress.
+LORE_JOB_RETRY_BASE_SECONDS = env.float("LORE_JOB_RETRY_BASE_SECONDS", default=5.0)
+LORE_JOB_RETRY_MAX_SECONDS = env.float("LORE_JOB_RETRY_MAX_SECONDS", default=300.0)
+LORE_JOB_MAX_RETRIES = env.int("LORE_JOB_MAX_RETRIES", default=8)
 # Rate limits: requests per minute per organization and scope (0: none), overridable per
 # organization (core/limits.py). Each API key may use LORE_KEY_RATE_SHARE of its
 # organization's rate.
@@ -240,7 +256,6 @@ LORE_MAX_AGENTS = env.int("LORE_MAX_AGENTS", default=1000)
 LORE_MAX_DOCUMENTS = env.int("LORE_MAX_DOCUMENTS", default=1_000_000)
 LORE_MAX_CHUNKS = env.int("LORE_MAX_CHUNKS", default=10_000_000)
 LORE_MAX_BYTES = env.int("LORE_MAX_BYTES", default=20 * 1024**3)
-LORE_MAX_QUEUED_JOBS = env.int("LORE_MAX_QUEUED_JOBS", default=100)
 # Bounds on what one request may carry (400/413 naming the field beyond them).
 LORE_MAX_METADATA_BYTES = env.int("LORE_MAX_METADATA_BYTES", default=16 * 1024)
 LORE_MAX_METADATA_DEPTH = env.int("LORE_MAX_METADATA_DEPTH", default=5)

@@ -16,6 +16,7 @@ from knowledge.services.deletion import (  # noqa: F401
     deletion_job_cancel,
     deletion_job_retry,
     deletion_job_run,
+    deletion_job_slice,
     deletion_jobs_requeue_stale,
     deletion_jobs_stuck,
     document_delete_request,
@@ -30,8 +31,10 @@ from knowledge.services.ingestion import (  # noqa: F401
     document_ingest,
     document_input_validate,
     documents_ingest,
-    enqueue,
     ingestion_job_create,
     ingestion_job_run,
+    ingestion_job_slice,
+    ingestion_jobs_requeue_stale,
 )
+from knowledge.services.jobs import jobs_requeue_stale, jobs_run  # noqa: F401
 from knowledge.services.stats import Drift, stats_apply, stats_reconcile, usage_reconcile  # noqa: F401

@@ -7,6 +7,9 @@ AgentStats by what the DELETE reports, and advances the job's cursor, progress a
 heartbeat; so stats are exact in the middle of a deletion, and a worker killed at any
 point leaves a job that resumes after the last committed batch.
 
+Jobs are claimed, heartbeated and requeued like every job (core.jobs): a worker's claim loop
+takes them fairly across organizations (knowledge.services.jobs).
+
 Concurrency:
 - One runner per job. A run claims the job (pending -> processing, attempts + 1) with a
   conditional UPDATE; every batch re-reads the job row FOR UPDATE and stops unless it is
@@ -25,11 +28,10 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
 from django.utils import timezone
 
+from core import jobs
 from knowledge.models import Agent, AgentStats, DeletionJob, Document
-from knowledge.services.ingestion import enqueue
 from knowledge.services.stats import stats_apply
 from search import indexes
 from tenants.errors import conflict, invalid, not_found, too_large
@@ -39,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 Status = DeletionJob.Status
 Scope = DeletionJob.Scope
-RUN_TASK = "knowledge.tasks.deletion_job_run"
 MAX_CHUNK_KEY_LENGTH = 600
 
 # What one batch ended with.
@@ -57,10 +58,15 @@ class DeleteResult:
 
 
 def _queue(job: DeletionJob) -> None:
-    transaction.on_commit(lambda: enqueue(RUN_TASK, job.pk))
+    # The row is the job; this only wakes a worker, and never fails the request.
+    jobs.wake_on_commit()
 
 
 def _new_job(*, org: Organization, scope: str, total: int, agent=None, target=None, api_key=None, user=None) -> DeletionJob:
+    if api_key is not None:
+        # Jobs asked through the API count against the organization's quota; those an
+        # operator or the organization's own deletion asks for are never refused.
+        jobs.quota_check_jobs(org=org)
     job = DeletionJob.objects.for_org(org).create(
         agent=agent, scope=scope, target=target or {}, total_items=total, batch_size=settings.LORE_DELETION_BATCH_SIZE,
         heartbeat_at=timezone.now(), requested_by_key=api_key, requested_by_user=user,
@@ -77,9 +83,12 @@ def agent_delete_request(*, org: Organization, agent: Agent, api_key=None, user=
     statements whatever the agent's size. Asking again returns the job under way (a
     failed one is restarted)."""
     with transaction.atomic():
-        # FOR UPDATE waits for in-flight ingests, which hold FOR SHARE on this row until
+        # NO KEY UPDATE waits for in-flight ingests, which hold FOR SHARE on this row until
         # they commit (ingestion._lock_active_agent); ingests that start later see `deleting`.
-        status = Agent.objects.for_org(org).select_for_update().filter(pk=agent.pk).values_list("status", flat=True).first()
+        # Not FOR UPDATE: inserting a job that references the agent (its FK check takes KEY
+        # SHARE) must not wait for this transaction, which may wait for that one's quota lock.
+        locked = Agent.objects.for_org(org).select_for_update(no_key=True).filter(pk=agent.pk)
+        status = locked.values_list("status", flat=True).first()
         if status in (None, Agent.Status.DELETED):
             raise not_found("Agent not found.")
         if status == Agent.Status.DELETING:
@@ -245,6 +254,7 @@ def deletion_job_retry(*, org: Organization, job: DeletionJob) -> DeletionJob:
             org.is_active = False
             job.total_items = job.processed_items + _queue_agent_deletions(org=org, user=job.requested_by_user)
         job.status, job.last_error, job.finished_at, job.heartbeat_at = Status.PENDING, "", None, timezone.now()
+        job.not_before, job.retries = None, 0
         job.save()
         _queue(job)
     return job
@@ -254,16 +264,24 @@ def deletion_job_retry(*, org: Organization, job: DeletionJob) -> DeletionJob:
 
 
 def deletion_job_run(*, job: DeletionJob) -> DeletionJob | None:
-    """Runs a job until it is done, cancelled, taken over by another run, or its time
-    slice (LORE_DELETION_SLICE_SECONDS) is spent, when it goes back to the queue.
+    """Runs this job now for one time slice, claiming it outside the fair order (tasks queued
+    before claim loops existed, tests, benchmarks); when the slice is spent the job goes back
+    to pending and the workers are woken.
 
     Returns the job as it ended; None once an organization's deletion has removed the
     organization, and with it the job."""
     attempt = _claim(job)
     if attempt is None:
         return _reload(job)  # not pending: another run has it, or it was cancelled
+    if deletion_job_slice(job=job, attempt=attempt, deadline=time.monotonic() + settings.LORE_JOB_SLICE_SECONDS):
+        jobs.wake()
+    return _reload(job)
+
+
+def deletion_job_slice(*, job: DeletionJob, attempt: int, deadline: float) -> bool:
+    """Runs a claimed job until it is done, cancelled, taken over by another run, or the
+    deadline passes (at least one batch). True when it was handed back with more to do."""
     step = STEPS[job.scope]
-    deadline = time.monotonic() + settings.LORE_DELETION_SLICE_SECONDS
     try:
         if job.scope == Scope.AGENT:
             # Search no longer reads the agent's own HNSW index (it answers 409 for a deleting
@@ -274,27 +292,17 @@ def deletion_job_run(*, job: DeletionJob) -> DeletionJob | None:
                 indexes.drop_org_index(job.organization_id)
         while _batch(job, attempt, step):
             if time.monotonic() >= deadline:
-                _hand_back(job, attempt)
-                break
+                return jobs.hand_back(DeletionJob, job=job, attempt=attempt)
     except Exception as exc:
         logger.exception("deletion job %s failed", job.pk)
         _fail(job, attempt, exc)
-    return _reload(job)
+    return False
 
 
 def _claim(job: DeletionJob) -> int | None:
     """pending -> processing for exactly one run; returns the attempt number that run
     holds, None if the job was not pending."""
-    now = timezone.now()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE knowledge_deletionjob SET status = %s, attempts = attempts + 1, heartbeat_at = %s,"
-            " started_at = coalesce(started_at, %s) WHERE id = %s AND organization_id = %s AND status = %s"
-            " RETURNING attempts",
-            [Status.PROCESSING, now, now, job.pk, job.organization_id, Status.PENDING],
-        )
-        row = cursor.fetchone()
-    return row[0] if row else None
+    return jobs.claim(DeletionJob, job=job)
 
 
 def _batch(job: DeletionJob, attempt: int, step) -> bool:
@@ -311,31 +319,26 @@ def _batch(job: DeletionJob, attempt: int, step) -> bool:
         if outcome == REMOVED:
             return False
         now = timezone.now()
-        locked.heartbeat_at = now
+        locked.heartbeat_at, locked.retries = now, 0
         if outcome == DONE:
             locked.status, locked.finished_at = Status.COMPLETED, now
         elif outcome == WAIT:
+            # Not claimed again until its last agent's deletion nudges it (or, as a safety
+            # net, the stale threshold passes): a claim loop would otherwise spin on it.
             locked.status = Status.PENDING
+            locked.not_before = now + timedelta(seconds=settings.LORE_JOB_STALE_SECONDS)
         elif outcome == SUPERSEDED:
             locked.status, locked.finished_at = Status.CANCELLED, now
             locked.last_error = "The document was ingested again after its deletion was asked for; the new version is kept."
-        locked.save(update_fields=["cursor", "processed_items", "heartbeat_at", "status", "finished_at", "last_error"])
+        locked.save(
+            update_fields=["cursor", "processed_items", "heartbeat_at", "retries", "status", "not_before", "finished_at", "last_error"]
+        )
     return outcome == MORE
-
-
-def _hand_back(job: DeletionJob, attempt: int) -> None:
-    with transaction.atomic():
-        mine = DeletionJob.objects.for_org(job.organization).filter(pk=job.pk, status=Status.PROCESSING, attempts=attempt)
-        if mine.update(status=Status.PENDING, heartbeat_at=timezone.now()):
-            _queue(job)
 
 
 def _fail(job: DeletionJob, attempt: int, exc: Exception) -> None:
     # An agent stays `deleting` (partly deleted, invisible to search); retry resumes it.
-    now = timezone.now()
-    DeletionJob.objects.for_org(job.organization).filter(pk=job.pk, status=Status.PROCESSING, attempts=attempt).update(
-        status=Status.FAILED, last_error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=now, heartbeat_at=now
-    )
+    jobs.finish(DeletionJob, job=job, attempt=attempt, status=Status.FAILED, last_error=f"{type(exc).__name__}: {exc}"[:2000])
 
 
 def _reload(job: DeletionJob) -> DeletionJob | None:
@@ -385,7 +388,9 @@ def _agent_step(job: DeletionJob) -> str:
     left = stats.values_list("total_chunks", "document_count", "total_size_bytes").first()
     if left and any(left):
         logger.warning("agent %s deleted with stats drift (chunks, documents, bytes) = %s; set to zero", agent.pk, left)
-    stats.update(total_chunks=0, document_count=0, total_size_bytes=0, data_version=F("data_version") + 1)
+    # What the stats still hold leaves the organization's usage with the agent itself.
+    chunks, documents, size = left or (0, 0, 0)
+    stats_apply(org=org, agent=agent, chunks=-chunks, documents=-documents, size_bytes=-size, agents=-1)
     transaction.on_commit(lambda: _nudge_organization_job(org))
     return DONE
 
@@ -412,8 +417,12 @@ def _document_step(job: DeletionJob) -> str:
         )
         chunks, last_ordinal = cursor.fetchone()
         if chunks:
+            # As for chunk-key deletes: chunk_count stays exact and ingest_hash is cleared, so a
+            # document left incomplete by a cancel is re-chunked by its next ingest, even of the
+            # same text, instead of answering "unchanged".
             cursor.execute(
-                "UPDATE knowledge_document SET chunk_count = chunk_count - %s WHERE id = %s", [chunks, target["document_id"]]
+                "UPDATE knowledge_document SET chunk_count = chunk_count - %s, ingest_hash = '' WHERE id = %s",
+                [chunks, target["document_id"]],
             )
             stats_apply(org=org, agent=agent, chunks=-chunks)
             job.processed_items += chunks
@@ -460,38 +469,24 @@ STEPS = {Scope.AGENT: _agent_step, Scope.DOCUMENT: _document_step, Scope.KEYS: _
 
 
 def _nudge_organization_job(org: Organization) -> None:
-    job = DeletionJob.objects.for_org(org).filter(scope=Scope.ORGANIZATION, status=Status.PENDING).first()
-    if job is not None:
-        enqueue(RUN_TASK, job.pk)
+    if DeletionJob.objects.for_org(org).filter(scope=Scope.ORGANIZATION, status=Status.PENDING).update(not_before=None):
+        jobs.wake()
 
 
 # --- Stuck jobs ------------------------------------------------------------------------
 
 
 def deletion_jobs_stuck(*, org: Organization | None = None, now=None):
-    """Jobs no worker is running: `processing` with a heartbeat older than
-    LORE_DELETION_STALE_SECONDS (the worker died), or `pending` for as long (the queued
-    task was lost). Across organizations unless one is given: for the scheduled task,
-    the `deletions` command and the admin."""
-    threshold = (now or timezone.now()) - timedelta(seconds=settings.LORE_DELETION_STALE_SECONDS)
-    # deljob_status_heartbeat_idx (status, heartbeat_at).
-    jobs = DeletionJob.unscoped.filter(status__in=DeletionJob.UNFINISHED, heartbeat_at__lt=threshold)
-    return jobs.filter(organization=org) if org is not None else jobs
+    """Deletion jobs no worker is running (core.jobs.stuck), across organizations unless
+    one is given: for the `deletions` command and the admin."""
+    return jobs.stuck(DeletionJob, org=org, now=now)
 
 
 def deletion_jobs_requeue_stale(*, org: Organization | None = None, now=None) -> list[int]:
-    """Puts stuck jobs back in the queue; the next run continues from the job's cursor.
-    A worker that was only slow finds the job no longer its own at its next batch."""
-    requeued = []
-    with transaction.atomic():
-        # SKIP LOCKED: a job row locked now belongs to a batch in flight, so it is alive.
-        for job in deletion_jobs_stuck(org=org, now=now).select_for_update(skip_locked=True).order_by("pk"):
-            DeletionJob.unscoped.filter(pk=job.pk).update(status=Status.PENDING, heartbeat_at=timezone.now())
-            _queue(job)
-            requeued.append(job.pk)
-    if requeued:
-        logger.warning("requeued stuck deletion jobs %s", requeued)
-    return requeued
+    """Puts stuck deletion jobs back to pending (core.jobs.requeue_stale); the next run
+    continues from the job's cursor."""
+    lost = {"last_error": "Its worker was lost too many times."}
+    return jobs.requeue_stale(DeletionJob, org=org, now=now, failed_fields=lost)
 
 
 # --- Shared by requests and jobs -------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass, field
 
 from django.conf import settings
@@ -9,6 +10,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from core import jobs
 from core.validation import json_shape, json_size
 from knowledge.chunking import CONTENT_TYPES, chunk_document, normalize_text
 from knowledge.embeddings import embed_with_cache, halfvecs
@@ -328,33 +330,65 @@ def document_ingest(
 
 
 def ingestion_job_create(*, org: Organization, agent: Agent, docs: list[DocumentInput], api_key=None) -> IngestionJob:
-    """Queues documents for the worker. Validation happens here, so a bad batch is a
-    400 that stores nothing rather than a job that fails later."""
+    """Queues documents for the workers. Validation happens here, so a bad batch is a
+    400 that stores nothing rather than a job that fails later. The committed row is the
+    job: waking a worker may fail (broker down) without failing the request."""
     if agent.status != Agent.Status.ACTIVE:
         raise conflict("agent_deleting", "Agent is being deleted; it accepts no new documents.")
     with transaction.atomic():
+        jobs.quota_check_jobs(org=org)
         job = IngestionJob.objects.for_org(org).create(
             agent=agent,
             payload=[asdict(d) for d in docs],
             total_documents=len(docs),
             requested_by_key=api_key,
+            heartbeat_at=timezone.now(),
         )
-        transaction.on_commit(lambda: enqueue("knowledge.tasks.ingestion_job_run", job.pk))
+        jobs.wake_on_commit()
     return job
 
 
 INGEST_JOB_BATCH = 50
+# Domain errors (by code, never by HTTP status): the agent is gone or going, so is the job;
+# a dependency is unavailable, so the job waits and retries.
+_FATAL = {"not_found", "agent_deleting"}
+_TRANSIENT = {"embedding_unavailable", "concurrent_delete"}
+
+
+class _Unavailable(Exception):
+    def __init__(self, error: ApiError):
+        self.error = error
 
 
 def ingestion_job_run(*, job: IngestionJob) -> IngestionJob:
-    """Ingests a job's documents in batches, recording progress after each. A batch
-    that fails is retried document by document, so one bad document fails alone."""
+    """Runs this job now for one time slice, claiming it outside the fair order (tasks queued
+    before claim loops existed, tests); when the slice is spent the workers are woken."""
+    attempt = jobs.claim(IngestionJob, job=job)
+    if attempt is not None and ingestion_job_slice(
+        job=job, attempt=attempt, deadline=time.monotonic() + settings.LORE_JOB_SLICE_SECONDS
+    ):
+        jobs.wake()
+    job.refresh_from_db()
+    return job
+
+
+def ingestion_job_slice(*, job: IngestionJob, attempt: int, deadline: float) -> bool:
+    """Ingests a claimed job's documents in batches of INGEST_JOB_BATCH from where the last
+    run stopped, recording progress (and the heartbeat) after each, until all are done or
+    the deadline passes (at least one batch). True when handed back with more to do.
+
+    A batch that fails is retried document by document, so one bad document fails alone.
+    An unavailable dependency puts the whole job back to pending with a backoff: nothing of
+    that batch was written (documents keep their previous version, new ones do not exist yet).
+    """
     org = job.organization
-    agent = Agent.objects.for_org(org).get(pk=job.agent_id)
-    IngestionJob.objects.for_org(org).filter(pk=job.pk).update(
-        status=IngestionJob.Status.PROCESSING, started_at=timezone.now(), heartbeat_at=timezone.now(),
-        attempts=F("attempts") + 1,
-    )  # fmt: skip
+    agent = Agent.objects.for_org(org).filter(pk=job.agent_id).first()
+    counts = {"added": job.added, "updated": job.updated, "unchanged": job.unchanged, "failed": job.failed}
+    errors = list(job.errors)
+    if agent is None:
+        errors.append({"key": None, "error": "Agent not found."})
+        _ingestion_job_finish(job, attempt, IngestionJob.Status.FAILED, counts, errors)
+        return False
     docs = [DocumentInput(**d) for d in job.payload]
     if not job.total_chunks:
         # Chunking is cheap next to embedding: count up front so progress has a denominator.
@@ -363,32 +397,46 @@ def ingestion_job_run(*, job: IngestionJob) -> IngestionJob:
                                chunk_overlap=agent.chunk_overlap, parent_chunk_size=agent.parent_chunk_size).chunks)
             for d in docs
         )  # fmt: skip
-        IngestionJob.objects.for_org(org).filter(pk=job.pk).update(total_chunks=total)
+        if not jobs.heartbeat(IngestionJob, job=job, attempt=attempt, total_chunks=total):
+            return False
     done = job.processed_documents
-    counts = {"added": job.added, "updated": job.updated, "unchanged": job.unchanged, "failed": job.failed}
-    errors = list(job.errors)
     for start in range(done, len(docs), INGEST_JOB_BATCH):
+        if start > job.processed_documents and time.monotonic() >= deadline:
+            return jobs.hand_back(IngestionJob, job=job, attempt=attempt)
         part = docs[start : start + INGEST_JOB_BATCH]
         try:
-            results = documents_ingest(org=org, agent=agent, docs=part).results
-        except ApiError as exc:  # EmbeddingError included
-            if exc.status_code in (404, 409):
-                return _ingestion_job_finish(job, IngestionJob.Status.FAILED, counts, errors + [{"key": None, "error": str(exc.detail)}])
-            results = _ingest_one_by_one(org, agent, part)
+            try:
+                results = documents_ingest(org=org, agent=agent, docs=part).results
+            except ApiError as exc:
+                if exc.code in _TRANSIENT:
+                    raise _Unavailable(exc) from exc
+                if exc.code in _FATAL:
+                    errors.append({"key": None, "error": str(exc.detail)})
+                    _ingestion_job_finish(job, attempt, IngestionJob.Status.FAILED, counts, errors)
+                    return False
+                results = _ingest_one_by_one(org, agent, part)
+        except _Unavailable as unavailable:
+            exc = unavailable.error
+            error = {"key": None, "error": str(exc.detail)}
+            jobs.retry_later(
+                IngestionJob, job=job, attempt=attempt, error=exc.code, retry_after=exc.retry_after or 0,
+                errors=errors + [error], **counts,
+            )  # fmt: skip
+            return False
         for result in results:
             counts[result.outcome] += 1
             if result.error:
                 errors.append({"key": result.key, "error": result.error})
         done += len(part)
-        IngestionJob.objects.for_org(org).filter(pk=job.pk).update(
-            processed_documents=done,
-            processed_chunks=F("processed_chunks") + sum(r.chunk_count for r in results),
-            heartbeat_at=timezone.now(),
-            errors=errors,
-            **counts,
-        )
+        # Conditional on this run still holding the job: a run presumed dead and requeued stops here.
+        if not jobs.heartbeat(
+            IngestionJob, job=job, attempt=attempt, processed_documents=done,
+            processed_chunks=F("processed_chunks") + sum(r.chunk_count for r in results), errors=errors, **counts,
+        ):  # fmt: skip
+            return False
     status = IngestionJob.Status.COMPLETED if not counts["failed"] or counts["failed"] < len(docs) else IngestionJob.Status.FAILED
-    return _ingestion_job_finish(job, status, counts, errors)
+    _ingestion_job_finish(job, attempt, status, counts, errors)
+    return False
 
 
 def _ingest_one_by_one(org, agent, docs) -> list[IngestResult]:
@@ -397,6 +445,8 @@ def _ingest_one_by_one(org, agent, docs) -> list[IngestResult]:
         try:
             results.extend(documents_ingest(org=org, agent=agent, docs=[doc]).results)
         except ApiError as exc:
+            if exc.code in _TRANSIENT:
+                raise _Unavailable(exc) from exc  # not this document's fault: the job waits
             message = str(exc.detail)
             # A new document is recorded as failed, so GET /documents/{key} says why; an
             # existing ready one keeps serving its previous version, with the error noted.
@@ -410,15 +460,13 @@ def _ingest_one_by_one(org, agent, docs) -> list[IngestResult]:
     return results
 
 
-def _ingestion_job_finish(job, status, counts, errors) -> IngestionJob:
-    IngestionJob.objects.for_org(job.organization).filter(pk=job.pk).update(
-        status=status, finished_at=timezone.now(), heartbeat_at=timezone.now(), payload=[], errors=errors, **counts
-    )
-    job.refresh_from_db()
-    return job
+def _ingestion_job_finish(job, attempt, status, counts, errors) -> None:
+    # Every end drops the payload (IngestionJob.FINISHED_FIELDS), failures included.
+    jobs.finish(IngestionJob, job=job, attempt=attempt, status=status, errors=errors, **counts)
 
 
-def enqueue(func: str, *args) -> None:
-    from django_q.tasks import async_task
-
-    async_task(func, *args)
+def ingestion_jobs_requeue_stale(*, org: Organization | None = None, now=None) -> list[int]:
+    """Puts ingestion jobs whose worker died back to pending (core.jobs.requeue_stale); the
+    next run resumes after processed_documents."""
+    lost = {"errors": [{"key": None, "error": "Its worker was lost too many times."}]}
+    return jobs.requeue_stale(IngestionJob, org=org, now=now, failed_fields=lost)

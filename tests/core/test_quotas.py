@@ -119,3 +119,14 @@ def test_org_limits_command_sets_and_prints(org_a, agent_a):
     out = StringIO()
     call_command("org_limits", "org-a", stdout=out)
     assert "agents" in out.getvalue() and "1" in out.getvalue()
+
+
+def test_a_deleted_agent_gives_back_its_slot_and_its_data(org_a, client_a, django_capture_on_commit_callbacks):
+    _set(org_a, max_agents=1)
+    assert client_a.post("/api/v1/agents", {"slug": "one"}, format="json").status_code == 201
+    client_a.post("/api/v1/agents/one/documents", {"key": "a", "text": "some text"}, format="json")
+    assert usage_get(org=org_a)["documents"] == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client_a.delete("/api/v1/agents/one").status_code == 202
+    assert usage_get(org=org_a) == {"agents": 0, "documents": 0, "chunks": 0, "bytes": 0}
+    assert client_a.post("/api/v1/agents", {"slug": "two"}, format="json").status_code == 201

@@ -183,7 +183,7 @@ def test_a_failed_batch_fails_the_job_and_asking_again_resumes_it(
 
 
 def test_a_spent_time_slice_hands_the_job_back_to_the_queue(org_a, agent, job, settings, django_capture_on_commit_callbacks):
-    settings.LORE_DELETION_SLICE_SECONDS = 0
+    settings.LORE_JOB_SLICE_SECONDS = 0
     with django_capture_on_commit_callbacks(execute=True):
         tasks.deletion_job_run(job.pk)
     done = _reload(job)
@@ -222,4 +222,4 @@ def test_organization_job_waits_for_its_agents_then_removes_the_organization(org
 
 
 def test_requeue_runs_every_minute(db):
-    assert ("knowledge.tasks.deletion_jobs_requeue_stale", 1) in tasks.SCHEDULES
+    assert ("knowledge.tasks.jobs_sweep", 1) in tasks.SCHEDULES

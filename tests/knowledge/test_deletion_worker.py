@@ -16,7 +16,7 @@ from django_q.tasks import async_task
 
 from knowledge.models import AgentStats, Chunk, DeletionJob
 from knowledge.services import agent_delete_request, deletion_jobs_requeue_stale, stats_reconcile
-from knowledge.services import deletion
+from core import jobs
 from tests.factories import SMALL_CHUNKS, AgentFactory, OrganizationFactory, fill_agent
 
 
@@ -50,7 +50,7 @@ def test_sigkilled_worker_leaves_a_job_that_the_requeue_finishes_with_exact_coun
     agent = AgentFactory(organization=org, config=SMALL_CHUNKS)
     fill_agent(org, agent, documents=20, paragraphs=30)
     total = Chunk.objects.for_org(org).filter(agent=agent).count()
-    monkeypatch.setattr(deletion, "enqueue", lambda *args: None)  # queued below, to the real worker
+    monkeypatch.setattr(jobs, "wake_on_commit", lambda: None)  # woken below, through the real worker's broker
     job = agent_delete_request(org=org, agent=agent)
     DeletionJob.objects.for_org(org).filter(pk=job.pk).update(batch_size=1)  # hundreds of batches
     monkeypatch.undo()
@@ -60,7 +60,7 @@ def test_sigkilled_worker_leaves_a_job_that_the_requeue_finishes_with_exact_coun
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        async_task("knowledge.tasks.deletion_job_run", job.pk, sync=False, broker=ORM(list_key=settings.Q_CLUSTER["name"]))
+        async_task("knowledge.tasks.run_jobs", sync=False, broker=ORM(list_key=settings.Q_CLUSTER["name"]))
         _wait_for(lambda: DeletionJob.objects.for_org(org).get(pk=job.pk).processed_items >= 20, 60)
     finally:
         os.killpg(worker.pid, signal.SIGKILL)  # the cluster and its worker processes
@@ -74,7 +74,7 @@ def test_sigkilled_worker_leaves_a_job_that_the_requeue_finishes_with_exact_coun
     assert not [row for row in stats_reconcile(org=org) if row.drift]
 
     # Runs the requeued job here (tests run Django-Q2 tasks inline).
-    assert deletion_jobs_requeue_stale(now=timezone.now() + timedelta(seconds=settings.LORE_DELETION_STALE_SECONDS + 1)) == [job.pk]
+    assert deletion_jobs_requeue_stale(now=timezone.now() + timedelta(seconds=settings.LORE_JOB_STALE_SECONDS + 1)) == [job.pk]
     done = DeletionJob.objects.for_org(org).get(pk=job.pk)
     assert (done.status, done.attempts, done.processed_items) == ("completed", 2, total)
     assert AgentStats.objects.for_org(org).get(agent=agent).total_chunks == 0

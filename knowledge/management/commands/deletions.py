@@ -11,7 +11,7 @@ COLUMNS = "{:>7}  {:<20} {:<20} {:<12} {:<10} {:>6}  {:>23}  {:>3}  {:>10}  {}"
 class Command(BaseCommand):
     help = (
         "List deletion jobs with their progress, newest first. --stuck: only jobs no worker is running "
-        "(heartbeat older than LORE_DELETION_STALE_SECONDS); --requeue: put those back in the queue."
+        "(heartbeat older than LORE_JOB_STALE_SECONDS); --requeue: put those back in the queue."
     )
 
     def add_arguments(self, parser):

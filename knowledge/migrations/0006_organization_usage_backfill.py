@@ -20,7 +20,7 @@ ON CONFLICT (organization_id) DO NOTHING
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("knowledge", "0004_chunk_autovacuum_cost_delay_40"),
+        ("knowledge", "0005_fair_job_claims"),
         ("tenants", "0002_limits_scopes_usage"),
     ]
 

@@ -1,0 +1,411 @@
+"""Background jobs: the job row is the truth, the broker only a wake-up.
+
+A request records its job (a row, `pending`) in its transaction and, once committed, wakes
+the workers (`wake`: one Django-Q2 task, `RUN_TASK`). `wake` never raises: with the broker
+down the request still answers with its job, and the wake-up is lost, not the job. Workers
+run a claim loop (knowledge.services.jobs.jobs_run): claim the next job fairly from the job
+tables, run it for a time slice, claim the next, until nothing is runnable. A lost wake-up is
+found by the poller thread every Django-Q2 worker process runs (`poll_forever`), within
+LORE_JOB_POLL_SECONDS: Django-Q2 schedules run at most once a minute (its guard calls the
+scheduler every 30 s), so they are only the safety net.
+
+Fairness: claims go round-robin over the organizations that have runnable jobs (the one
+served longest ago first, by TURN_TABLE), and an organization never has more than
+LORE_JOBS_PER_ORG_IN_FLIGHT jobs processing: one tenant's backlog occupies at most that many
+workers, whatever the broker's FIFO holds.
+
+Tables are named, not imported: core imports no app. The statements here are maintenance
+across organizations (which tenant runs next), by table name, clearly cross-tenant.
+"""
+
+import importlib
+import logging
+import multiprocessing
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, connection, models, transaction
+from django.utils import timezone
+
+from core import limits
+
+logger = logging.getLogger(__name__)
+
+PENDING, PROCESSING, COMPLETED, FAILED = "pending", "processing", "completed", "failed"
+UNFINISHED = (PENDING, PROCESSING)
+
+# Every job table the claim loop serves, and the table of organizations' turns.
+JOB_TABLES = ("knowledge_ingestionjob", "knowledge_deletionjob")
+TURN_TABLE = "knowledge_jobturn"
+RUN_TASK = "knowledge.tasks.run_jobs"
+
+# Wake-ups since the process started, for logs and tests.
+metrics = {"wakes": 0, "wake_failures": 0}
+_broker_failing = threading.Event()
+
+
+class JobFields(models.Model):
+    """What every job row has besides its status (whose choices differ by kind)."""
+
+    # Runs that claimed the job (a slice each); the run holding the job is the one whose
+    # attempt number matches, so a run presumed dead stops at its next step.
+    attempts = models.IntegerField(default=0)
+    # Runs in a row that ended without progress (worker lost, dependency unavailable);
+    # reset by progress. Over LORE_JOB_MAX_RETRIES the job fails.
+    retries = models.IntegerField(default=0)
+    # Not claimed before this time (backoff after a dependency was unavailable).
+    not_before = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    # Fields a job ends with besides status and times (ingestion drops its payload).
+    FINISHED_FIELDS: dict = {}
+
+    class Meta:
+        abstract = True
+
+
+# --- Waking ----------------------------------------------------------------------------
+
+
+def wake(func: str = RUN_TASK, *args) -> bool:
+    """Enqueues a task; never raises. False when the broker refused it: the caller's job is
+    recorded anyway and the workers' poller finds it. Logged once per outage."""
+    from django_q.tasks import async_task
+
+    try:
+        async_task(func, *args)
+    except Exception as exc:  # the broker's own errors (redis.ConnectionError, OperationalError, ...)
+        metrics["wake_failures"] += 1
+        if not _broker_failing.is_set():
+            _broker_failing.set()
+            logger.warning("task broker unavailable, %s not queued (the job is recorded; workers poll): %r", func, exc)
+        return False
+    metrics["wakes"] += 1
+    if _broker_failing.is_set():
+        _broker_failing.clear()
+        logger.warning("task broker available again")
+    return True
+
+
+def wake_on_commit() -> None:
+    """One wake-up once the current transaction commits (at once outside one)."""
+    transaction.on_commit(wake)
+
+
+# --- Claiming --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    table: str
+    job_id: int
+    organization_id: int
+    attempt: int
+
+
+def _due() -> str:
+    """Pending and past its backoff."""
+    return "status = 'pending' AND (not_before IS NULL OR not_before <= %(now)s)"
+
+
+# Organizations with a due pending job and fewer than `cap` jobs processing, the one served
+# longest ago first (never served: first), then the one with the oldest due job. Reads the
+# partial indexes *_unfinished_idx (organization, status, created_at) WHERE status is pending
+# or processing: a few rows per organization (quota-bounded) whatever the job history.
+_CANDIDATES = (
+    "WITH runnable AS ("
+    + " UNION ALL ".join(f"SELECT organization_id, created_at FROM {t} WHERE {_due()}" for t in JOB_TABLES)
+    + "), busy AS (SELECT organization_id, count(*) AS n FROM ("
+    + " UNION ALL ".join(f"SELECT organization_id FROM {t} WHERE status = 'processing'" for t in JOB_TABLES)
+    + f") b GROUP BY organization_id) SELECT r.organization_id FROM runnable r"
+    f" LEFT JOIN busy ON busy.organization_id = r.organization_id"
+    f" LEFT JOIN {TURN_TABLE} turn ON turn.organization_id = r.organization_id"
+    " WHERE coalesce(busy.n, 0) < %(cap)s"
+    " GROUP BY r.organization_id, turn.last_claimed_at"
+    " ORDER BY turn.last_claimed_at NULLS FIRST, min(r.created_at), r.organization_id LIMIT %(limit)s"
+)
+
+
+def runnable_organizations(*, now=None, limit: int = 20) -> list[int]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _CANDIDATES, {"now": now or timezone.now(), "cap": settings.LORE_JOBS_PER_ORG_IN_FLIGHT, "limit": limit}
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def claim_next(*, now=None) -> Claim | None:
+    """pending -> processing for the next job in fair order; None when nothing is runnable."""
+    now = now or timezone.now()
+    for org_id in runnable_organizations(now=now):
+        try:
+            claim = _claim_in_organization(org_id, now)
+        except IntegrityError:
+            continue  # the organization was deleted meanwhile (its turn row cannot be made)
+        if claim is not None:
+            return claim
+    return None
+
+
+@transaction.atomic
+def _claim_in_organization(org_id: int, now) -> Claim | None:
+    cap = settings.LORE_JOBS_PER_ORG_IN_FLIGHT
+    with connection.cursor() as cursor:
+        # The organization's turn row serializes its claims: a second claimer skips the
+        # organization rather than wait, and the in-flight count below, read after the lock,
+        # includes every claim committed before it; so the cap holds under concurrent claims.
+        cursor.execute(
+            f"INSERT INTO {TURN_TABLE} (organization_id, last_claimed_at) VALUES (%s, NULL) ON CONFLICT DO NOTHING",
+            [org_id],
+        )
+        cursor.execute(f"SELECT 1 FROM {TURN_TABLE} WHERE organization_id = %s FOR UPDATE SKIP LOCKED", [org_id])
+        if cursor.fetchone() is None:
+            return None
+        # *_unfinished_idx (organization, status, created_at) on both tables.
+        cursor.execute(
+            "SELECT " + " + ".join(
+                f"(SELECT count(*) FROM {t} WHERE organization_id = %(org)s AND status = 'processing')"
+                for t in JOB_TABLES
+            ),
+            {"org": org_id},
+        )  # fmt: skip
+        if cursor.fetchone()[0] >= cap:
+            return None
+        # Within an organization, its oldest due job first, whichever its kind.
+        cursor.execute(
+            "SELECT tbl FROM ("
+            + " UNION ALL ".join(
+                f"SELECT '{t}' AS tbl, min(created_at) AS oldest FROM {t} WHERE organization_id = %(org)s AND {_due()}"
+                for t in JOB_TABLES
+            )
+            + ") x WHERE oldest IS NOT NULL ORDER BY oldest",
+            {"org": org_id, "now": now},
+        )
+        for (table,) in cursor.fetchall():
+            # SKIP LOCKED: a pending row locked now is being cancelled or retried; take the next.
+            cursor.execute(
+                f"UPDATE {table} SET status = 'processing', attempts = attempts + 1, heartbeat_at = %(now)s,"
+                f" started_at = coalesce(started_at, %(now)s) WHERE id = (SELECT id FROM {table}"
+                f" WHERE organization_id = %(org)s AND {_due()} ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                " RETURNING id, attempts",
+                {"org": org_id, "now": now},
+            )
+            row = cursor.fetchone()
+            if row is not None:
+                turn = f"UPDATE {TURN_TABLE} SET last_claimed_at = %s WHERE organization_id = %s"
+                cursor.execute(turn, [now, org_id])
+                return Claim(table, row[0], org_id, row[1])
+    return None
+
+
+def claim(model, *, job) -> int | None:
+    """pending -> processing for this job, outside the fair order (an operator's or a test's
+    explicit run); returns the attempt number the run holds, None if it was not pending."""
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {model._meta.db_table} SET status = %s, attempts = attempts + 1, heartbeat_at = %s,"
+            " started_at = coalesce(started_at, %s) WHERE id = %s AND organization_id = %s AND status = %s"
+            " RETURNING attempts",
+            [PROCESSING, now, now, job.pk, job.organization_id, PENDING],
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+# --- Running: each step is conditional on the run still holding the job ----------------
+
+
+def _mine(model, job, attempt: int):
+    return model.objects.for_org(job.organization).filter(pk=job.pk, status=PROCESSING, attempts=attempt)
+
+
+def heartbeat(model, *, job, attempt: int, **progress) -> bool:
+    """Records progress; False when the job is no longer this run's (requeued as stale and
+    claimed again, cancelled): the run must stop."""
+    return bool(_mine(model, job, attempt).update(heartbeat_at=timezone.now(), retries=0, **progress))
+
+
+def hand_back(model, *, job, attempt: int) -> bool:
+    """processing -> pending at the end of a time slice; the claim loop takes it up again."""
+    return bool(_mine(model, job, attempt).update(status=PENDING, heartbeat_at=timezone.now()))
+
+
+def finish(model, *, job, attempt: int, status: str, **fields) -> bool:
+    """The end, however it ends: with the model's FINISHED_FIELDS (ingestion drops its payload)."""
+    now = timezone.now()
+    ended = {"status": status, "finished_at": now, "heartbeat_at": now, **model.FINISHED_FIELDS, **fields}
+    return bool(_mine(model, job, attempt).update(**ended))
+
+
+def backoff_seconds(retries: int, *, at_least: float = 0) -> float:
+    """Exponential in the retries so far, capped; at least what the dependency asked for."""
+    base = settings.LORE_JOB_RETRY_BASE_SECONDS * 2 ** max(0, retries - 1)
+    return max(at_least, min(settings.LORE_JOB_RETRY_MAX_SECONDS, base))
+
+
+def retry_later(model, *, job, attempt: int, error: str, retry_after: float = 0, **failed_fields) -> bool:
+    """A dependency is unavailable: back to pending, not claimed before the backoff is
+    over; failed (with `failed_fields`) after LORE_JOB_MAX_RETRIES runs in a row without
+    progress. True when it will run again. `job` as loaded for this run."""
+    retries = job.retries + 1
+    if retries > settings.LORE_JOB_MAX_RETRIES:
+        finish(model, job=job, attempt=attempt, status=FAILED, **failed_fields)
+        return False
+    not_before = timezone.now() + timedelta(seconds=backoff_seconds(retries, at_least=retry_after or 0))
+    logger.info("job %s.%s: %s; retry %s at %s", model._meta.db_table, job.pk, error, retries, not_before)
+    waiting = {"status": PENDING, "retries": retries, "not_before": not_before, "heartbeat_at": timezone.now()}
+    return bool(_mine(model, job, attempt).update(**waiting))
+
+
+# --- Stale jobs ------------------------------------------------------------------------
+
+
+def stuck(model, *, org=None, now=None):
+    """Jobs no worker is running: `processing` with a heartbeat older than
+    LORE_JOB_STALE_SECONDS (the worker died), or due and `pending` for as long (no worker
+    took it). Across organizations unless one is given: for the sweeper, commands and the
+    admin."""
+    now = now or timezone.now()
+    threshold = now - timedelta(seconds=settings.LORE_JOB_STALE_SECONDS)
+    # *_unfinished_idx: only unfinished rows, few.
+    jobs = model.unscoped.filter(status__in=UNFINISHED, heartbeat_at__lt=threshold).exclude(
+        status=PENDING, not_before__gt=now
+    )
+    return jobs.filter(organization=org) if org is not None else jobs
+
+
+def requeue_stale(model, *, org=None, now=None, failed_fields: dict) -> list[int]:
+    """Puts stuck jobs back to pending (the next run resumes from what the last committed);
+    a job whose worker was lost more than LORE_JOB_MAX_RETRIES times in a row fails
+    instead. A worker that was only slow finds the job no longer its own at its next step."""
+    requeued, failed = [], []
+    with transaction.atomic():
+        # SKIP LOCKED: a job row locked now belongs to a step in flight, so it is alive.
+        rows = stuck(model, org=org, now=now).select_for_update(skip_locked=True).order_by("pk")
+        for pk, status, retries in rows.values_list("pk", "status", "retries"):
+            lost = status == PROCESSING
+            mine = model.unscoped.filter(pk=pk)
+            if lost and retries + 1 > settings.LORE_JOB_MAX_RETRIES:
+                t = timezone.now()
+                mine.update(status=FAILED, finished_at=t, heartbeat_at=t, **model.FINISHED_FIELDS, **failed_fields)
+                failed.append(pk)
+                continue
+            mine.update(status=PENDING, heartbeat_at=timezone.now(), retries=retries + int(lost))
+            requeued.append(pk)
+        if requeued:
+            wake_on_commit()
+    if requeued or failed:
+        logger.warning("%s: requeued stuck jobs %s, failed %s", model._meta.db_table, requeued, failed)
+    return requeued
+
+
+# --- The poller: a lost wake-up is found within seconds ----------------------------------
+
+# At most one claim loop per process: the Django-Q2 task and the poller thread take turns.
+# Reentrant: with tasks run inline (tests), a loop's wake-up runs a loop in the same thread.
+_run_lock = threading.RLock()
+
+
+def run_exclusive(run) -> bool:
+    """Runs the claim loop unless this process is running one already (then False)."""
+    if not _run_lock.acquire(blocking=False):
+        return False
+    try:
+        run()
+    finally:
+        _run_lock.release()
+    return True
+
+
+def _run_here() -> None:
+    module, name = RUN_TASK.rsplit(".", 1)
+    getattr(importlib.import_module(module), name)()
+
+
+def poll_once() -> str:
+    """One look for runnable jobs nobody was woken for (a wake-up lost with the broker).
+    Wakes the workers through the broker, unless a wake-up is already queued; when the
+    broker refuses, runs the claim loop here: without a broker the workers are idle."""
+    if not runnable_organizations(limit=1):
+        return "idle"
+    from django_q.brokers import get_broker
+
+    try:
+        queued = get_broker().queue_size()
+    except Exception:
+        queued = None  # the broker is down
+    if queued:
+        return "queued"
+    if queued is not None and wake():
+        return "woken"
+    _run_here()
+    return "ran"
+
+
+def poll_forever(*, interval: float) -> None:
+    from django.db import close_old_connections
+
+    while True:
+        time.sleep(interval)
+        try:
+            poll_once()
+        except Exception:
+            logger.exception("job poller")
+        finally:
+            close_old_connections()
+
+
+_poller: threading.Thread | None = None
+
+
+def start_poller(**kwargs) -> None:
+    """Django-Q2's post_spawn receiver (core.apps): each worker process polls, so a lost
+    wake-up waits LORE_JOB_POLL_SECONDS, not a minute (Django-Q2 schedules' finest grain)."""
+    global _poller
+    interval = settings.LORE_JOB_POLL_SECONDS
+    # Cluster workers are child processes; a task run inline (Q_CLUSTER sync, tests) sends
+    # post_spawn from the calling process, which must not start polling.
+    if interval <= 0 or multiprocessing.parent_process() is None or _poller is not None:
+        return
+    _poller = threading.Thread(target=poll_forever, kwargs={"interval": interval}, name="lore-job-poller", daemon=True)
+    _poller.start()
+
+
+# --- Quota -----------------------------------------------------------------------------
+
+
+def unfinished_jobs(*, org, up_to: int) -> int:
+    """The organization's pending or processing jobs, counted up to `up_to`: the cost is
+    bounded by the quota, whatever the backlog. *_unfinished_idx."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT " + " + ".join(
+                f"(SELECT count(*) FROM (SELECT 1 FROM {t} WHERE organization_id = %(org)s"
+                " AND status IN ('pending', 'processing') LIMIT %(limit)s) x)"
+                for t in JOB_TABLES
+            ),
+            {"org": org.pk, "limit": up_to},
+        )  # fmt: skip
+        return min(up_to, cursor.fetchone()[0])
+
+
+def quota_check_jobs(*, org) -> None:
+    """Refuses a new job (403 quota_exceeded) when the organization has as many unfinished
+    jobs as it may queue (limits.quota: `org.max_jobs` or LORE_MAX_QUEUED_JOBS). Call it
+    inside the transaction that creates the job: the organization row stays locked until it
+    commits, so concurrent requests count one after the other and the limit is exact. The
+    lock is FOR NO KEY UPDATE: inserts that reference the organization (their foreign-key
+    checks take FOR KEY SHARE) do not wait for it."""
+    limit = limits.quota(org, "jobs")
+    if not limit:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM tenants_organization WHERE id = %s FOR NO KEY UPDATE", [org.pk])
+    limits.quota_check(org, usage={"jobs": unfinished_jobs(org=org, up_to=limit)}, adding={"jobs": 1})

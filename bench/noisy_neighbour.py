@@ -1,6 +1,6 @@
 """Noisy-neighbour benchmark (issue 14). One command:
 
-    .venv/bin/python bench/noisy_neighbour.py           # the issue's sizes, about 6 minutes on 2 cores
+    .venv/bin/python bench/noisy_neighbour.py           # the issue's sizes, about 3 minutes on 2 cores
     .venv/bin/python bench/noisy_neighbour.py --quick   # small sizes, a smoke run of about a minute
 
 Two organizations on one gunicorn as `./dev up` runs it (gthread, 2 workers x 4 threads,

@@ -569,6 +569,27 @@ class Qcluster:
             self.process.wait()
 
 
+@contextmanager
+def leaving_no_process(manager):
+    """Enters `manager` (a Gunicorn or a Qcluster) and, once it has exited, kills what
+    is left of its process tree: a gunicorn worker busy in a request outlives a master
+    that was killed after its stop timeout, and keeps a core busy for later runs."""
+    tree: list[tuple[int, str]] = []
+    try:
+        with manager as entered:
+            try:
+                yield entered
+            finally:
+                tree = [(pid, fields[19]) for pid in process_tree(entered.pid)[1:] if (fields := _stat(pid))]
+    finally:
+        for pid, started in tree:
+            if (fields := _stat(pid)) and fields[19] == started:  # the same process (start time), not a reused id
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+
+
 def status_class(status: int) -> str:
     """How a load report counts an answer: "2xx", "429" (rate limited: what a flooding
     client should get), other "4xx", "5xx"."""

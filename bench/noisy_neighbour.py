@@ -460,8 +460,8 @@ def measure(env: dict, sizes: Sizes, server_env: dict, overrides: dict, run) -> 
     cpu: dict[str, dict[str, float]] = {}
 
     with (
-        harness.Gunicorn(env, workers=2, threads=4, **server_env) as server,
-        harness.Qcluster(env, workers=2, **server_env) as worker,
+        harness.leaving_no_process(harness.Gunicorn(env, workers=2, threads=4, **server_env)) as server,
+        harness.leaving_no_process(harness.Qcluster(env, workers=2, **server_env)) as worker,
     ):
         quiet = Quiet(server.url, quiet_key, questions, stream, sizes, tally)
         pids = {"gunicorn": [server.pid], "qcluster": [worker.pid], "PostgreSQL": [harness.postgres_pid(NAME)]}

@@ -194,7 +194,8 @@ class Ingest:
     sent: float  # epoch seconds
     seconds: float | None = None  # request to completed, None when it did not complete
     outcome: str = ""
-    finished_at: float | None = None  # the job's, epoch seconds
+    started_at: float | None = None  # the job's, epoch seconds
+    finished_at: float | None = None
 
 
 @dataclass
@@ -266,6 +267,7 @@ class Quiet:
             if body.get("status") in DONE:
                 record.seconds = time.perf_counter() - started
                 record.outcome = body["status"]
+                record.started_at = epoch(body.get("started_at"))
                 record.finished_at = epoch(body.get("finished_at"))
                 break
         else:
@@ -575,6 +577,14 @@ def report(sizes, quiet, tally, flooded, adversarial, jobs, state, cpu, phase_st
         ingest_table.notes.append(
             f"the noisy backlog did not finish within {sizes.drain:g} s: a quiet ingest not completed counts as behind it"
         )
+    # Under first-come claiming every noisy job queued before a quiet one runs ahead of it;
+    # under fair claiming a worker or two at most.
+    noisy_starts = [epoch(s["started_at"]) for s in state.values() if s.get("started_at")]
+    ahead = [sum(r.sent < t < (r.started_at or float("inf")) for t in noisy_starts) for r in ingest["noisy"]]
+    ingest_table.notes.append(
+        f"noisy jobs started while a quiet ingest waited for a worker: at most {max(ahead, default=0)},"
+        f" {sum(ahead)} in all ({len(noisy_starts)} noisy jobs)"
+    )
     ingest_table.notes.append(
         f"quiet ingests queued while the noisy backlog was pending: {len(queued_during)}; finished after the backlog's"
         f" last job (behind it): {len(behind)} (target 0)"

@@ -31,8 +31,9 @@ given as ratios against the first, measured in the same run.
 Rate limits and quotas: --noisy-org FIELD=VALUE sets a field of the noisy Organization
 (its per-organization overrides; a field the model does not have is reported and skipped),
 --server-env NAME=VALUE passes a setting to gunicorn and the worker (a default for every
-organization, the quiet one included); --noisy-search-rate / --noisy-ingest-rate are the
-same as --noisy-org with the fields named in RATE_FIELDS.
+organization, the quiet one included: e.g. LORE_SEARCH_RATE); --noisy-search-rate /
+--noisy-write-rate are --noisy-org with the fields named in RATE_FIELDS. Without them the
+settings' defaults apply to both organizations.
 """
 
 import argparse
@@ -59,8 +60,8 @@ QUIET_AGENT = "docs"
 NOISY_SEARCH_AGENT = "search"
 NOISY_BATCH_AGENT = "batch"
 DONE = {"completed", "failed", "cancelled"}
-# The Organization fields --noisy-search-rate / --noisy-ingest-rate set.
-RATE_FIELDS = {"search": "search_rate_limit", "ingest": "ingest_rate_limit"}
+# The Organization fields --noisy-search-rate / --noisy-write-rate set (requests per minute, 0: none).
+RATE_FIELDS = {"search": "search_rate", "write": "write_rate"}
 
 
 @dataclass(frozen=True)
@@ -165,12 +166,13 @@ def load_noisy(sizes: Sizes, run, overrides: dict[str, str]):
     agent for its batch upload) and its overrides applied. Returns the dataset."""
     from django.core.exceptions import FieldDoesNotExist
 
-    from knowledge.services import agent_create
+    from knowledge.services import agent_create, usage_reconcile
 
     specs = [harness.AgentSpec(NOISY_SEARCH_AGENT, sizes.search_chunks, 0)]
     specs += [harness.AgentSpec(f"gone-{i}", sizes.deletion_chunks, i + 1) for i in range(sizes.deletions)]
     data = harness.load_synthetic(org_slug="noisy", specs=specs, topics=harness.Topics(DIMS))
     agent_create(org=data.org, slug=NOISY_BATCH_AGENT)
+    usage_reconcile(org=data.org, fix=True)  # the bulk load wrote no usage: quotas and deletions count on it
     harness.build_graphs(data.timings)
     run.note(f"noisy: agents {', '.join(f'{s.slug} ({s.size:,} chunks)' for s in specs)}, {NOISY_BATCH_AGENT} (empty)")
     for name, value in overrides.items():
@@ -264,6 +266,8 @@ class Quiet:
             outcome, status, body, _ = self.tally.request(
                 ("quiet", phase, "ingest poll"), client, "GET", f"/api/v1/ingestions/{job['id']}"
             )
+            if status == 429:  # a polite client backs off (Retry-After is a second or more)
+                time.sleep(1)
             if body.get("status") in DONE:
                 record.seconds = time.perf_counter() - started
                 record.outcome = body["status"]
@@ -409,8 +413,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--seconds", type=float, help="length of each phase")
-    parser.add_argument("--noisy-search-rate", help=f"the noisy Organization's {RATE_FIELDS['search']}")
-    parser.add_argument("--noisy-ingest-rate", help=f"the noisy Organization's {RATE_FIELDS['ingest']}")
+    parser.add_argument("--noisy-search-rate", help=f"the noisy Organization's {RATE_FIELDS['search']} (per minute)")
+    parser.add_argument("--noisy-write-rate", help=f"the noisy Organization's {RATE_FIELDS['write']} (per minute)")
     parser.add_argument(
         "--noisy-org",
         type=key_value,
@@ -432,7 +436,7 @@ def main():
     if args.seconds:
         sizes = Sizes(**{**sizes.__dict__, "seconds": args.seconds})
     overrides = dict(args.noisy_org)
-    for kind, value in (("search", args.noisy_search_rate), ("ingest", args.noisy_ingest_rate)):
+    for kind, value in (("search", args.noisy_search_rate), ("write", args.noisy_write_rate)):
         if value is not None:
             overrides[RATE_FIELDS[kind]] = value
     server_env = dict(args.server_env)

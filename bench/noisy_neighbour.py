@@ -303,9 +303,11 @@ def epoch(value: str | None) -> float | None:
 # --- the noisy tenant ---------------------------------------------------------------------
 
 
-def flood(url: str, key: str, clients: int, seconds: float, out) -> None:
+def flood(url: str, key: str, clients: int, seconds: float, polite: bool, out) -> None:
     """Searches as fast as answers come from `clients` connections for `seconds` (run in
-    a process of its own); puts its counts, latencies and CPU time on `out`."""
+    a process of its own); puts its counts, latencies and CPU time on `out`. `polite`:
+    each client waits a second after a 429 (what Retry-After asks at least) instead of
+    asking again at once."""
     lock = threading.Lock()
     counts: Counter = Counter()
     latencies: dict[str, list[float]] = {"2xx": [], "429": []}
@@ -325,7 +327,9 @@ def flood(url: str, key: str, clients: int, seconds: float, out) -> None:
                     latencies["2xx"].append(elapsed)
                 elif outcome == "429":
                     latencies["429"].append(elapsed)
-            if outcome == "error":
+            if outcome == "429" and polite:
+                time.sleep(1)
+            elif outcome == "error":
                 time.sleep(0.1)  # the server is gone or refusing: no busy loop
         client.close()
 
@@ -413,6 +417,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--seconds", type=float, help="length of each phase")
+    parser.add_argument("--no-adversarial", action="store_true", help="leave out the adversarial inputs (to compare)")
+    parser.add_argument(
+        "--polite-flood",
+        action="store_true",
+        help="the flooding clients wait a second after a 429 (default: they ignore it)",
+    )
     parser.add_argument("--noisy-search-rate", help=f"the noisy Organization's {RATE_FIELDS['search']} (per minute)")
     parser.add_argument("--noisy-write-rate", help=f"the noisy Organization's {RATE_FIELDS['write']} (per minute)")
     parser.add_argument(
@@ -447,19 +457,23 @@ def main():
     run.phase("setup: database, data")
     env = harness.setup(NAME, dimensions=DIMS, redis_db=REDIS_DB, fresh=True)
     try:
-        tables = measure(env, sizes, server_env, overrides, run)
+        tables = measure(env, sizes, server_env, overrides, args, run)
     finally:
         harness.stop_database(NAME)
     harness.print_tables([*tables, run.table()])
 
 
-def measure(env: dict, sizes: Sizes, server_env: dict, overrides: dict, run) -> list:
+def measure(env: dict, sizes: Sizes, server_env: dict, overrides: dict, args, run) -> list:
     from django.core.management import call_command
 
     quiet_key, questions, stream = load_quiet(sizes, run)
     noisy = load_noisy(sizes, run, overrides)
     backlog_docs = [as_json(d) for d in pages()[: sizes.batches * sizes.batch_docs]]
     call_command("sync_schedules", verbosity=0)
+    polite = args.polite_flood
+    run.note("search flood: each client waits a second after a 429" if polite else "search flood: 429s ignored")
+    if args.no_adversarial:
+        run.note("no adversarial inputs (--no-adversarial)")
     if server_env:
         run.note("server settings: " + ", ".join(f"{k}={v}" for k, v in server_env.items()))
     tally = Tally()
@@ -496,7 +510,9 @@ def measure(env: dict, sizes: Sizes, server_env: dict, overrides: dict, run) -> 
         adversarial: list = []
         flood_out = multiprocessing.get_context("spawn").Queue()
         flooder = multiprocessing.get_context("spawn").Process(
-            target=flood, args=(server.url, noisy.api_key, sizes.flood_clients, sizes.seconds, flood_out), daemon=True
+            target=flood,
+            args=(server.url, noisy.api_key, sizes.flood_clients, sizes.seconds, polite, flood_out),
+            daemon=True,
         )
         flooder.start()
         try:
@@ -506,7 +522,8 @@ def measure(env: dict, sizes: Sizes, server_env: dict, overrides: dict, run) -> 
             backlog.start()
             timer = threading.Timer(2, send_adversarial, args=(server.url, noisy.api_key, tally, adversarial))
             timer.daemon = True
-            timer.start()
+            if not args.no_adversarial:
+                timer.start()
             quiet.run("noisy", sizes.seconds)
             try:
                 flooded = flood_out.get(timeout=3 * TIMEOUT)
@@ -518,7 +535,8 @@ def measure(env: dict, sizes: Sizes, server_env: dict, overrides: dict, run) -> 
             if flooder.is_alive():
                 flooder.terminate()
         tally.merge(("noisy", "noisy", "search flood"), flooded["counts"], flooded["latencies"]["2xx"])
-        timer.join(len(adversarial_inputs()) * (TIMEOUT + 1))
+        if timer.is_alive() or timer.ident is not None:
+            timer.join(len(adversarial_inputs()) * (TIMEOUT + 1))
         backlog.join(sizes.batches * 4 * TIMEOUT)
         cpu["noisy"] = {k: v - before[k] for k, v in sample().items()}
         cpu["noisy"]["flood process"] = flooded["cpu"]

@@ -677,7 +677,8 @@ def report(sizes, quiet, tally, flooded, adversarial, jobs, state, cpu, phase_st
     targets.add("noisy tenant's 5xx = 0", fives["noisy"], verdict(fives["noisy"] == 0))
     noisy_429 = sum(c.get("429", 0) for k, c in tally.counts.items() if k[0] == "noisy")
     targets.add("noisy tenant's 429s (expected once it is limited)", noisy_429, "-")
-    return [targets, search_table, ingest_table, status_table, adversarial_table, backlog_table, cpu_table]
+    tables = [targets, search_table, ingest_table, status_table, adversarial_table, backlog_table, cpu_table]
+    return [t for t in tables if t is not adversarial_table or adversarial]  # none sent: --no-adversarial
 
 
 if __name__ == "__main__":

@@ -533,6 +533,108 @@ class Gunicorn:
                 self.process.wait()
 
 
+class Qcluster:
+    """One Django-Q2 cluster (`manage.py qcluster`, `workers` processes) with the bench's
+    environment plus `extra` settings, as `./dev up` runs it beside gunicorn; stopped on
+    exit (SIGTERM lets it finish the task in hand; its process group is killed if it
+    does not stop in time)."""
+
+    def __init__(self, env: dict, *, workers: int = 2, log: Path | None = None, root: Path = ROOT, **extra: str):
+        self.env = {**env, "LORE_WORKERS": str(workers), **{k: str(v) for k, v in extra.items()}}
+        self.root = root
+        self.log = log or Path(env["LORE_DATA_DIR"]) / "qcluster.log"
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> "Qcluster":
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "manage.py", "qcluster"], cwd=self.root, env=self.env, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def __exit__(self, *exc) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, 9)
+            self.process.wait()
+
+
+@contextmanager
+def leaving_no_process(manager):
+    """Enters `manager` (a Gunicorn or a Qcluster) and, once it has exited, kills what
+    is left of its process tree: a gunicorn worker busy in a request outlives a master
+    that was killed after its stop timeout, and keeps a core busy for later runs."""
+    tree: list[tuple[int, str]] = []
+    try:
+        with manager as entered:
+            try:
+                yield entered
+            finally:
+                tree = [(pid, fields[19]) for pid in process_tree(entered.pid)[1:] if (fields := _stat(pid))]
+    finally:
+        for pid, started in tree:
+            if (fields := _stat(pid)) and fields[19] == started:  # the same process (start time), not a reused id
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+
+
+def status_class(status: int) -> str:
+    """How a load report counts an answer: "2xx", "429" (rate limited: what a flooding
+    client should get), other "4xx", "5xx"."""
+    return "429" if status == 429 else f"{status // 100}xx"
+
+
+def attempt(
+    client: "Client", method: str, path: str, body=None, *, parse: bool = True
+) -> tuple[str, int | None, dict, float]:
+    """(class, status, JSON body or {}, seconds) of one request that never raises: an
+    answer that is not JSON (a proxy's or a crash page) still counts by its status, no
+    answer within the client's timeout is class "timeout", a failed connection "error"
+    (status None for both, and the connection is reset for the next request). `parse`
+    False skips decoding the body (a load generator's CPU is the server's too)."""
+    payload = None if body is None else json.dumps(body).encode()
+    for retry in (True, False):
+        started = time.perf_counter()
+        try:
+            client.conn.request(method, path, body=payload, headers=client.headers)
+            response = client.conn.getresponse()
+            raw = response.read()
+        except ConnectionError:
+            # The server closed an idle keep-alive connection: reconnect once.
+            client.conn.close()
+            if retry:
+                continue
+            return "error", None, {}, time.perf_counter() - started
+        except TimeoutError:
+            client.conn.close()
+            return "timeout", None, {}, time.perf_counter() - started
+        except (OSError, http.client.HTTPException):
+            client.conn.close()
+            return "error", None, {}, time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        try:
+            data = json.loads(raw) if parse and raw else {}
+        except ValueError:
+            data = {}
+        return status_class(response.status), response.status, data, seconds
+    raise AssertionError("unreachable")
+
+
+STATUS_CLASSES = ("2xx", "429", "4xx", "5xx", "timeout", "error")
+
+
 class Client:
     """One keep-alive HTTP/1.1 connection (http.client) with the API key."""
 

@@ -1,9 +1,10 @@
 """Rate limits per organization and per API key, per scope (search, write, read).
 
 A generic cell rate algorithm (GCRA): each limiter keeps one number, the time its next
-request is theoretically due; a request is refused when that lies more than a period
-ahead. It allows a burst of up to the whole per-minute allowance after a quiet minute,
-then the steady rate, and needs no window boundaries (no double burst at a boundary).
+request is theoretically due; a request is refused when that lies more than the burst
+window (LORE_RATE_BURST_SECONDS, at least one request's interval) ahead. After a quiet
+spell a caller may send a burst of the window's share of its per-minute allowance, then
+the steady rate; there are no window boundaries (no double burst at a boundary).
 
 With Redis the organization's and the key's limiters are checked and moved by one Lua
 script: atomic (concurrent requests cannot both take the last slot; DRF's stock throttles
@@ -32,21 +33,21 @@ logger = logging.getLogger(__name__)
 PERIOD_MS = 60_000
 metrics = {"limited": Counter(), "redis_errors": 0, "local_checks": 0}
 
-# KEYS: the limiters; ARGV[1]: the period, ARGV[i + 1]: KEYS[i]'s interval (ms).
+# KEYS: the limiters; ARGV[2i - 1], ARGV[2i]: KEYS[i]'s interval and burst window (ms).
 # Returns 0 when admitted (every limiter moved), else the ms to wait (none moved).
 _GCRA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local period = tonumber(ARGV[1])
 local wait, due = 0, {}
 for i, key in ipairs(KEYS) do
   local tat = tonumber(redis.call('GET', key) or now)
   if tat < now then tat = now end
-  due[i] = tat + tonumber(ARGV[i + 1])
-  if due[i] - now > period then wait = math.max(wait, due[i] - now - period) end
+  due[i] = tat + tonumber(ARGV[2 * i - 1])
+  local ahead = due[i] - now - tonumber(ARGV[2 * i])
+  if ahead > wait then wait = ahead end
 end
 if wait > 0 then return wait end
-for i, key in ipairs(KEYS) do redis.call('SET', key, due[i], 'PX', period) end
+for i, key in ipairs(KEYS) do redis.call('SET', key, due[i], 'PX', ARGV[2 * i]) end
 return 0
 """
 
@@ -62,7 +63,7 @@ def _uses_redis() -> bool:
 _SHA = hashlib.sha1(_GCRA.encode()).hexdigest()
 
 
-def _check_redis(keys: list[str], intervals: list[float]) -> float:
+def _check_redis(keys: list[str], intervals: list[float], windows: list[float]) -> float:
     from django_redis import get_redis_connection
     from redis.exceptions import NoScriptError
 
@@ -70,7 +71,7 @@ def _check_redis(keys: list[str], intervals: list[float]) -> float:
     # never comes, the connection is dropped, never handed back with a reply pending.
     pool = get_redis_connection("default").connection_pool
     connection = pool.get_connection()
-    args = [len(keys), *[cache.make_key(k) for k in keys], PERIOD_MS, *[round(i) for i in intervals]]
+    args = [len(keys), *[cache.make_key(k) for k in keys], *[v for pair in zip(intervals, windows) for v in pair]]
     try:
         connection.send_command("EVALSHA", _SHA, *args)
         try:
@@ -86,12 +87,12 @@ def _check_redis(keys: list[str], intervals: list[float]) -> float:
     return int(wait_ms) / 1000
 
 
-def _check_local(keys: list[str], intervals: list[float]) -> float:
-    now = time.monotonic() * 1000
+def _check_local(keys: list[str], intervals: list[float], windows: list[float]) -> float:
+    now = int(time.monotonic() * 1000)
     with _local_lock:
         metrics["local_checks"] += 1
         due = [max(_local.get(key, now), now) + interval for key, interval in zip(keys, intervals)]
-        wait = max((d - now - PERIOD_MS for d in due), default=0)
+        wait = max((d - now - window for d, window in zip(due, windows)), default=0)
         if wait > 0:
             return wait / 1000
         for key, value in zip(keys, due):
@@ -110,16 +111,53 @@ def check(limiters: list[tuple[str, int]]) -> float:
     if not limiters:
         return 0.0
     keys = [key for key, _ in limiters]
-    intervals = [PERIOD_MS / per_minute for _, per_minute in limiters]
+    # Whole milliseconds, in Redis and in process alike.
+    intervals = [round(PERIOD_MS / per_minute) for _, per_minute in limiters]
+    # A window shorter than one interval would admit nothing.
+    windows = [max(round(settings.LORE_RATE_BURST_SECONDS * 1000), interval) for interval in intervals]
     if _uses_redis() and time.monotonic() >= _outage["until"]:
         try:
-            return _check_redis(keys, intervals)
+            return _check_redis(keys, intervals, windows)
         except Exception as exc:  # noqa: BLE001 - any Redis failure: limit per process instead
             metrics["redis_errors"] += 1
             if time.monotonic() >= _outage["until"]:
                 logger.warning("rate limits: Redis unavailable, limiting per process: %s", exc)
             _outage["until"] = time.monotonic() + settings.LORE_RATE_LIMIT_RETRY_SECONDS
-    return _check_local(keys, intervals)
+    return _check_local(keys, intervals, windows)
+
+
+# Callers told to wait, by (hash of their Authorization header, scope): until when, and
+# the limits that refused them. Until then the shared limiter would refuse them anyway
+# (refusals move no limiter, so nothing of theirs is admitted before the wait is over),
+# so this process answers them itself, before the key's statement or Redis: a client
+# that ignores Retry-After costs the web tier little.
+_waiting: dict[tuple[str, str], tuple[float, int, int]] = {}
+_waiting_lock = threading.Lock()
+
+
+def _caller(authorization: str) -> str:
+    return hashlib.sha256(authorization.encode("latin-1", "replace")).hexdigest()
+
+
+def told_to_wait(authorization: str, scope: str) -> tuple[float, int, int] | None:
+    """(seconds left, organization limit, key limit) for a caller refused in `scope` whose
+    wait is not over; None otherwise."""
+    if not _waiting or not authorization:
+        return None
+    entry = _waiting.get((_caller(authorization), scope))
+    if entry is None:
+        return None
+    left = entry[0] - time.monotonic()
+    return (left, entry[1], entry[2]) if left > 0 else None
+
+
+def _tell_to_wait(authorization: str, scope: str, seconds: float, limit: int, key_limit: int) -> None:
+    now = time.monotonic()
+    with _waiting_lock:
+        _waiting[(_caller(authorization), scope)] = (now + seconds, limit, key_limit)
+        if len(_waiting) > 10_000:
+            for key in [k for k, v in _waiting.items() if v[0] <= now]:
+                del _waiting[key]
 
 
 class OrganizationRateThrottle(BaseThrottle):
@@ -138,8 +176,6 @@ class OrganizationRateThrottle(BaseThrottle):
         )
         if self.wait_seconds:
             metrics["limited"][scope] += 1
+            _tell_to_wait(request.META.get("HTTP_AUTHORIZATION", ""), scope, self.wait_seconds, org_limit, key_limit)
             return False
         return True
-
-    def wait(self) -> float:
-        return math.ceil(self.wait_seconds)

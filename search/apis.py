@@ -122,6 +122,7 @@ class SearchApi(OrgAPIView):
         raise NotImplementedError
 
     def initial(self, request, *args, **kwargs):
+        self.refuse_if_told_to_wait(request)
         caller = claimed_key_prefix(request)
         self.early, pending = _early_request(request, self.InputSerializer, caller), None
         if self.early is not None:

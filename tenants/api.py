@@ -18,6 +18,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from core.errors import ApiError, not_found  # noqa: F401 - re-exported for views
 from core.permissions import KeyScopePermission
+from core import throttling
 from core.throttling import OrganizationRateThrottle
 
 
@@ -107,15 +108,23 @@ class OrgAPIView(APIView):
     def rate_scope_for(self, method: str) -> str:
         return self.rate_scopes.get(method) or ("read" if method in SAFE_METHODS else "write")
 
+    def initial(self, request, *args, **kwargs):
+        self.refuse_if_told_to_wait(request)
+        super().initial(request, *args, **kwargs)
+
+    def refuse_if_told_to_wait(self, request) -> None:
+        """A caller refused by the rate limit and back before its wait is over gets the same
+        429 from this process's memory, before authentication (core.throttling)."""
+        scope = self.rate_scope_for(request.method)
+        waiting = throttling.told_to_wait(request.META.get("HTTP_AUTHORIZATION", ""), scope)
+        if waiting is not None:
+            throttling.metrics["limited"][scope] += 1
+            raise _rate_limited(scope, *waiting)
+
     def check_throttles(self, request):
         throttle = OrganizationRateThrottle()
         if not throttle.allow_request(request, self):
-            raise ApiError(
-                429, "rate_limited",
-                f"Rate limit of the '{throttle.scope}' scope reached: {throttle.limit} requests per minute for the"
-                f" organization, {throttle.key_limit} per API key. Retry after {throttle.wait()} s.",
-                {"scope": [throttle.scope], "limit": [f"{throttle.limit}/min"]}, retry_after=throttle.wait_seconds,
-            )  # fmt: skip
+            raise _rate_limited(throttle.scope, throttle.wait_seconds, throttle.limit, throttle.key_limit)
 
     @property
     def org(self):
@@ -129,6 +138,15 @@ class OrgAPIView(APIView):
         paginator = Pagination()
         page = paginator.paginate_queryset(queryset, self.request, view=self)
         return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+def _rate_limited(scope: str, seconds: float, limit: int, key_limit: int) -> ApiError:
+    return ApiError(
+        429, "rate_limited",
+        f"Rate limit of the '{scope}' scope reached: {limit} requests per minute for the organization,"
+        f" {key_limit} per API key. Retry after {math.ceil(seconds)} s.",
+        {"scope": [scope], "limit": [f"{limit}/min"]}, retry_after=seconds,
+    )  # fmt: skip
 
 
 def created(data) -> Response:

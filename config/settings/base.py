@@ -252,6 +252,8 @@ LORE_SEARCH_RATE = env.int("LORE_SEARCH_RATE", default=3000)
 LORE_WRITE_RATE = env.int("LORE_WRITE_RATE", default=600)
 LORE_READ_RATE = env.int("LORE_READ_RATE", default=1200)
 LORE_KEY_RATE_SHARE = env.float("LORE_KEY_RATE_SHARE", default=1.0)
+# After a quiet spell a caller may burst this many seconds' worth of its rate at once.
+LORE_RATE_BURST_SECONDS = env.float("LORE_RATE_BURST_SECONDS", default=10.0)
 # While Redis is failing, rate limits are kept per process for this long before retrying it.
 LORE_RATE_LIMIT_RETRY_SECONDS = env.float("LORE_RATE_LIMIT_RETRY_SECONDS", default=5.0)
 # Quotas per organization (0: none), overridable per organization.

@@ -26,7 +26,9 @@ def _limited(response, scope):
 
 @pytest.fixture(params=["redis", "local"])
 def limiter(request, settings):
-    """Each test runs against the Redis limiter and the per-process one."""
+    """Each test runs against the Redis limiter and the per-process one, with a burst
+    window of the whole minute (the tests count requests a minute allows)."""
+    settings.LORE_RATE_BURST_SECONDS = 60
     if request.param == "redis":
         request.getfixturevalue("redis_url")
         if "redis" not in settings.CACHES["default"]["BACKEND"].lower():
@@ -79,6 +81,7 @@ def test_zero_means_unlimited_and_no_key_is_401_before_any_limit(limiter, org_a,
 def test_the_redis_limiter_admits_exactly_the_limit_under_concurrency(redis_url, settings):
     if "redis" not in settings.CACHES["default"]["BACKEND"].lower():
         pytest.skip("the test settings use Redis only with REDIS_URL")
+    settings.LORE_RATE_BURST_SECONDS = 60
     admitted, lock = [], threading.Lock()
 
     def call():
@@ -93,7 +96,7 @@ def test_the_redis_limiter_admits_exactly_the_limit_under_concurrency(redis_url,
     assert sum(admitted) == 25 and len(admitted) == 80
 
 
-def test_refused_requests_move_no_limiter(limiter):
+def test_refused_requests_move_no_limiter(limiter, settings):
     assert throttling.check([("rl:x:o1", 1), ("rl:x:k1", 100)]) == 0
     assert throttling.check([("rl:x:o1", 1), ("rl:x:k1", 100)]) > 0
     # The key's limiter was not charged for the refused request: 99 more fit once the
@@ -111,6 +114,7 @@ def test_redis_down_limits_per_process_logged_and_counted(redis_url, settings, o
         raise ConnectionError("Redis is gone")
 
     monkeypatch.setattr(throttling, "_check_redis", down)
+    settings.LORE_RATE_BURST_SECONDS = 60
     before = throttling.metrics["redis_errors"]
     org_a.read_rate = 2
     org_a.save()
@@ -125,4 +129,34 @@ def test_settings_give_the_default_and_the_organization_overrides_it(limiter, or
     assert [_search(client_a).status_code for _ in range(3)] == [200, 200, 429]
     org_a.search_rate = 0  # the organization's own: none
     org_a.save()
+    # (client_a itself was told to wait: this process holds it back until its wait is over.)
+    assert _search(api_client(make_api_key(org_a))).status_code == 200
+
+
+def test_a_burst_is_the_windows_share_of_the_rate_then_the_steady_rate(limiter, settings):
+    settings.LORE_RATE_BURST_SECONDS = 10
+    admitted = sum(throttling.check([("rl:b:o1", 60), ("rl:b:k1", 60)]) == 0 for _ in range(30))
+    assert admitted == 10  # 60 a minute: one a second, ten seconds' worth at once
+    # A rate slower than one per window still admits one request.
+    assert throttling.check([("rl:slow:o1", 1)]) == 0 and throttling.check([("rl:slow:o1", 1)]) > 50
+
+
+def test_a_caller_back_before_its_wait_is_answered_without_the_database_or_redis(
+    limiter, org_a, agent_a, client_a, client_b, org_b, agent_b, django_assert_num_queries, monkeypatch
+):
+    org_a.search_rate = 1
+    org_a.save()
     assert _search(client_a).status_code == 200
+    refused = _search(client_a)
+    assert _limited(refused, "search")
+    monkeypatch.setattr(throttling, "check", lambda limiters: pytest.fail("the limiter was asked"))
+    with django_assert_num_queries(0):
+        again = _search(client_a)
+    assert _limited(again, "search") and again.json() == refused.json() | {"error": again.json()["error"]}
+    # Another scope of the same key, and another organization, are not held back.
+    monkeypatch.undo()
+    assert client_a.get("/api/v1/agents").status_code == 200
+    assert _search(client_b).status_code == 200
+    # A wrong secret with the same prefix is never answered from the waiting list.
+    forged = api_client(client_a._credentials["HTTP_AUTHORIZATION"].split(" ")[1] + "x")
+    assert forged.post(SEARCH, {"query": "q"}, format="json").status_code == 401

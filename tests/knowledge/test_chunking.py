@@ -87,3 +87,34 @@ def test_plain_text_has_no_headings():
 
 def test_normalize_text_is_stable_across_line_endings_and_unicode_forms():
     assert normalize_text("cafe\u0301 \r\nline  \r\n") == normalize_text("caf\u00e9 \nline")
+
+
+def test_heading_titles_drop_closing_hashes_and_surrounding_whitespace():
+    def path(line):
+        return _chunks(f"{line}\n\nbody", size=1000).chunks[-1].heading_path
+
+    assert path("## Install ##") == ["Install"]
+    assert path("#\tTabs\t#  ") == ["Tabs"]
+    assert path("# C# notes") == ["C# notes"]
+    assert path("# a # b ###") == ["a # b"]
+    assert path("# ###") == [""]
+    assert path("###### Six") == ["Six"]
+    for not_a_heading in ("####### Seven", "#hashtag", "#"):
+        assert path(not_a_heading) == []
+
+
+def test_fences_open_with_backticks_or_tildes_after_indentation():
+    chunks = _chunks("  ~~~\n# not a heading\n~~~\n\n# Real", size=1000).chunks
+    assert chunks[0].text == "  ~~~\n# not a heading\n~~~"
+    assert [c.heading_path for c in chunks] == [[], ["Real"]]
+
+
+def test_html_blocks_leave_out_skipped_tags_and_inner_blocks_once():
+    html = "<div><ul><li>one <p>inner</p><script>x()</script></li></ul><template><p>t</p></template></div>"
+    assert html_to_markdown(html) == "- one inner"
+
+
+def test_html_construct_left_open_at_the_end_is_dropped():
+    # As Python's html.parser does from 3.13.4 on (gh-135462), on any version.
+    assert html_to_markdown("<p>kept</p><p>also <b class='x") == "kept\n\nalso"
+    assert html_to_markdown("<p>kept</p><!-- unclosed") == "kept"

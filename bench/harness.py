@@ -76,10 +76,18 @@ def data_dir(name: str) -> Path:
     return ROOT / "bench" / f".data-{name}"
 
 
-def setup(name: str, *, dimensions: int, redis_db: int | None = None, fresh: bool = False, **extra: str) -> dict:
+# Rate limits on (every request goes through the limiter) but far above what one machine
+# can send: a bench measures the service, not a limit meant for a tenant of a shared one.
+UNBINDING_RATES = {"LORE_SEARCH_RATE": "100000000", "LORE_WRITE_RATE": "100000000", "LORE_READ_RATE": "100000000"}
+
+
+def setup(
+    name: str, *, dimensions: int, redis_db: int | None = None, fresh: bool = False, rates: dict | None = None, **extra: str
+) -> dict:
     """Configures this process for bench `name` and migrates; returns the environment
     to hand to subprocesses. `fresh` drops the bench's database first (its data
-    directory and server stay). `extra` adds settings, e.g. SEARCH_TRACK_ACCESS="0"."""
+    directory and server stay). `rates`: the default rate limits (UNBINDING_RATES unless
+    given; {} for the settings' own). `extra` adds settings, e.g. SEARCH_TRACK_ACCESS="0"."""
     directory = data_dir(name)
     env = {
         # Empty, not unset: a DATABASE_URL in .env must not point a bench (which drops and
@@ -92,6 +100,7 @@ def setup(name: str, *, dimensions: int, redis_db: int | None = None, fresh: boo
         "DJANGO_SETTINGS_MODULE": "config.settings.production",
         "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_urlsafe(32),
         "LOG_LEVEL": "WARNING",
+        **(UNBINDING_RATES if rates is None else rates),
         **{k: str(v) for k, v in extra.items()},
     }
     os.environ.update(env)

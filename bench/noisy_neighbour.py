@@ -455,7 +455,7 @@ def main():
 
     run = harness.Run()
     run.phase("setup: database, data")
-    env = harness.setup(NAME, dimensions=DIMS, redis_db=REDIS_DB, fresh=True)
+    env = harness.setup(NAME, dimensions=DIMS, redis_db=REDIS_DB, fresh=True, rates={})  # the settings' defaults
     try:
         tables = measure(env, sizes, server_env, overrides, args, run)
     finally:

@@ -16,6 +16,8 @@ from bs4.builder import HTMLParserTreeBuilder
 from bs4.builder._htmlparser import BeautifulSoupHTMLParser
 
 CONTENT_TYPES = ("markdown", "text", "html")
+# Longest heading title kept in a chunk's heading_path.
+HEADING_PATH_TITLE_CHARS = 200
 # File suffixes Lore reads (uploads, `manage.py ingest`) and the content type of each.
 FILE_TYPES = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".text": "text", ".html": "html", ".htm": "html"}
 
@@ -194,7 +196,9 @@ def _blocks(text: str, content_type: str) -> list[Block]:
         elif content_type == "markdown" and (heading := _heading(line)):
             flush()
             level, title = heading
-            path = [(lvl, t) for lvl, t in path if lvl < level] + [(level, title)]
+            # The path is copied into every chunk's metadata under the heading: a title is
+            # cut there (the heading line itself stays whole in the text).
+            path = [(lvl, t) for lvl, t in path if lvl < level] + [(level, title[:HEADING_PATH_TITLE_CHARS])]
             blocks.append(Block(line, tuple(t for _, t in path), is_heading=True))
         elif not line.strip():
             flush()

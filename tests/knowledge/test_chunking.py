@@ -118,3 +118,13 @@ def test_html_construct_left_open_at_the_end_is_dropped():
     # As Python's html.parser does from 3.13.4 on (gh-135462), on any version.
     assert html_to_markdown("<p>kept</p><p>also <b class='x") == "kept\n\nalso"
     assert html_to_markdown("<p>kept</p><!-- unclosed") == "kept"
+
+
+def test_a_long_heading_title_is_cut_in_the_heading_path_but_kept_in_the_text():
+    from knowledge.chunking import HEADING_PATH_TITLE_CHARS
+
+    title = "word " * 1000
+    doc = chunk_document(f"# {title}\n\n" + "Body sentence here. " * 200, content_type="markdown",
+                         chunk_size=200, chunk_overlap=0, parent_chunk_size=0)  # fmt: skip
+    assert all(len(t) <= HEADING_PATH_TITLE_CHARS for c in doc.chunks for t in c.heading_path)
+    assert " ".join(c.text for c in doc.chunks).count("word") == 1000  # the heading line is all there

@@ -17,7 +17,6 @@ per outage and counted.
 
 import hashlib
 import logging
-import math
 import threading
 import time
 from collections import Counter
@@ -63,7 +62,7 @@ def _uses_redis() -> bool:
 _SHA = hashlib.sha1(_GCRA.encode()).hexdigest()
 
 
-def _check_redis(keys: list[str], intervals: list[float], windows: list[float]) -> float:
+def _check_redis(keys: list[str], intervals: list[int], windows: list[int]) -> float:
     from django_redis import get_redis_connection
     from redis.exceptions import NoScriptError
 
@@ -87,7 +86,7 @@ def _check_redis(keys: list[str], intervals: list[float], windows: list[float]) 
     return int(wait_ms) / 1000
 
 
-def _check_local(keys: list[str], intervals: list[float], windows: list[float]) -> float:
+def _check_local(keys: list[str], intervals: list[int], windows: list[int]) -> float:
     now = int(time.monotonic() * 1000)
     with _local_lock:
         metrics["local_checks"] += 1
@@ -162,7 +161,7 @@ def _tell_to_wait(authorization: str, scope: str, seconds: float, limit: int, ke
 
 class OrganizationRateThrottle(BaseThrottle):
     """DRF throttle for tenant API views: the organization's and the key's limiter of the
-    view's rate scope (`OrgAPIView.rate_scope`). The view turns a refusal into a 429 in
+    view's rate scope (`OrgAPIView.rate_scopes`). The view turns a refusal into a 429 in
     the error envelope, naming the scope and the limit."""
 
     def allow_request(self, request, view) -> bool:

@@ -220,11 +220,13 @@ def documents_ingest(*, org: Organization, agent: Agent, docs: list[DocumentInpu
         todo.append(item)
     if not todo:
         return batch
-    fresh = [item for item in todo if current.get(item.doc.key, (None, None))[1] != Document.Status.READY]
+    # What the batch adds at least (a replaced document's old size is not read here), before
+    # the slow part: it never refuses what stats_apply, exact at commit, would allow.
+    replaced = {i.doc.key for i in todo if current.get(i.doc.key, (None, None))[1] == Document.Status.READY}
     quota_precheck(org=org, adding={
-        "documents": len(fresh),
-        "chunks": sum(len(item.chunks) for item in todo) - sum(current[i.doc.key][4] for i in todo if i not in fresh),
-        "bytes": sum(item.size_bytes for item in fresh),
+        "documents": len(todo) - len(replaced),
+        "chunks": sum(len(item.chunks) for item in todo) - sum(current[key][4] for key in replaced),
+        "bytes": sum(item.size_bytes for item in todo if item.doc.key not in replaced),
     })  # fmt: skip
 
     texts = [c.text for item in todo for c in item.chunks]

@@ -100,6 +100,7 @@ def setup(
         "DJANGO_SETTINGS_MODULE": "config.settings.production",
         "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_urlsafe(32),
         "LOG_LEVEL": "WARNING",
+        "SECURE_SSL_REDIRECT": "false",  # production settings, served over plain HTTP on loopback
         **(UNBINDING_RATES if rates is None else rates),
         **{k: str(v) for k, v in extra.items()},
     }

@@ -5,7 +5,7 @@ from rest_framework.response import Response
 from knowledge import selectors, services
 from knowledge.deletion_apis import AgentDeleteMixin
 from knowledge.services import CONFIG_LIMITS
-from tenants.api import OrgAPIView, created, not_found
+from tenants.api import PAGE_PARAMETERS, OrgAPIView, created, not_found, paginated
 
 
 class AgentConfigSerializer(serializers.Serializer):
@@ -52,11 +52,14 @@ class AgentListCreateApi(OrgAPIView):
     key_scopes = {"POST": "admin"}
     rate_scopes = {"POST": "read"}
     class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "AgentListCreateInput"  # a component name of its own in the schema
+
         slug = serializers.CharField(max_length=64)
         name = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
         config = _config_field()
 
-    @extend_schema(responses=AgentOutput(many=True))
+    @extend_schema(operation_id="agents_list", responses=paginated(AgentOutput, "AgentPage"), parameters=PAGE_PARAMETERS)
     def get(self, request):
         return self.paginate(selectors.agent_list(org=self.org), AgentOutput)
 
@@ -72,6 +75,9 @@ class AgentDetailApi(AgentDeleteMixin, OrgAPIView):
     key_scopes = {"PATCH": "admin", "DELETE": "admin"}
     rate_scopes = {"PATCH": "read"}
     class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "AgentDetailInput"  # a component name of its own in the schema
+
         name = serializers.CharField(max_length=200, required=False, allow_blank=True)
         config = _config_field()
 
@@ -108,6 +114,9 @@ class AgentStatsApi(OrgAPIView):
 
 class OrganizationStatsApi(OrgAPIView):
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "OrganizationStatsOutput"  # a component name of its own in the schema
+
         total_agents = serializers.IntegerField()
         active_agents = serializers.IntegerField()
         deleting_agents = serializers.IntegerField()
@@ -122,6 +131,9 @@ class OrganizationStatsApi(OrgAPIView):
 
 class UsageApi(OrgAPIView):
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "UsageOutput"  # a component name of its own in the schema
+
         quotas = serializers.DictField(
             child=serializers.DictField(), help_text="agents, documents, chunks, bytes, jobs: {limit (null: none), used}"
         )

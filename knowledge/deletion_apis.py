@@ -2,13 +2,13 @@
 mixins: /agents/{slug} and /agents/{slug}/documents/{key} stay one view each (in apis and
 document_apis, which supply `get_agent`), while the deletion code lives here."""
 
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from knowledge import selectors, services
 from knowledge.models import DeletionJob
-from tenants.api import OrgAPIView
+from tenants.api import PAGE_PARAMETERS, OrgAPIView, paginated
 from tenants.errors import invalid, not_found
 
 
@@ -88,7 +88,15 @@ def _job_or_404(org, job_id: int) -> DeletionJob:
 
 
 class DeletionJobListApi(OrgAPIView):
-    @extend_schema(responses=DeletionJobOutput(many=True))
+    @extend_schema(
+        operation_id="deletions_list",
+        responses=paginated(DeletionJobOutput, "DeletionJobPage"),
+        parameters=[
+            *PAGE_PARAMETERS,
+            OpenApiParameter("status", str, enum=DeletionJob.Status.values),
+            OpenApiParameter("scope", str, enum=list(selectors.API_DELETION_SCOPES)),
+        ],
+    )
     def get(self, request):
         wanted = {}
         for name, choices in (("status", DeletionJob.Status.values), ("scope", selectors.API_DELETION_SCOPES)):

@@ -1,5 +1,5 @@
 from django.conf import settings
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
@@ -8,7 +8,7 @@ from knowledge.chunking import CONTENT_TYPES, FILE_TYPES
 from knowledge.deletion_apis import ChunksDeleteMixin, DocumentDeleteMixin
 from knowledge.models import Agent, Document
 from knowledge.services import DocumentInput
-from tenants.api import OrgAPIView
+from tenants.api import PAGE_PARAMETERS, OrgAPIView, paginated
 from tenants.errors import conflict, invalid, not_found, too_large
 
 
@@ -98,7 +98,11 @@ def _json_field(value):
 
 
 class DocumentListCreateApi(AgentScopedAPIView):
-    @extend_schema(responses=DocumentOutput(many=True))
+    @extend_schema(
+        operation_id="agents_documents_list",
+        responses=paginated(DocumentOutput, "DocumentPage"),
+        parameters=[*PAGE_PARAMETERS, OpenApiParameter("status", str, enum=Document.Status.values)],
+    )
     def get(self, request, slug):
         agent = self.get_agent(slug)
         wanted = request.query_params.get("status")
@@ -142,6 +146,9 @@ class DocumentDetailApi(DocumentDeleteMixin, AgentScopedAPIView):
 
 class DocumentBatchApi(AgentScopedAPIView):
     class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "DocumentBatchInput"  # a component name of its own in the schema
+
         documents = DocumentInputSerializer(many=True, allow_empty=False)
 
     @extend_schema(request=InputSerializer, responses={202: IngestionJobOutput})
@@ -164,6 +171,7 @@ class DocumentBatchApi(AgentScopedAPIView):
         job = services.ingestion_job_create(org=self.org, agent=agent, docs=docs, api_key=request.auth)
         return Response(IngestionJobOutput(job).data, status=status.HTTP_202_ACCEPTED)
 
+    @extend_schema(exclude=True)  # documented as GET /documents/{key}
     def get(self, request, slug):
         # A document whose key is literally "batch".
         return DocumentDetailApi.as_view()(request._request, slug=slug, key="batch")

@@ -2,7 +2,7 @@ import json
 from collections import OrderedDict
 
 from django.conf import settings
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
 
@@ -167,6 +167,9 @@ class AgentSearchApi(SearchApi):
 
 class OrganizationSearchApi(SearchApi):
     class InputSerializer(SearchInputSerializer):
+        class Meta:
+            ref_name = "OrganizationSearchInput"  # a component name of its own in the schema
+
         agents = serializers.ListField(child=serializers.SlugField(), required=False, max_length=1000)
 
     def scope(self, slugs):
@@ -181,6 +184,9 @@ class OrganizationSearchApi(SearchApi):
 
 class HotChunksApi(OrgAPIView):
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "HotChunksOutput"  # a component name of its own in the schema
+
         chunk_key = serializers.CharField()
         document_key = serializers.CharField()
         text = serializers.CharField()
@@ -193,7 +199,13 @@ class HotChunksApi(OrgAPIView):
     def key_join(self, slug):
         return selectors.search_agent_key_join(slug=slug)
 
-    @extend_schema(responses=OutputSerializer(many=True))
+    @extend_schema(
+        responses=inline_serializer("HotChunksPage", {"window": serializers.CharField(), "results": OutputSerializer(many=True)}),
+        parameters=[
+            OpenApiParameter("limit", int, description="1 to 100 (default 20)"),
+            OpenApiParameter("window", str, description="Nd, N from 1 to SEARCH_ACCESS_RETENTION_DAYS (default 7d)"),
+        ],
+    )
     def get(self, request, slug):
         limit = _int_param(request, "limit", 20, 1, 100)
         window = request.query_params.get("window", "7d")

@@ -9,6 +9,7 @@ import math
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
+from drf_spectacular.utils import OpenApiParameter, inline_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import SAFE_METHODS, IsAuthenticated
@@ -82,6 +83,22 @@ class HotInputSerializer(serializers.Serializer):
 class Pagination(LimitOffsetPagination):
     default_limit = 50
     max_limit = 500
+
+
+PAGE_PARAMETERS = [
+    OpenApiParameter("limit", int, description=f"page size (default {Pagination.default_limit}, at most {Pagination.max_limit})"),
+    OpenApiParameter("offset", int, description="items to skip"),
+]
+
+
+def paginated(serializer_class, name: str):
+    """The schema of OrgAPIView.paginate's answer: a page of `serializer_class` items."""
+    return inline_serializer(name, {
+        "count": serializers.IntegerField(),
+        "next": serializers.URLField(allow_null=True),
+        "previous": serializers.URLField(allow_null=True),
+        "results": serializer_class(many=True),
+    })  # fmt: skip
 
 
 class OrgAPIView(APIView):

@@ -1,0 +1,9 @@
+"""Answers outside any API view that still speak the API's error envelope."""
+
+from django.http import JsonResponse
+
+
+def api_not_found(request, *args, **kwargs):
+    """Every path under /api/v1/ that matches no endpoint (a malformed id included): JSON,
+    not Django's HTML page, whatever DEBUG says."""
+    return JsonResponse({"error": {"code": "not_found", "message": "No such endpoint.", "fields": {}}}, status=404)

@@ -1,8 +1,10 @@
 """Answers outside any API view that still speak the API's error envelope."""
 
 from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 
 
+@csrf_exempt  # an API path: no session, no CSRF token; a POST to it is a 404 like any other
 def api_not_found(request, *args, **kwargs):
     """Every path under /api/v1/ that matches no endpoint (a malformed id included): JSON,
     not Django's HTML page, whatever DEBUG says."""

@@ -1,8 +1,10 @@
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.response import Response
 
+from core.fields import StrictCharField, StrictSlugField
 from knowledge import selectors, services
+from knowledge.models import FTS_LANGUAGES
 from knowledge.deletion_apis import AgentDeleteMixin
 from knowledge.services import CONFIG_LIMITS
 from tenants.api import PAGE_PARAMETERS, OrgAPIView, created, not_found, paginated
@@ -25,8 +27,8 @@ class AgentStatsOutput(serializers.Serializer):
     document_count = serializers.IntegerField()
     total_size_bytes = serializers.IntegerField()
     status = serializers.CharField(source="agent.status")
-    last_ingested_at = serializers.DateTimeField()
-    last_searched_at = serializers.DateTimeField()
+    last_ingested_at = serializers.DateTimeField(allow_null=True)
+    last_searched_at = serializers.DateTimeField(allow_null=True)
     search_count = serializers.IntegerField()
     avg_search_latency_ms = serializers.FloatField()
     cache_hit_rate = serializers.FloatField()
@@ -42,21 +44,42 @@ class AgentOutput(serializers.Serializer):
     updated_at = serializers.DateTimeField()
 
 
+_CONFIG_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        **{
+            key: {"type": "number" if isinstance(low, float) else "integer", "minimum": low, "maximum": high}
+            for key, (low, high) in CONFIG_LIMITS.items()
+        },
+        "embedding_model": {"type": "string", "minLength": 1, "maxLength": 100},
+        "language": {"type": "string", "enum": FTS_LANGUAGES},
+    },
+    "description": "Any of these keys. Also: chunk_overlap at most half of chunk_size; parent_chunk_size 0 "
+    "(no parents) or at least chunk_size (400 naming the field otherwise).",
+}
+
+
+@extend_schema_field(_CONFIG_SCHEMA)
+class AgentConfigField(serializers.DictField):
+    """Config is validated by the service (unknown keys, ranges, cross-field rules) so the
+    admin, commands and API share one set of rules; the schema documents the same."""
+
+
 def _config_field():
-    # Config is validated by the service (unknown keys, ranges, cross-field rules) so the
-    # admin, commands and API share one set of rules; the schema still documents it.
-    return serializers.DictField(required=False, default=dict, help_text="Keys: see AgentConfig.")
+    return AgentConfigField(required=False, default=dict)
 
 
 class AgentListCreateApi(OrgAPIView):
+    query_parameters = {"GET": ("limit", "offset")}
     key_scopes = {"POST": "admin"}
     rate_scopes = {"POST": "read"}
     class InputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "AgentListCreateInput"  # a component name of its own in the schema
 
-        slug = serializers.CharField(max_length=64)
-        name = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
+        slug = StrictSlugField(max_length=64)
+        name = StrictCharField(max_length=200, required=False, default="", allow_blank=True)
         config = _config_field()
 
     @extend_schema(operation_id="agents_list", responses=paginated(AgentOutput, "AgentPage"), parameters=PAGE_PARAMETERS)
@@ -78,7 +101,7 @@ class AgentDetailApi(AgentDeleteMixin, OrgAPIView):
         class Meta:
             ref_name = "AgentDetailInput"  # a component name of its own in the schema
 
-        name = serializers.CharField(max_length=200, required=False, allow_blank=True)
+        name = StrictCharField(max_length=200, required=False, allow_blank=True)
         config = _config_field()
 
     def get_agent(self, slug):

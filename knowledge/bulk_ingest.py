@@ -62,6 +62,8 @@ def read_document(file: Path, root: Path) -> DocumentInput | str:
         return "not valid UTF-8"
     if not text.strip():
         return "empty"
+    if "\x00" in text:
+        return "holds NUL characters: not text"
     return DocumentInput(
         key=str(file.relative_to(root)), text=text, title=file.stem, source=str(file), content_type=content_type
     )

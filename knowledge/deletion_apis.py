@@ -6,6 +6,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serial
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
+from core.fields import StrictCharField
 from knowledge import selectors, services
 from knowledge.models import DeletionJob
 from tenants.api import PAGE_PARAMETERS, OrgAPIView, paginated
@@ -25,9 +26,9 @@ class DeletionJobOutput(serializers.Serializer):
     attempts = serializers.IntegerField()
     last_error = serializers.CharField()
     created_at = serializers.DateTimeField()
-    started_at = serializers.DateTimeField()
-    finished_at = serializers.DateTimeField()
-    heartbeat_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    heartbeat_at = serializers.DateTimeField(allow_null=True)
 
 
 DeletedOutput = inline_serializer(
@@ -67,7 +68,7 @@ class DocumentDeleteMixin:
 
 # Documents the body; services.chunk_keys_validate checks it (400/413 naming the field).
 ChunksDeleteInput = inline_serializer(
-    "ChunksDeleteInput", {"keys": serializers.ListField(child=serializers.CharField(max_length=600), max_length=10_000)}
+    "ChunksDeleteInput", {"keys": serializers.ListField(child=StrictCharField(max_length=600), max_length=10_000)}
 )
 
 
@@ -88,6 +89,7 @@ def _job_or_404(org, job_id: int) -> DeletionJob:
 
 
 class DeletionJobListApi(OrgAPIView):
+    query_parameters = {"GET": ("limit", "offset", "status", "scope")}
     @extend_schema(
         operation_id="deletions_list",
         responses=paginated(DeletionJobOutput, "DeletionJobPage"),
@@ -101,7 +103,7 @@ class DeletionJobListApi(OrgAPIView):
         wanted = {}
         for name, choices in (("status", DeletionJob.Status.values), ("scope", selectors.API_DELETION_SCOPES)):
             value = request.query_params.get(name)
-            if value and value not in choices:
+            if value is not None and value not in choices:
                 raise invalid(name, f"Must be one of {', '.join(choices)}.")
             wanted[name] = value
         return self.paginate(selectors.deletion_job_list(org=self.org, **wanted), DeletionJobOutput)

@@ -1,11 +1,14 @@
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 
+from core.fields import NOT_BLANK, StrictCharField
+from core.parsers import JSONParser
 from knowledge import selectors, services
 from knowledge.chunking import CONTENT_TYPES, FILE_TYPES
-from knowledge.deletion_apis import ChunksDeleteMixin, DocumentDeleteMixin
+from knowledge.deletion_apis import ChunksDeleteMixin, DeletedOutput, DocumentDeleteMixin
 from knowledge.models import Agent, Document
 from knowledge.services import DocumentInput
 from tenants.api import PAGE_PARAMETERS, OrgAPIView, paginated
@@ -42,15 +45,16 @@ class IngestionJobOutput(serializers.Serializer):
     failed = serializers.IntegerField()
     errors = serializers.JSONField()
     created_at = serializers.DateTimeField()
-    started_at = serializers.DateTimeField()
-    finished_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
 
 
 class DocumentInputSerializer(serializers.Serializer):
-    key = serializers.CharField(max_length=512)
-    text = serializers.CharField(trim_whitespace=False, allow_blank=True)
-    title = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
-    source = serializers.CharField(max_length=2000, required=False, default="", allow_blank=True)
+    # Not white space only (the patterns document what the service checks).
+    key = StrictCharField(max_length=512, validators=[NOT_BLANK])
+    text = StrictCharField(trim_whitespace=False, validators=[NOT_BLANK])
+    title = StrictCharField(max_length=500, required=False, default="", allow_blank=True)
+    source = StrictCharField(max_length=2000, required=False, default="", allow_blank=True)
     content_type = serializers.ChoiceField(choices=CONTENT_TYPES, required=False, default="markdown")
     metadata = serializers.DictField(required=False, default=dict)
 
@@ -76,6 +80,8 @@ def _file_document(request) -> dict:
         text = upload.read().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise invalid("file", "File is not valid UTF-8 text.") from exc
+    if "\x00" in text:
+        raise invalid("file", "File holds NUL characters: not text.")
     return {
         "key": request.data.get("key") or upload.name,
         "title": request.data.get("title", ""),
@@ -98,6 +104,9 @@ def _json_field(value):
 
 
 class DocumentListCreateApi(AgentScopedAPIView):
+    query_parameters = {"GET": ("limit", "offset", "status")}
+    parser_classes = [JSONParser, MultiPartParser]
+
     @extend_schema(
         operation_id="agents_documents_list",
         responses=paginated(DocumentOutput, "DocumentPage"),
@@ -106,7 +115,7 @@ class DocumentListCreateApi(AgentScopedAPIView):
     def get(self, request, slug):
         agent = self.get_agent(slug)
         wanted = request.query_params.get("status")
-        if wanted and wanted not in Document.Status.values:
+        if wanted is not None and wanted not in Document.Status.values:
             raise invalid("status", f"Must be one of {', '.join(Document.Status.values)}.")
         return self.paginate(selectors.document_list(org=self.org, agent=agent, status=wanted), DocumentOutput)
 
@@ -171,12 +180,12 @@ class DocumentBatchApi(AgentScopedAPIView):
         job = services.ingestion_job_create(org=self.org, agent=agent, docs=docs, api_key=request.auth)
         return Response(IngestionJobOutput(job).data, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(exclude=True)  # documented as GET /documents/{key}
+    # The document whose key is literally "batch", as GET / DELETE /documents/{key}.
+    @extend_schema(operation_id="agents_documents_batch_key_retrieve", responses=DocumentOutput)
     def get(self, request, slug):
-        # A document whose key is literally "batch".
         return DocumentDetailApi.as_view()(request._request, slug=slug, key="batch")
 
-    @extend_schema(exclude=True)  # documented as DELETE /documents/{key}
+    @extend_schema(operation_id="agents_documents_batch_key_destroy", responses={200: DeletedOutput, 202: DeletedOutput})
     def delete(self, request, slug):
         return DocumentDetailApi.as_view()(request._request, slug=slug, key="batch")
 

@@ -2,10 +2,11 @@ import json
 from collections import OrderedDict
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
 
+from core.fields import NOT_BLANK, StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField, StrictSlugField
 from search import engine, selectors
 from search.engine import AgentSelection
 from search.services import MODES, SearchRequest, search, search_prefetch
@@ -15,22 +16,60 @@ from tenants.errors import invalid, too_large
 
 
 class ContextSerializer(HotInputSerializer):
-    before = serializers.IntegerField(min_value=0, max_value=5, default=0)
-    after = serializers.IntegerField(min_value=0, max_value=5, default=0)
+    before = StrictIntegerField(min_value=0, max_value=5, default=0)
+    after = StrictIntegerField(min_value=0, max_value=5, default=0)
 
 
 class WeightsSerializer(HotInputSerializer):
-    vector = serializers.FloatField(min_value=0.0, max_value=10.0, default=1.0)
-    keyword = serializers.FloatField(min_value=0.0, max_value=10.0, default=1.0)
+    vector = StrictFloatField(min_value=0.0, max_value=10.0, default=1.0)
+    keyword = StrictFloatField(min_value=0.0, max_value=10.0, default=1.0)
+
+
+_SCALAR = {"anyOf": [
+    {"type": "string", "maxLength": settings.SEARCH_MAX_FILTER_VALUE_CHARS, "pattern": "^[^\\x00]*$"}, {"type": "number"},
+    {"type": "boolean"},
+    {"type": "null"},
+]}  # fmt: skip
+_BOUND = {"anyOf": [
+    {"type": "number"}, {"type": "string", "format": "date"}, {"type": "string", "format": "date-time", "maxLength": 40},
+]}  # fmt: skip
+_FILTERS_SCHEMA = {
+    "type": "object",
+    "maxProperties": settings.SEARCH_MAX_FILTER_FIELDS,
+    "propertyNames": {"maxLength": 100, "pattern": "^[^\\x00]*$"},
+    "properties": {
+        "document_keys": {
+            "type": "array", "minItems": 1, "maxItems": settings.SEARCH_MAX_FILTER_VALUES,
+            "items": {"type": "string", "pattern": "^[^\\x00]*$"},
+        },
+    },
+    "additionalProperties": {"anyOf": [_SCALAR, {
+        "type": "object", "minProperties": 1, "additionalProperties": False,
+        "properties": {
+            "$eq": _SCALAR,
+            "$in": {"type": "array", "minItems": 1, "maxItems": settings.SEARCH_MAX_FILTER_VALUES, "items": _SCALAR},
+            "$gte": _BOUND,
+            "$lte": _BOUND,
+        },
+    }]},
+    "description": "On chunk metadata: {field: value}, {field: {$eq|$in|$gte|$lte: ...}} ($gte/$lte: a number or an "
+    "ISO date), {document_keys: [...]}.",
+}  # fmt: skip
+
+
+@extend_schema_field(_FILTERS_SCHEMA)
+class FiltersField(serializers.DictField):
+    """Checked by search.engine.filters_sql (400 naming the field and operator)."""
 
 
 class SearchInputSerializer(HotInputSerializer):
-    query = serializers.CharField(max_length=settings.SEARCH_MAX_QUERY_CHARS)
-    limit = serializers.IntegerField(min_value=1, max_value=100, default=10)
+    # Something other than white space (the pattern documents what "not blank" means).
+    query = StrictCharField(max_length=settings.SEARCH_MAX_QUERY_CHARS, validators=[NOT_BLANK])
+    limit = StrictIntegerField(min_value=1, max_value=100, default=10)
     mode = serializers.ChoiceField(choices=MODES, default="hybrid")
-    filters = serializers.DictField(required=False, default=dict)
-    min_score = serializers.FloatField(required=False, allow_null=True, default=None)
-    include_parent = serializers.BooleanField(default=False)
+    filters = FiltersField(required=False, default=dict)
+    min_score = StrictFloatField(required=False, allow_null=True, default=None)
+    include_parent = StrictBooleanField(default=False)
     chunk_context = ContextSerializer(required=False)
     weights = WeightsSerializer(required=False)
 
@@ -170,7 +209,7 @@ class OrganizationSearchApi(SearchApi):
         class Meta:
             ref_name = "OrganizationSearchInput"  # a component name of its own in the schema
 
-        agents = serializers.ListField(child=serializers.SlugField(), required=False, max_length=1000)
+        agents = serializers.ListField(child=StrictSlugField(), required=False, max_length=1000)
 
     def scope(self, slugs):
         return ("agents", *sorted(set(slugs or ())))
@@ -195,6 +234,7 @@ class HotChunksApi(OrgAPIView):
         last_accessed_at = serializers.DateTimeField()
 
     rate_scopes = {"GET": "search"}
+    query_parameters = {"GET": ("limit", "window")}
 
     def key_join(self, slug):
         return selectors.search_agent_key_join(slug=slug)
@@ -202,8 +242,11 @@ class HotChunksApi(OrgAPIView):
     @extend_schema(
         responses=inline_serializer("HotChunksPage", {"window": serializers.CharField(), "results": OutputSerializer(many=True)}),
         parameters=[
-            OpenApiParameter("limit", int, description="1 to 100 (default 20)"),
-            OpenApiParameter("window", str, description="Nd, N from 1 to SEARCH_ACCESS_RETENTION_DAYS (default 7d)"),
+            OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": 100}, description="default 20"),
+            OpenApiParameter(
+                "window", {"type": "string", "enum": [f"{n}d" for n in range(1, settings.SEARCH_ACCESS_RETENTION_DAYS + 1)]},
+                description="days back from now (default 7d)",
+            ),
         ],
     )
     def get(self, request, slug):

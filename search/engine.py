@@ -96,7 +96,7 @@ def filters_sql(org_id: int, filters: dict) -> tuple[str, list]:
         raise invalid("filters", f"At most {settings.SEARCH_MAX_FILTER_FIELDS} fields.")
     for field, condition in filters.items():
         if field == "document_keys":
-            if not isinstance(condition, list) or not all(isinstance(k, str) for k in condition) or not condition:
+            if not isinstance(condition, list) or not all(isinstance(k, str) and "\x00" not in k for k in condition) or not condition:
                 raise invalid("filters.document_keys", "Must be a non-empty list of document keys.")
             if len(condition) > settings.SEARCH_MAX_FILTER_VALUES:
                 raise invalid("filters.document_keys", f"At most {settings.SEARCH_MAX_FILTER_VALUES} keys.")
@@ -106,7 +106,7 @@ def filters_sql(org_id: int, filters: dict) -> tuple[str, list]:
             )
             params += [org_id, condition]
             continue
-        if not isinstance(field, str) or not field or len(field) > 100:
+        if not isinstance(field, str) or len(field) > 100 or "\x00" in field:
             raise invalid("filters", "Filter fields must be metadata field names.")
         if not isinstance(condition, dict):
             condition = {"$eq": condition}
@@ -135,6 +135,7 @@ def filters_sql(org_id: int, filters: dict) -> tuple[str, list]:
                 if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                     raise invalid(name, "Must be a number or an ISO date.")
                 if isinstance(value, str):
+                    value = value.upper()  # "t" and "z" are ISO 8601 too; stored dates use "T"
                     if len(value) > 40 or not _is_iso_date(value):
                         raise invalid(name, "Must be a number or an ISO date (YYYY-MM-DD[THH:MM:SS]).")
                     # ISO dates compare correctly as text.
@@ -151,6 +152,8 @@ def _scalar(name, value):
         raise invalid(name, "Must be a string, number, boolean or null.")
     if isinstance(value, str) and len(value) > settings.SEARCH_MAX_FILTER_VALUE_CHARS:
         raise invalid(name, f"At most {settings.SEARCH_MAX_FILTER_VALUE_CHARS} characters.")
+    if isinstance(value, str) and "\x00" in value:
+        raise invalid(name, "Must not contain NUL characters.")
 
 
 def _json(value) -> str:

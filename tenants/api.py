@@ -17,7 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from core.errors import ApiError, not_found  # noqa: F401 - re-exported for views
+from core.errors import ApiError, invalid, not_found  # noqa: F401 - re-exported for views
 from core.permissions import KeyScopePermission
 from core import throttling
 from core.throttling import OrganizationRateThrottle
@@ -29,6 +29,8 @@ def _flatten(detail, prefix="") -> dict:
         for key, value in detail.items():
             if key == "non_field_errors" and prefix:
                 out.update(_flatten(value, prefix))  # about the nested object as a whole
+            elif isinstance(key, int):  # a list serializer's errors, by item
+                out.update(_flatten(value, f"{prefix}[{key}]"))
             else:
                 out.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
     elif isinstance(detail, list):
@@ -81,14 +83,36 @@ class HotInputSerializer(serializers.Serializer):
 
 
 class Pagination(LimitOffsetPagination):
+    """limit/offset pages; a value that is not a whole number in range is a 400 naming it
+    (DRF's own falls back to the default silently)."""
+
     default_limit = 50
     max_limit = 500
 
+    def get_limit(self, request):
+        return self._param(request, self.limit_query_param, self.default_limit, 1, self.max_limit)
+
+    def get_offset(self, request):
+        return self._param(request, self.offset_query_param, 0, 0, None)
+
+    @staticmethod
+    def _param(request, name: str, default: int, low: int, high: int | None) -> int:
+        values = request.query_params.getlist(name)
+        if not values:
+            return default
+        raw = values[-1]
+        if len(values) > 1 or not raw.isascii() or not raw.isdigit() or int(raw) < low or (high is not None and int(raw) > high):
+            raise invalid(name, f"Must be one whole number from {low}" + (f" to {high}." if high else " on."))
+        return int(raw)
+
 
 PAGE_PARAMETERS = [
-    OpenApiParameter("limit", int, description=f"page size (default {Pagination.default_limit}, at most {Pagination.max_limit})"),
-    OpenApiParameter("offset", int, description="items to skip"),
-]
+    OpenApiParameter(
+        "limit", {"type": "integer", "minimum": 1, "maximum": Pagination.max_limit},
+        description=f"page size (default {Pagination.default_limit})",
+    ),
+    OpenApiParameter("offset", {"type": "integer", "minimum": 0}, description="items to skip"),
+]  # fmt: skip
 
 
 def paginated(serializer_class, name: str):
@@ -114,6 +138,9 @@ class OrgAPIView(APIView):
     defaults)."""
 
     key_join = None
+    # The query parameters each method takes; any other is a 400 naming it (a typo is not
+    # silently ignored).
+    query_parameters: dict[str, tuple[str, ...]] = {}
     key_scopes: dict[str, str] = {}
     rate_scopes: dict[str, str] = {}
     permission_classes = [IsAuthenticated, KeyScopePermission]
@@ -128,6 +155,13 @@ class OrgAPIView(APIView):
     def initial(self, request, *args, **kwargs):
         self.refuse_if_told_to_wait(request)
         super().initial(request, *args, **kwargs)
+        if any(isinstance(value, str) and "\x00" in value for value in kwargs.values()):
+            raise not_found()  # nothing stored can be named with NUL (PostgreSQL refuses it)
+        allowed = self.query_parameters.get(request.method, ())
+        unknown = sorted(name for name in request.query_params if name not in allowed)
+        if unknown and request.method.lower() in self.http_method_names and hasattr(self, request.method.lower()):
+            takes = f"this endpoint takes {', '.join(allowed)}" if allowed else "this endpoint takes none"
+            raise invalid(unknown[0] or "query", f"Unknown query parameter; {takes}.")
 
     def refuse_if_told_to_wait(self, request) -> None:
         """A caller refused by the rate limit and back before its wait is over gets the same

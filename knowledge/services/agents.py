@@ -3,9 +3,18 @@
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from core.errors import ApiError
 from knowledge.models import FTS_LANGUAGES, Agent, AgentStats
 from knowledge.services.stats import stats_apply
 from tenants.models import Organization, slug_validator
+
+class AgentExists(ApiError):
+    """409: the slug is taken by a live agent of the organization (a conflict with what is
+    stored, not a malformed request)."""
+
+    def __init__(self, message: str):
+        super().__init__(409, "already_exists", message, {"slug": [message]})
+
 
 CONFIG_LIMITS = {
     "chunk_size": (100, 8000),
@@ -69,7 +78,7 @@ def agent_create(*, org: Organization, slug: str, name: str = "", config: dict |
             AgentStats.objects.for_org(org).create(agent=agent)
             stats_apply(org=org, agents=1)
     except IntegrityError as exc:
-        raise ValidationError({"slug": [f"Agent '{slug}' already exists in this organization."]}) from exc
+        raise AgentExists(f"Agent '{slug}' already exists in this organization.") from exc
     return agent
 
 

@@ -11,7 +11,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from core import jobs
-from core.validation import json_shape, json_size
+from core.validation import contains_nul, json_shape, json_size
 from knowledge.chunking import CONTENT_TYPES, chunk_document, normalize_text
 from knowledge.embeddings import embed_with_cache, halfvecs
 from knowledge.models import Agent, Document, IngestionJob
@@ -75,8 +75,13 @@ def document_input_validate(doc: DocumentInput, *, prefix: str = "") -> None:
         raise invalid(f"{prefix}key", "Must be 1 to 512 characters.")
     if doc.content_type not in CONTENT_TYPES:
         raise invalid(f"{prefix}content_type", f"Unsupported; use one of {', '.join(CONTENT_TYPES)}.")
+    for name in ("key", "text", "title", "source"):
+        if "\x00" in getattr(doc, name):
+            raise invalid(f"{prefix}{name}", "Must not contain NUL characters (PostgreSQL stores none).")
     if not isinstance(doc.metadata, dict):
         raise invalid(f"{prefix}metadata", "Must be an object.")
+    if contains_nul(doc.metadata):
+        raise invalid(f"{prefix}metadata", "Must not contain NUL characters (PostgreSQL stores none).")
     # Metadata is copied into every chunk of the document: bounded before anything else.
     depth, keys = json_shape(doc.metadata)
     if depth > settings.LORE_MAX_METADATA_DEPTH:

@@ -94,9 +94,9 @@ def test_bad_agent_input_is_400_naming_the_field_and_stores_nothing(client_a, or
     assert not Agent.objects.for_org(org_a).exists()
 
 
-def test_duplicate_slug_is_400(client_a, agent_a):
+def test_duplicate_slug_is_409(client_a, agent_a):
     response = client_a.post("/api/v1/agents", {"slug": "support"}, format="json")
-    assert response.status_code == 400
+    assert response.status_code == 409 and response.json()["error"]["code"] == "already_exists"
     assert "slug" in error_fields(response)
 
 

@@ -1,7 +1,8 @@
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from knowledge.services import agent_create
+from knowledge.services.agents import AgentExists
 from tenants.cli import command_error, organization_or_error
 
 
@@ -19,4 +20,6 @@ class Command(BaseCommand):
             agent = agent_create(org=org, slug=agent_slug, name=name)
         except ValidationError as exc:
             raise command_error(exc) from exc
+        except AgentExists as exc:
+            raise CommandError(str(exc.detail)) from exc
         self.stdout.write(f"Created agent {org.slug}/{agent.slug}")

@@ -109,3 +109,24 @@ def test_the_task_broker_waits_on_an_empty_queue_without_timing_out(db, redis_ur
         assert settings.Q_CLUSTER["redis"].startswith(settings.REDIS_URL)
         # Bounded, for a broker that stops answering, and longer than the blocking pop.
         assert broker.connection.connection_pool.connection_kwargs["socket_timeout"] > 1
+
+
+def test_importing_the_settings_starts_no_database(tmp_path):
+    # The embedded server starts with the first connection, not as a side effect of import.
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    env = {**os.environ, "LORE_DATA_DIR": str(data), "DATABASE_URL": "", "DJANGO_SETTINGS_MODULE": "config.settings.local"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=_base_dir(), env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert not (data / "pg").exists()
+
+
+def _base_dir():
+    from django.conf import settings
+
+    return settings.BASE_DIR

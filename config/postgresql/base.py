@@ -27,7 +27,9 @@ preparation off for a pooler that cannot keep prepared statements (PgBouncer in
 transaction mode before 1.21).
 """
 
+import functools
 import select
+from pathlib import Path
 
 import psycopg
 from django.conf import settings
@@ -67,6 +69,13 @@ class DatabaseOperations(base.DatabaseOperations):
 class DatabaseWrapper(base.DatabaseWrapper):
     ops_class = DatabaseOperations
 
+    def get_connection_params(self):
+        # Without DATABASE_URL: the embedded server, started (or found running) by the first
+        # connection a process opens; its socket directory is known only then.
+        if self.settings_dict.get("EMBEDDED_DATA_DIR") and not self.settings_dict["HOST"]:
+            self.settings_dict.update(_embedded(self.settings_dict["EMBEDDED_DATA_DIR"]))
+        return super().get_connection_params()
+
     def close_if_health_check_failed(self):
         if (
             self.connection is not None
@@ -99,6 +108,13 @@ class DatabaseWrapper(base.DatabaseWrapper):
             if self.timezone != tzloader.timezone:
                 base.register_tzloader(self.timezone, cursor)
             return self._prepare_cursor(cursor)
+
+
+@functools.cache
+def _embedded(data_dir: str) -> dict:
+    from config import embedded_db
+
+    return embedded_db.start(Path(data_dir))
 
 
 def _readable(fd: int) -> bool:

@@ -71,9 +71,14 @@ TEMPLATES = [
 if env("DATABASE_URL", default=""):
     DATABASES = {"default": env.db("DATABASE_URL")}
 else:
-    from config import embedded_db
-
-    DATABASES = {"default": {"ENGINE": "django.db.backends.postgresql", **embedded_db.start(LORE_DATA_DIR)}}
+    # The embedded server starts when a connection is first opened (config/postgresql/base.py),
+    # not when settings are imported: a command that needs no database never starts it.
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql", "NAME": "lore", "USER": "postgres", "PASSWORD": "",
+            "HOST": "", "PORT": "", "EMBEDDED_DATA_DIR": str(LORE_DATA_DIR),
+        }
+    }  # fmt: skip
 
 DATABASES["default"].update(
     {

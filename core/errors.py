@@ -15,8 +15,15 @@ class ApiError(exceptions.APIException):
         super().__init__(detail=message, code=code)
 
     def __reduce__(self):
-        # Picklable (bulk ingest returns errors from worker processes).
-        return (ApiError, (self.status_code, self.code, str(self.detail), self.fields, self.retry_after))
+        # Picklable with its class, whatever a subclass's __init__ takes (bulk ingest's
+        # worker processes raise them back to the parent).
+        return (_restore, (type(self), self.status_code, self.code, str(self.detail), self.fields, self.retry_after))
+
+
+def _restore(cls, status_code, code, message, fields, retry_after) -> ApiError:
+    error = ApiError.__new__(cls)
+    ApiError.__init__(error, status_code, code, message, fields, retry_after)
+    return error
 
 
 def not_found(what: str = "Not found.") -> ApiError:

@@ -123,11 +123,12 @@ def ingest_batches(
                 return totals
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                batch, error = future.result()
-                if error is not None:
+                try:
+                    batch = future.result()  # a domain error comes back as itself (core.errors pickles)
+                except ApiError:
                     for other in pending:
                         other.cancel()
-                    raise ApiError(*error)
+                    raise
                 totals.add(batch)
                 if on_batch:
                     on_batch(batch)
@@ -139,12 +140,8 @@ def _worker_init() -> None:
     multiprocessing.util.Finalize(None, connections.close_all, exitpriority=10)
 
 
-def _worker_ingest(task) -> tuple[BatchResult | None, tuple | None]:
+def _worker_ingest(task) -> BatchResult:
     org_id, agent_id, docs = task
     org = Organization.objects.get(pk=org_id)
     agent = Agent.objects.for_org(org).get(pk=agent_id)
-    try:
-        return documents_ingest(org=org, agent=agent, docs=docs), None
-    except ApiError as exc:
-        # Returned, not raised: DRF exceptions do not survive pickling intact.
-        return None, (exc.status_code, exc.code, str(exc.detail), exc.fields)
+    return documents_ingest(org=org, agent=agent, docs=docs)

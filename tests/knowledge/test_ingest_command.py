@@ -82,3 +82,15 @@ def test_ingest_with_workers_reports_a_worker_refusal_as_a_command_error(agent, 
 def test_ingest_rejects_fewer_than_one_worker(agent, folder):
     with pytest.raises(CommandError, match="--workers must be at least 1"):
         _ingest("acme", "kb", str(folder), "--workers", "0")
+
+
+def test_domain_errors_survive_the_worker_processes_with_their_class():
+    import pickle
+
+    from core.errors import ApiError
+    from knowledge.services.agents import AgentExists
+
+    error = pickle.loads(pickle.dumps(AgentExists("taken")))
+    assert type(error) is AgentExists and error.code == "already_exists" and error.fields == {"slug": ["taken"]}
+    quota = pickle.loads(pickle.dumps(ApiError(403, "quota_exceeded", "full", {"chunks": ["full"]}, retry_after=2)))
+    assert (quota.status_code, quota.code, quota.fields, quota.retry_after) == (403, "quota_exceeded", {"chunks": ["full"]}, 2)

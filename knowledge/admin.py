@@ -6,6 +6,7 @@ from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
 from knowledge.models import Agent, AgentStats, DeletionJob
+from knowledge.selectors import organization_stats
 from knowledge.services import (
     CONFIG_KEYS,
     agent_config_validate,
@@ -14,8 +15,10 @@ from knowledge.services import (
     agent_update,
     deletion_job_cancel,
     deletion_job_retry,
+    organization_delete_request,
 )
 from tenants.errors import ApiError
+from tenants.models import Organization
 
 STATS_FIELDS = [
     "total_chunks", "document_count", "total_size_bytes", "data_version", "last_ingested_at",
@@ -186,3 +189,32 @@ class DeletionJobAdmin(admin.ModelAdmin):
                 self.message_user(request, f"Job {job.pk}: {exc.detail}", level=messages.WARNING)
         if done:
             self.message_user(request, f"{verb}: job(s) {', '.join(done)}.")
+
+
+@admin.register(Organization)
+class OrganizationAdmin(NoBlockingDeleteMixin, admin.ModelAdmin):
+    list_display = ["slug", "name", "is_active", "created_at"]
+    list_filter = ["is_active"]
+    search_fields = ["slug", "name"]
+    readonly_fields = ["created_at"]
+    fieldsets = [
+        (None, {"fields": ["slug", "name", "is_active", "created_at"]}),
+        ("Rate limits (requests per minute; empty: the default, 0: none)", {"fields": ["search_rate", "write_rate", "read_rate"]}),
+        ("Quotas (empty: the default, 0: none)", {"fields": ["max_agents", "max_documents", "max_chunks", "max_bytes", "max_jobs"]}),
+    ]
+    actions = ["delete_organization"]
+
+    @admin.action(description="Delete selected organizations (in the background)", permissions=["queue_deletion"])
+    def delete_organization(self, request, queryset):
+        if request.POST.get("post") != "yes":
+            rows = []
+            for org in queryset:
+                totals = organization_stats(org=org)
+                rows.append({"label": org.slug, "chunks": totals["total_chunks"], "documents": totals["total_documents"]})
+            intro = (
+                "These organizations are deactivated now (their API keys stop working), their agents are deleted "
+                "in the background, then the organizations themselves."
+            )
+            return confirm_deletion_page(self, request, queryset, rows=rows, intro=intro, confirm="Delete the organizations")
+        jobs = [organization_delete_request(org=org, user=request.user) for org in queryset]
+        self.message_user(request, f"Deletion queued for {len(jobs)} organization(s): job(s) {', '.join(str(j.pk) for j in jobs)}.")

@@ -24,6 +24,7 @@ from django.core.cache import cache
 from django.db import connection, transaction
 
 from core import jobs
+from knowledge.services.stats import stats_record_searches
 from search import caching
 
 logger = logging.getLogger(__name__)
@@ -277,16 +278,7 @@ def _write(access: dict, stats: dict) -> tuple[int, int]:
                  list(score), list(ts)],
             )  # fmt: skip
         if stats:
-            cols = list(zip(*((*k.split(":"), *v) for k, v in stats.items())))
-            org, agent, count, hits, latency, ts = cols
-            # Search counters never touch data_version: they do not change results.
-            cursor.execute(
-                "UPDATE knowledge_agentstats s SET search_count = s.search_count + x.n,"
-                " search_cache_hits = s.search_cache_hits + x.h,"
-                " search_latency_ms_total = s.search_latency_ms_total + x.l,"
-                " last_searched_at = GREATEST(s.last_searched_at, to_timestamp(x.t))"
-                " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::float8[], %s::float8[])"
-                " AS x(o, a, n, h, l, t) WHERE s.agent_id = x.a AND s.organization_id = x.o",
-                [list(map(int, org)), list(map(int, agent)), list(count), list(hits), list(latency), list(ts)],
+            stats_record_searches(
+                [(int(org), int(agent), *values) for (org, agent), values in ((k.split(":"), v) for k, v in stats.items())]
             )
     return len(access), len(stats)

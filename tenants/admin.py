@@ -1,41 +1,12 @@
+"""API keys in the admin. Organizations are administered from the knowledge app
+(knowledge/admin.py): deleting one deletes its agents, which this app knows nothing of."""
+
 from django import forms
 from django.contrib import admin, messages
 from django.utils import timezone
 
-from knowledge.admin import NoBlockingDeleteMixin, confirm_deletion_page
-from knowledge.selectors import organization_stats
-from knowledge.services import organization_delete_request
-from tenants.models import ApiKey, Organization
+from tenants.models import ApiKey
 from tenants.services import api_key_create, api_key_revoke
-
-
-@admin.register(Organization)
-class OrganizationAdmin(NoBlockingDeleteMixin, admin.ModelAdmin):
-    list_display = ["slug", "name", "is_active", "created_at"]
-    list_filter = ["is_active"]
-    search_fields = ["slug", "name"]
-    readonly_fields = ["created_at"]
-    fieldsets = [
-        (None, {"fields": ["slug", "name", "is_active", "created_at"]}),
-        ("Rate limits (requests per minute; empty: the default, 0: none)", {"fields": ["search_rate", "write_rate", "read_rate"]}),
-        ("Quotas (empty: the default, 0: none)", {"fields": ["max_agents", "max_documents", "max_chunks", "max_bytes", "max_jobs"]}),
-    ]
-    actions = ["delete_organization"]
-
-    @admin.action(description="Delete selected organizations (in the background)", permissions=["queue_deletion"])
-    def delete_organization(self, request, queryset):
-        if request.POST.get("post") != "yes":
-            rows = []
-            for org in queryset:
-                totals = organization_stats(org=org)
-                rows.append({"label": org.slug, "chunks": totals["total_chunks"], "documents": totals["total_documents"]})
-            intro = (
-                "These organizations are deactivated now (their API keys stop working), their agents are deleted "
-                "in the background, then the organizations themselves."
-            )
-            return confirm_deletion_page(self, request, queryset, rows=rows, intro=intro, confirm="Delete the organizations")
-        jobs = [organization_delete_request(org=org, user=request.user) for org in queryset]
-        self.message_user(request, f"Deletion queued for {len(jobs)} organization(s): job(s) {', '.join(str(j.pk) for j in jobs)}.")
 
 
 class ApiKeyCreateForm(forms.ModelForm):

@@ -67,6 +67,26 @@ def quota_precheck(*, org: Organization, adding: dict) -> None:
     limits.quota_check(org, usage=usage_get(org=org), adding=adding)
 
 
+def stats_record_searches(rows: list[tuple[int, int, int, int, float, float]]) -> None:
+    """Adds searches to agents' counters in bulk: (organization id, agent id, searches,
+    cache hits, latency ms total, last searched at as a Unix time) per agent, across
+    organizations (search's tracking flush; each row names its own organization, matched
+    with the agent's). Search counters never touch data_version: they change no result."""
+    if not rows:
+        return
+    org, agent, count, hits, latency, ts = (list(column) for column in zip(*rows))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE knowledge_agentstats s SET search_count = s.search_count + x.n,"
+            " search_cache_hits = s.search_cache_hits + x.h,"
+            " search_latency_ms_total = s.search_latency_ms_total + x.l,"
+            " last_searched_at = GREATEST(s.last_searched_at, to_timestamp(x.t))"
+            " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::float8[], %s::float8[])"
+            " AS x(o, a, n, h, l, t) WHERE s.agent_id = x.a AND s.organization_id = x.o",
+            [org, agent, count, hits, latency, ts],
+        )
+
+
 @dataclass
 class Drift:
     agent_slug: str

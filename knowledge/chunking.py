@@ -86,7 +86,7 @@ def normalize_text(text: str) -> str:
     if not text.isascii():
         text = unicodedata.normalize("NFC", _stream_safe(text))
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    # map(str.rstrip): 4x faster than a generator or a multiline regex on the tldr pages.
+    # map(str.rstrip): faster than a generator or a multiline regex on real pages.
     return "\n".join(map(str.rstrip, text.split("\n"))).strip("\n")
 
 

@@ -70,9 +70,9 @@ def shared_get_many(keys: list[str]) -> list:
 
 class SharedRead:
     """A shared-cache read sent now and answered later: the request waits on its other
-    round trip (the API key's statement) meanwhile. On this VM a round trip to a peer that
-    was idle costs 0.5-0.75 ms, mostly waking it (0.1-0.15 ms when busy: bench/search.py);
-    sent together, the two wake-ups overlap. `receive()` must follow, on every path: the
+    round trip (the API key's statement) meanwhile. A round trip to an idle peer costs
+    mostly its wake-up (docs/benchmarks.md, session 6); sent together, the two wake-ups
+    overlap. `receive()` must follow, on every path: the
     Redis connection is held until it does."""
 
     def __init__(self, keys: list[str]):

@@ -76,7 +76,7 @@ class AgentSelection:
 
 class AgentRef(NamedTuple):
     """What search needs of an agent. A tuple: a search across an organization makes one
-    per agent (1,000 frozen dataclasses cost 1.8 ms, these a fraction)."""
+    per agent, and frozen dataclasses cost several times as much to build)."""
 
     id: int
     slug: str
@@ -412,9 +412,8 @@ def _coverage_all(scope: str, scope_params: list, terms: tuple[str, ...]) -> tup
 def _present(scope: str, scope_params: list, terms: tuple[str, ...]) -> tuple[str, ...]:
     """Those of `terms` that some chunk in scope holds. Words of a long question that match
     nothing would otherwise make tiers skip past the combinations limit, down to ranking
-    every chunk holding any word: three common words and five unmatched ones took 3.6 ms
-    (p95 25.5) org-wide on bench/search.py's data, 2.8-4.0 (p95 5.2-5.8) with this check first.
-    Each test is a GIN lookup that stops at the first chunk in scope."""
+    every chunk holding any word (docs/benchmarks.md, session 5: the p95 of long questions
+    org-wide). Each test is a GIN lookup that stops at the first chunk in scope."""
     literals = _tsquery_literal(terms)
     with connection.binding_cursor() as cursor:
         cursor.execute(
@@ -463,7 +462,7 @@ def _coverage_tiers(
     never read. Tiers nest, so the lowest tier read holds the k best by coverage, ties
     included, and only its chunks are ranked. Common words then cost what their
     intersections cost, not a rank for every chunk that holds one of them
-    (bench/search.py, hybrid: 21.6 -> 0.7 ms for three words across 200k chunks)."""
+    (docs/benchmarks.md, keyword tiers)."""
     ctes, params, read = [], [], []
     # Tiers of the terms present in scope: the others hold no chunk, so coverage of all
     # terms and of these is the same number for every chunk.

@@ -2,24 +2,22 @@
 
 knowledge_chunk has no table-wide vector index. Small agents, and sets of agents small
 enough, are searched exactly (search/engine.py): the true top-k, faster than a graph walk
-at that size. A graph costs every insert a walk of its own (≈ 2.5 ms of PostgreSQL CPU
-per chunk into a graph of 200k, against ≈ 0.1 ms for the rest of the row:
-bench/ingest_stats.py), so it exists only where a search needs it:
+at that size. A graph costs every insert a walk of its own, many times the rest of the
+row's cost (bench/ingest_stats.py; docs/benchmarks.md), so it exists only where a search
+needs it:
 
 - `chunk_hnsw_agent_<id>` (WHERE agent_id = id) for an agent of at least
   SEARCH_AGENT_INDEX_MIN_CHUNKS chunks. Its own graph answers right where a shared one
-  makes a filtered walk skip other agents' neighbours (bench/search.py: recall@10
-  0.90-0.92 on a shared graph for agents of 6.7k-13k chunks, 0.997 on their own).
+  makes a filtered walk skip other agents' neighbours (bench/search.py measured the recall
+  of both; docs/benchmarks.md).
 - `chunk_hnsw_org_<id>` (WHERE organization_id = id) for an organization of at least
   SEARCH_ORG_INDEX_MIN_CHUNKS chunks: searches across several of its agents. It holds no
   other tenant's vectors, so another tenant's load neither slows its inserts nor crowds
   its walks. Built with a larger ef_construction than agents' graphs (build_options()).
 - `chunk_gin_agent_<id>` (GIN on search_vector WHERE agent_id = id) beside each agent's
   graph: its keyword search reads only its own postings. Through the table-wide GIN it
-  read every tenant's postings of the query's words before its agent filter applied
-  (bench/search.py data, three common words, a 21k-chunk agent: 7.1 ms per keyword
-  statement, 2.2 ms with its own index), so one tenant's corpus slowed another's keyword
-  search. Small agents keep the table-wide one: their statements are cheap either way.
+  read every tenant's postings of the query's words before its agent filter applied, so
+  one tenant's corpus slowed another's keyword search (docs/benchmarks.md). Small agents keep the table-wide one: their statements are cheap either way.
 
 Queries say `organization_id = N AND agent_id = M` with values the planner sees as
 constants (search/engine.py), so it matches these partial indexes, preferring the

@@ -77,7 +77,7 @@ class LocalBuffer:
         self.stats = defaultdict(lambda: [0, 0, 0.0, 0.0])
         # One entry per search, spread over its agents when drained (off the request
         # path): a search across 1,000 agents appends a tuple instead of updating 1,000
-        # rows (≈ 1.4 ms).
+        # rows.
         self.searches: list[tuple[int, list[int], int, float, float]] = []
 
     def add(self, access_items, search: tuple[int, list[int], int, float, float]) -> int:

@@ -47,8 +47,7 @@ _WIDTH = len(_KEY_FIELDS) + len(_ORG_FIELDS)
 def _key_sql(join_sql: str | None) -> str:
     """ApiKey.unscoped.usable() as one statement through the unique prefix index, with
     its organization and the joined row. Written out because it runs on every request:
-    compiling the ORM query cost 0.8 ms of CPU, a third of a cached search
-    (bench/search.py). tests/tenants/test_auth.py holds both to the same rules (revoked,
+    compiling the ORM query cost a large share of a cached search's CPU (bench/search.py). tests/tenants/test_auth.py holds both to the same rules (revoked,
     expired, inactive organization)."""
     columns = [f"k.{c}" for c in _KEY_FIELDS] + [f"o.{c}" for c in _ORG_FIELDS] + (["j.*"] if join_sql else [])
     return (

@@ -111,3 +111,13 @@ def test_a_multipart_upload_over_the_limit_is_refused_while_streaming(org_a, age
     _error(response, 413, "file")
     assert sum(stored) <= 10_000  # what got past the limit handler was never more than the limit
     assert not Document.objects.for_org(org_a).exists()
+
+
+def test_the_issues_heading_document_is_chunked_at_once(org_a, agent_a, client_a):
+    import time
+
+    started = time.monotonic()
+    response = client_a.post(DOCS, {"key": "h", "text": "# a" + " " * 20_000 + "b"}, format="json")
+    # A hang guard, not a benchmark: the old heading pattern took hours on this input.
+    assert time.monotonic() - started < 10
+    assert response.status_code == 201 and response.json()["chunk_count"] >= 1

@@ -77,8 +77,12 @@ def data_dir(name: str) -> Path:
 
 
 # Rate limits on (every request goes through the limiter) but far above what one machine
-# can send: a bench measures the service, not a limit meant for a tenant of a shared one.
-UNBINDING_RATES = {"LORE_SEARCH_RATE": "100000000", "LORE_WRITE_RATE": "100000000", "LORE_READ_RATE": "100000000"}
+# can send, and no limit on an organization's requests in flight: a bench measures the
+# service, not a limit meant for a tenant of a shared one.
+UNBINDING_RATES = {
+    "LORE_SEARCH_RATE": "100000000", "LORE_WRITE_RATE": "100000000", "LORE_READ_RATE": "100000000",
+    "LORE_ORG_REQUESTS_IN_FLIGHT": "0",
+}  # fmt: skip
 
 
 def setup(
@@ -86,8 +90,8 @@ def setup(
 ) -> dict:
     """Configures this process for bench `name` and migrates; returns the environment
     to hand to subprocesses. `fresh` drops the bench's database first (its data
-    directory and server stay). `rates`: the default rate limits (UNBINDING_RATES unless
-    given; {} for the settings' own). `extra` adds settings, e.g. SEARCH_TRACK_ACCESS="0"."""
+    directory and server stay). `rates`: the default rate limits and in-flight limit
+    (UNBINDING_RATES unless given; {} for the settings' own). `extra` adds settings, e.g. SEARCH_TRACK_ACCESS="0"."""
     directory = data_dir(name)
     env = {
         # Empty, not unset: a DATABASE_URL in .env must not point a bench (which drops and

@@ -28,6 +28,12 @@ Every request has a client timeout (10 s) and counts by status class; 429 is wha
 noisy tenant should get, 5xx is a failure for either. Figures of the second phase are
 given as ratios against the first, measured in the same run.
 
+Attribution: --only flood|backlog|adversarial (repeatable) keeps the noisy tenant to those
+activities; the last table is a series per SERIES_SECONDS of the quiet searches' p95 beside
+each process's CPU, with the PostgreSQL backends told apart by the server process they serve
+(PGAPPNAME). --noisy-search-chunks past SEARCH_ORG_INDEX_MIN_CHUNKS gives the noisy
+organization its HNSW graph from the start, so every chunk of its backlog is a graph insert.
+
 Rate limits and quotas: --noisy-org FIELD=VALUE sets a field of the noisy Organization
 (its per-organization overrides; a field the model does not have is reported and skipped),
 --server-env NAME=VALUE passes a setting to gunicorn and the worker (a default for every
@@ -60,8 +66,16 @@ QUIET_AGENT = "docs"
 NOISY_SEARCH_AGENT = "search"
 NOISY_BATCH_AGENT = "batch"
 DONE = {"completed", "failed", "cancelled"}
+BACKLOG_RETRIES = 30  # tries of each backlog request refused with a 429, a second apart
 # The Organization fields --noisy-search-rate / --noisy-write-rate set (requests per minute, 0: none).
 RATE_FIELDS = {"search": "search_rate", "write": "write_rate"}
+# The noisy tenant's activities (--only): the search flood, the backlog (batch uploads and
+# agent deletions), the adversarial inputs.
+ACTIVITIES = ("flood", "backlog", "adversarial")
+SERIES_SECONDS = 5  # the quiet search p95 series' step
+# application_name (libpq's PGAPPNAME) of each server process's connections, so the
+# PostgreSQL backends serving each can be told apart in pg_stat_activity.
+APP_NAMES = {"gunicorn": "bench-web", "qcluster": "bench-worker"}
 
 
 @dataclass(frozen=True)
@@ -91,12 +105,14 @@ class Tally:
         self.lock = threading.Lock()
         self.counts: dict[tuple, Counter] = {}
         self.latencies: dict[tuple, list[float]] = {}
+        self.times: dict[tuple, list[tuple[float, float]]] = {}  # (perf_counter at the answer, seconds)
 
     def add(self, key: tuple, outcome: str, seconds: float) -> None:
         with self.lock:
             self.counts.setdefault(key, Counter())[outcome] += 1
             if outcome in ("2xx", "timeout"):
                 self.latencies.setdefault(key, []).append(seconds)
+                self.times.setdefault(key, []).append((time.perf_counter(), seconds))
 
     def merge(self, key: tuple, counts: dict, latencies: list[float]) -> None:
         with self.lock:
@@ -368,20 +384,28 @@ def send_adversarial(url: str, key: str, tally: Tally, results: list) -> None:
 
 
 def queue_backlog(url: str, key: str, sizes: Sizes, docs: list[dict], tally: Tally, jobs: list) -> None:
-    """The batch uploads, then the agents' deletions: (kind, job id) into `jobs`."""
+    """The batch uploads, then the agents' deletions: (kind, job id) into `jobs`. A request
+    refused with a 429 (the noisy tenant's own flood holds its requests in flight, or its
+    write rate) is sent again a second later, as a client honouring Retry-After would, for
+    up to BACKLOG_RETRIES times."""
     client = harness.Client(url, key, timeout=4 * TIMEOUT)  # 500 documents take a while to validate
+
+    def send(kind: str, method: str, path: str, body=None):
+        for _ in range(BACKLOG_RETRIES):
+            _, status, answer, _ = tally.request(("noisy", "noisy", kind), client, method, path, body)
+            if status != 429:
+                return status, answer
+            time.sleep(1)
+        return status, answer
+
     for b in range(sizes.batches):
         batch = docs[b * sizes.batch_docs : (b + 1) * sizes.batch_docs]
         path = f"/api/v1/agents/{NOISY_BATCH_AGENT}/documents/batch"
-        _, status, body, _ = tally.request(
-            ("noisy", "noisy", "batch upload"), client, "POST", path, {"documents": batch}
-        )
+        status, body = send("batch upload", "POST", path, {"documents": batch})
         if status == 202:
             jobs.append(("ingestions", body["id"]))
     for i in range(sizes.deletions):
-        _, status, body, _ = tally.request(
-            ("noisy", "noisy", "agent deletion"), client, "DELETE", f"/api/v1/agents/gone-{i}"
-        )
+        status, body = send("agent deletion", "DELETE", f"/api/v1/agents/gone-{i}")
         if status == 202:
             jobs.append(("deletions", body["id"]))
     client.close()
@@ -419,6 +443,22 @@ def main():
     parser.add_argument("--seconds", type=float, help="length of each phase")
     parser.add_argument("--no-adversarial", action="store_true", help="leave out the adversarial inputs (to compare)")
     parser.add_argument(
+        "--noisy-search-chunks",
+        type=int,
+        help="size of the noisy agent it searches; past SEARCH_ORG_INDEX_MIN_CHUNKS the noisy organization has its"
+        " graph from the start, so every chunk of its batch uploads is also a graph insert",
+    )
+    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes (./dev up: 2)")
+    parser.add_argument("--web-threads", type=int, default=4, help="threads per gunicorn worker (./dev up: 4)")
+    parser.add_argument(
+        "--only",
+        choices=ACTIVITIES,
+        action="append",
+        default=[],
+        help="the noisy tenant does only this (repeatable; default: all three): which of its activities slows"
+        " the quiet tenant",
+    )
+    parser.add_argument(
         "--polite-flood",
         action="store_true",
         help="the flooding clients wait a second after a 429 (default: they ignore it)",
@@ -445,6 +485,8 @@ def main():
     sizes = QUICK if args.quick else FULL
     if args.seconds:
         sizes = Sizes(**{**sizes.__dict__, "seconds": args.seconds})
+    if args.noisy_search_chunks:
+        sizes = Sizes(**{**sizes.__dict__, "search_chunks": args.noisy_search_chunks})
     overrides = dict(args.noisy_org)
     for kind, value in (("search", args.noisy_search_rate), ("write", args.noisy_write_rate)):
         if value is not None:
@@ -463,9 +505,46 @@ def main():
     harness.print_tables([*tables, run.table()])
 
 
+class PgBackends:
+    """CPU time of the PostgreSQL backends, by the application_name of their connection
+    (APP_NAMES): the database's share of each server process's work. Backends are
+    persistent (CONN_MAX_AGE), so one seen every second or so is counted whole."""
+
+    def __init__(self):
+        self.seen: dict[int, tuple[str, float]] = {}  # pid: (application_name, CPU seconds last read)
+        self.lock = threading.Lock()
+
+    def refresh(self) -> None:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            # A parallel worker (an index build's) counts for the backend it works for.
+            cursor.execute(
+                "SELECT a.pid, coalesce(l.application_name, a.application_name) FROM pg_stat_activity a"
+                " LEFT JOIN pg_stat_activity l ON l.pid = a.leader_pid AND l.pid <> a.pid"
+            )
+            rows = cursor.fetchall()
+        with self.lock:
+            for pid, app in rows:
+                fields = harness._stat(pid)
+                if fields:
+                    self.seen[pid] = (app, sum(int(v) for v in fields[11:13]) / harness._TICK)
+
+    def totals(self) -> dict[str, float]:
+        names = {app: f"PostgreSQL, serving {name}" for name, app in APP_NAMES.items()}
+        out = dict.fromkeys(names.values(), 0.0)
+        with self.lock:
+            for app, seconds in self.seen.values():
+                if app in names:
+                    out[names[app]] += seconds
+        return out
+
+
 def measure(env: dict, sizes: Sizes, server_env: dict, overrides: dict, args, run) -> list:
     from django.core.management import call_command
+    from django.db import connection
 
+    activities = set(args.only or ACTIVITIES) - ({"adversarial"} if args.no_adversarial else set())
     quiet_key, questions, stream = load_quiet(sizes, run)
     noisy = load_noisy(sizes, run, overrides)
     backlog_docs = [as_json(d) for d in pages()[: sizes.batches * sizes.batch_docs]]
@@ -474,14 +553,27 @@ def measure(env: dict, sizes: Sizes, server_env: dict, overrides: dict, args, ru
     run.note("search flood: each client waits a second after a 429" if polite else "search flood: 429s ignored")
     if args.no_adversarial:
         run.note("no adversarial inputs (--no-adversarial)")
+    run.note("noisy tenant's activities: " + ", ".join(a for a in ACTIVITIES if a in activities))
+    if (args.web_workers, args.web_threads) != (2, 4):
+        run.note(f"gunicorn: {args.web_workers} workers x {args.web_threads} threads")
     if server_env:
         run.note("server settings: " + ", ".join(f"{k}={v}" for k, v in server_env.items()))
     tally = Tally()
     cpu: dict[str, dict[str, float]] = {}
+    backends = PgBackends()
+    samples: list[dict[str, float]] = []  # every second, for the series
+    sampling = threading.Event()
 
     with (
-        harness.leaving_no_process(harness.Gunicorn(env, workers=2, threads=4, **server_env)) as server,
-        harness.leaving_no_process(harness.Qcluster(env, workers=2, **server_env)) as worker,
+        harness.leaving_no_process(
+            harness.Gunicorn(
+                env, workers=args.web_workers, threads=args.web_threads,
+                **{"PGAPPNAME": APP_NAMES["gunicorn"], **server_env},
+            )  # fmt: skip
+        ) as server,
+        harness.leaving_no_process(
+            harness.Qcluster(env, workers=2, **{"PGAPPNAME": APP_NAMES["qcluster"], **server_env})
+        ) as worker,
     ):
         quiet = Quiet(server.url, quiet_key, questions, stream, sizes, tally)
         pids = {"gunicorn": [server.pid], "qcluster": [worker.pid], "PostgreSQL": [harness.postgres_pid(NAME)]}
@@ -490,21 +582,32 @@ def measure(env: dict, sizes: Sizes, server_env: dict, overrides: dict, args, ru
             pids["Redis (shared)"] = [redis]
 
         def sample() -> dict[str, float]:
-            return {name: harness.cpu_seconds(p) for name, p in pids.items()} | {
-                "this process (quiet clients)": time.process_time(),
-                "wall": time.perf_counter(),
-            }
+            backends.refresh()
+            return (
+                {name: harness.cpu_seconds(p) for name, p in pids.items()}
+                | backends.totals()
+                | {"this process (quiet clients)": time.process_time(), "wall": time.perf_counter()}
+            )
+
+        def sampler():
+            while not sampling.wait(1.0):
+                samples.append(sample())
+            connection.close()
 
         run.phase("warm-up")
         quiet.searches("warm-up", 3)
+        series = threading.Thread(target=sampler, daemon=True)
+        series.start()
 
         run.phase("idle: quiet workload, noisy tenant idle")
         before = sample()
+        idle_started = time.perf_counter()
         quiet.run("idle", sizes.seconds)
         cpu["idle"] = {k: v - before[k] for k, v in sample().items()}
 
-        run.phase("noisy: quiet workload, noisy tenant flooding")
+        run.phase("noisy: quiet workload, noisy tenant busy")
         phase_started = time.time()
+        noisy_started = time.perf_counter()
         before = sample()
         jobs: list = []
         adversarial: list = []
@@ -514,38 +617,71 @@ def measure(env: dict, sizes: Sizes, server_env: dict, overrides: dict, args, ru
             args=(server.url, noisy.api_key, sizes.flood_clients, sizes.seconds, polite, flood_out),
             daemon=True,
         )
-        flooder.start()
+        if "flood" in activities:
+            flooder.start()
+        flooded = {"counts": {}, "latencies": {"2xx": [], "429": []}, "cpu": 0.0}
         try:
             backlog = threading.Thread(
                 target=queue_backlog, args=(server.url, noisy.api_key, sizes, backlog_docs, tally, jobs), daemon=True
             )
-            backlog.start()
+            if "backlog" in activities:
+                backlog.start()
             timer = threading.Timer(2, send_adversarial, args=(server.url, noisy.api_key, tally, adversarial))
             timer.daemon = True
-            if not args.no_adversarial:
+            if "adversarial" in activities:
                 timer.start()
             quiet.run("noisy", sizes.seconds)
-            try:
-                flooded = flood_out.get(timeout=3 * TIMEOUT)
-            except queue.Empty:
-                run.note("the flood process gave no result (see its traceback above): its requests are not counted")
-                flooded = {"counts": {}, "latencies": {"2xx": [], "429": []}, "cpu": float("nan")}
-            flooder.join(TIMEOUT)
+            if "flood" in activities:
+                try:
+                    flooded = flood_out.get(timeout=3 * TIMEOUT)
+                except queue.Empty:
+                    run.note("the flood process gave no result (see its traceback above): its requests are not counted")
+                    flooded = {"counts": {}, "latencies": {"2xx": [], "429": []}, "cpu": float("nan")}
+                flooder.join(TIMEOUT)
         finally:
             if flooder.is_alive():
                 flooder.terminate()
         tally.merge(("noisy", "noisy", "search flood"), flooded["counts"], flooded["latencies"]["2xx"])
         if timer.is_alive() or timer.ident is not None:
             timer.join(len(adversarial_inputs()) * (TIMEOUT + 1))
-        backlog.join(sizes.batches * 4 * TIMEOUT)
+        if backlog.ident is not None:
+            backlog.join(sizes.batches * 4 * TIMEOUT)
         cpu["noisy"] = {k: v - before[k] for k, v in sample().items()}
         cpu["noisy"]["flood process"] = flooded["cpu"]
 
         run.phase("drain: the noisy backlog")
         state = wait_backlog(server.url, noisy.api_key, jobs, time.perf_counter() + sizes.drain)
+        drained = time.perf_counter()
+        sampling.set()
+        series.join()
         run.phase("stop: gunicorn, worker, database")
 
-    return report(sizes, quiet, tally, flooded, adversarial, jobs, state, cpu, phase_started)
+    tables = report(sizes, quiet, tally, flooded, adversarial, jobs, state, cpu, phase_started)
+    return [*tables, series_table(tally, samples, {"idle": idle_started, "noisy": noisy_started}, drained)]
+
+
+def series_table(tally: Tally, samples: list[dict], starts: dict[str, float], end: float):
+    """Per SERIES_SECONDS: the quiet searches' p95 and each process's CPU, from the idle
+    phase's start to the backlog's end (or the drain's limit)."""
+    names = [k for k in (samples[0] if samples else {}) if k not in ("wall", "this process (quiet clients)")]
+    table = harness.Table(
+        f"Per {SERIES_SECONDS} s: quiet search p95 and CPU seconds per wall second (s: since the noisy phase began)",
+        ["s", "quiet searches", "p95 ms", *names],
+    )
+    times = sorted(tally.times.get(("quiet", "idle", "search"), []) + tally.times.get(("quiet", "noisy", "search"), []))
+    t = starts["idle"]
+    while t < end:
+        window = [s for s in samples if t <= s["wall"] < t + SERIES_SECONDS]
+        lat = [seconds for at, seconds in times if t <= at < t + SERIES_SECONDS]
+        cells = []
+        for name in names:
+            if len(window) >= 2:
+                cells.append(f"{(window[-1][name] - window[0][name]) / (window[-1]['wall'] - window[0]['wall']):.2f}")
+            else:
+                cells.append("-")
+        table.add(f"{t - starts['noisy']:.0f}", len(lat), harness.ms(harness.percentiles(lat, 95)[0]), *cells)
+        t += SERIES_SECONDS
+    return table
 
 
 # --- the report -----------------------------------------------------------------------------
@@ -639,7 +775,7 @@ def report(sizes, quiet, tally, flooded, adversarial, jobs, state, cpu, phase_st
 
     backlog_table = harness.Table(
         "Noisy tenant's backlog (jobs queued at the start of the flooding phase)",
-        ["jobs", "count", "items", "done", "last finished (s after the phase began)"],
+        ["jobs", "count", "items", "done", "statuses", "last finished (s after the phase began)"],
     )
     for kind, label, item in (
         ("ingestions", "batch upload", "total_documents"),
@@ -649,10 +785,18 @@ def report(sizes, quiet, tally, flooded, adversarial, jobs, state, cpu, phase_st
         ends = [epoch(s["finished_at"]) for s in mine if s.get("finished_at")]
         backlog_table.add(
             label, len(mine), sum(s.get(item) or 0 for s in mine), sum(s.get("status") in DONE for s in mine),
+            ", ".join(f"{k} {v}" for k, v in sorted(Counter(s.get("status") for s in mine).items())),
             f"{max(ends) - phase_started:.1f}" if ends and len(ends) == len(mine) else "not all",
         )  # fmt: skip
 
-    cpu_table = harness.Table("CPU seconds per wall second, by phase", ["process", "idle", "flooding"])
+    uploads = [state.get(j, {}) for j in jobs if j[0] == "ingestions"]
+    backlog_table.notes.append(
+        f"batch uploads: {sum(s.get('processed_chunks') or 0 for s in uploads):,} chunks,"
+        f" documents added {sum(s.get('added') or 0 for s in uploads):,},"
+        f" failed {sum(s.get('failed') or 0 for s in uploads):,}"
+    )
+
+    cpu_table = harness.Table("CPU seconds per wall second, by phase", ["process", "idle", "noisy busy"])
     for name in [k for k in cpu["noisy"] if k != "wall"]:
         cpu_table.add(
             name, *(f"{cpu[ph][name] / cpu[ph]['wall']:.2f}" if name in cpu[ph] else "-" for ph in ("idle", "noisy"))

@@ -178,3 +178,36 @@ class OrganizationRateThrottle(BaseThrottle):
             _tell_to_wait(request.META.get("HTTP_AUTHORIZATION", ""), scope, self.wait_seconds, org_limit, key_limit)
             return False
         return True
+
+
+# Requests in flight per organization, in this process. A web process has a few threads;
+# one organization's concurrent slow requests (a burst of searches, batch uploads) could
+# hold every one of them, and every other tenant's request would wait behind them in the
+# server's queue however little it asks. Past LORE_ORG_REQUESTS_IN_FLIGHT an organization's
+# next request is refused at once (429), not queued. Counted per process, as the threads
+# are, so no Redis round trip; across processes an organization may hold that many in each.
+_in_flight: Counter = Counter()
+_in_flight_lock = threading.Lock()
+
+
+def enter(org_id: int) -> bool:
+    """Takes one of the organization's in-flight places; False when it holds them all
+    (then nothing is taken). Every True must be followed by one `leave`."""
+    limit = settings.LORE_ORG_REQUESTS_IN_FLIGHT
+    with _in_flight_lock:
+        if limit and _in_flight[org_id] >= limit:
+            metrics["limited"]["in_flight"] += 1
+            return False
+        _in_flight[org_id] += 1
+    return True
+
+
+def leave(org_id: int) -> None:
+    with _in_flight_lock:
+        _in_flight[org_id] -= 1
+        if _in_flight[org_id] <= 0:
+            del _in_flight[org_id]
+
+
+def in_flight(org_id: int) -> int:
+    return _in_flight.get(org_id, 0)

@@ -7,6 +7,7 @@ offending input field (dotted for nested ones, e.g. "config.chunk_size") to mess
 import copy
 import math
 
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, inline_serializer
@@ -172,7 +173,20 @@ class OrgAPIView(APIView):
             throttling.metrics["limited"][scope] += 1
             raise _rate_limited(scope, *waiting)
 
+    def dispatch(self, request, *args, **kwargs):
+        self.in_flight_org = None  # set once the request holds one of its organization's places
+        try:
+            return super().dispatch(request, *args, **kwargs)
+        finally:
+            if self.in_flight_org is not None:
+                throttling.leave(self.in_flight_org)
+
     def check_throttles(self, request):
+        # The in-flight limit first: a request refused by it takes nothing from the rate.
+        org_id = request.user.organization.pk
+        if not throttling.enter(org_id):
+            raise _too_many_in_flight()
+        self.in_flight_org = org_id
         throttle = OrganizationRateThrottle()
         if not throttle.allow_request(request, self):
             raise _rate_limited(throttle.scope, throttle.wait_seconds, throttle.limit, throttle.key_limit)
@@ -197,6 +211,16 @@ def _rate_limited(scope: str, seconds: float, limit: int, key_limit: int) -> Api
         f"Rate limit of the '{scope}' scope reached: {limit} requests per minute for the organization,"
         f" {key_limit} per API key. Retry after {math.ceil(seconds)} s.",
         {"scope": [scope], "limit": [f"{limit}/min"]}, retry_after=seconds,
+    )  # fmt: skip
+
+
+def _too_many_in_flight() -> ApiError:
+    limit = settings.LORE_ORG_REQUESTS_IN_FLIGHT
+    return ApiError(
+        429, "too_many_requests_in_flight",
+        f"The organization has {limit} requests in progress on this server process already:"
+        " wait for an answer before sending more. Retry after 1 s.",
+        {"limit": [f"{limit} in flight"]}, retry_after=1,
     )  # fmt: skip
 
 

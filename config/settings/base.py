@@ -259,6 +259,10 @@ LORE_READ_RATE = env.int("LORE_READ_RATE", default=1200)
 LORE_KEY_RATE_SHARE = env.float("LORE_KEY_RATE_SHARE", default=1.0)
 # After a quiet spell a caller may burst this many seconds' worth of its rate at once.
 LORE_RATE_BURST_SECONDS = env.float("LORE_RATE_BURST_SECONDS", default=10.0)
+# Requests one organization may have in progress in one web process (0: no limit): its
+# concurrent requests never hold all of a process's threads (./dev up runs 4), so another
+# tenant's request does not queue behind them. One more is refused at once (429).
+LORE_ORG_REQUESTS_IN_FLIGHT = env.int("LORE_ORG_REQUESTS_IN_FLIGHT", default=2)
 # While Redis is failing, rate limits are kept per process for this long before retrying it.
 LORE_RATE_LIMIT_RETRY_SECONDS = env.float("LORE_RATE_LIMIT_RETRY_SECONDS", default=5.0)
 # Quotas per organization (0: none), overridable per organization.

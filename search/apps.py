@@ -3,3 +3,11 @@ from django.apps import AppConfig
 
 class SearchConfig(AppConfig):
     name = "search"
+
+    def ready(self):
+        from core import cleanup
+        from search.cleanup import delete_agent_access, drop_agent_indexes, drop_organization_index
+
+        cleanup.register(
+            before_agent=drop_agent_indexes, before_organization=drop_organization_index, agent_rows=delete_agent_access
+        )

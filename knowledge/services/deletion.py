@@ -30,10 +30,9 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from core import jobs
+from core import cleanup, jobs
 from knowledge.models import Agent, AgentStats, DeletionJob, Document
 from knowledge.services.stats import stats_apply
-from search import indexes
 from tenants.errors import conflict, invalid, not_found, too_large
 from tenants.models import Organization
 
@@ -284,12 +283,11 @@ def deletion_job_slice(*, job: DeletionJob, attempt: int, deadline: float) -> bo
     step = STEPS[job.scope]
     try:
         if job.scope == Scope.AGENT:
-            # Search no longer reads the agent's own HNSW index (it answers 409 for a deleting
-            # agent); dropped first, it is not left for autovacuum to clean entry by entry.
-            indexes.drop_agent_index(job.agent_id)
+            # Other apps' structures over the agent's rows (search's graph) go first.
+            cleanup.before_agent(org_id=job.organization_id, agent_id=job.agent_id)
             if not Organization.objects.filter(pk=job.organization_id, is_active=True).exists():
-                # The whole organization is going: its graph too, before its rows.
-                indexes.drop_org_index(job.organization_id)
+                # The whole organization is going: its structures too, before its rows.
+                cleanup.before_organization(org_id=job.organization_id)
         while _batch(job, attempt, step):
             if time.monotonic() >= deadline:
                 return jobs.hand_back(DeletionJob, job=job, attempt=attempt)
@@ -374,13 +372,8 @@ def _agent_step(job: DeletionJob) -> str:
         if ids:
             _documents_remove(cursor, org=org, agent=agent, ids=ids)
             return MORE
-        # Then the agent's access data (search app; chunkaccess_org_agent_day_chunk_uniq).
-        cursor.execute(
-            "DELETE FROM search_chunkaccess WHERE id IN (SELECT id FROM search_chunkaccess"
-            " WHERE organization_id = %s AND agent_id = %s LIMIT %s)",
-            [org.pk, agent.pk, job.batch_size],
-        )
-        if cursor.rowcount:
+        # Then other apps' rows of the agent (search's access data), a batch at a time.
+        if cleanup.agent_rows(cursor, org_id=org.pk, agent_id=agent.pk, limit=job.batch_size):
             return MORE
     now = timezone.now()
     Agent.objects.for_org(org).filter(pk=agent.pk).update(status=Agent.Status.DELETED, deleted_at=now, updated_at=now)

@@ -2,7 +2,7 @@
 
 from rest_framework.permissions import BasePermission
 
-from core.errors import ApiError
+from core.errors import Forbidden
 
 LEVELS = {"read": 0, "write": 1, "admin": 2}
 
@@ -16,8 +16,8 @@ class KeyScopePermission(BasePermission):
         needed = view.key_scope_for(request.method)
         held = request.user.api_key.scope
         if LEVELS[held] < LEVELS[needed]:
-            raise ApiError(
-                403, "forbidden_scope", f"This operation needs an API key with the '{needed}' scope; this key has '{held}'.",
+            raise Forbidden(
+                "forbidden_scope", f"This operation needs an API key with the '{needed}' scope; this key has '{held}'.",
                 {"scope": [f"needs '{needed}'"]},
             )  # fmt: skip
         return True

@@ -186,7 +186,7 @@ class DeletionJobAdmin(admin.ModelAdmin):
                 service(org=job.organization, job=job)
                 done.append(str(job.pk))
             except ApiError as exc:
-                self.message_user(request, f"Job {job.pk}: {exc.detail}", level=messages.WARNING)
+                self.message_user(request, f"Job {job.pk}: {exc.message}", level=messages.WARNING)
         if done:
             self.message_user(request, f"{verb}: job(s) {', '.join(done)}.")
 

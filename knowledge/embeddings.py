@@ -33,7 +33,7 @@ from django.conf import settings
 from django.db import connection
 from pgvector import HalfVector
 
-from tenants.errors import ApiError
+from core.errors import UpstreamFailed, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -48,28 +48,22 @@ DEFAULT_RETRY_AFTER = 5.0
 metrics = {"unavailable": 0, "breaker_openings": 0, "rejected": 0}
 
 
-class EmbeddingError(ApiError):
+class EmbeddingError(UpstreamFailed):
     """The provider answered something unusable or refused the input; nothing was stored.
     Retrying the same input will not help. Through the API it is a 502: Lore is fine,
     its upstream is not."""
 
     def __init__(self, message: str):
-        super().__init__(502, "embedding_failed", message)
-
-    def __reduce__(self):
-        return (EmbeddingError, (str(self.detail),))
+        super().__init__("embedding_failed", message)
 
 
-class EmbeddingUnavailable(ApiError):
+class EmbeddingUnavailable(Unavailable):
     """The provider cannot answer now (timeout, connection failure, overload, or its
     breaker is open); nothing was stored. Retrying later, after `retry_after` seconds,
     may succeed. Not an EmbeddingError: that one means the input or answer is bad."""
 
     def __init__(self, message: str, retry_after: float = DEFAULT_RETRY_AFTER):
-        super().__init__(503, "embedding_unavailable", message, retry_after=retry_after)
-
-    def __reduce__(self):
-        return (EmbeddingUnavailable, (str(self.detail), self.retry_after))
+        super().__init__("embedding_unavailable", message, retry_after=retry_after)
 
 
 class CircuitBreaker:

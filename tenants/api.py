@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from core import errors
 from core.errors import ApiError, invalid, not_found  # noqa: F401 - re-exported for views
 from core.permissions import KeyScopePermission
 from core import throttling
@@ -45,7 +46,23 @@ def _flatten(detail, prefix="") -> dict:
     return out
 
 
+# How the API renders each kind of domain error (the only place they meet HTTP).
+STATUS = {
+    errors.Invalid: 400, errors.Forbidden: 403, errors.NotFound: 404, errors.Conflict: 409, errors.TooLarge: 413,
+    errors.RateLimited: 429, errors.UpstreamFailed: 502, errors.Unavailable: 503,
+}
+
+
+def _status(exc: errors.DomainError) -> int:
+    return next((STATUS[kind] for kind in type(exc).__mro__ if kind in STATUS), 400)
+
+
 def exception_handler(exc, context):
+    if isinstance(exc, errors.DomainError):
+        response = Response({"error": {"code": exc.code, "message": exc.message, "fields": exc.fields}}, status=_status(exc))
+        if exc.retry_after is not None:
+            response["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return response
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoValidationError):
@@ -54,9 +71,7 @@ def exception_handler(exc, context):
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
-    if isinstance(exc, ApiError):
-        body = {"code": exc.code, "message": str(exc.detail), "fields": exc.fields}
-    elif isinstance(exc, exceptions.ValidationError):
+    if isinstance(exc, exceptions.ValidationError):
         fields = _flatten(exc.detail)
         first = next(iter(fields.items()), ("", [""]))
         body = {"code": "invalid", "message": f"{first[0]}: {first[1][0]}", "fields": fields}
@@ -64,8 +79,6 @@ def exception_handler(exc, context):
         codes = exc.get_codes() if hasattr(exc, "get_codes") else "error"
         body = {"code": codes if isinstance(codes, str) else "error", "message": str(exc.detail), "fields": {}}
     response.data = {"error": body}
-    if getattr(exc, "retry_after", None) is not None:
-        response["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     return response
 
 
@@ -205,19 +218,19 @@ class OrgAPIView(APIView):
         return paginator.get_paginated_response(serializer_class(page, many=True).data)
 
 
-def _rate_limited(scope: str, seconds: float, limit: int, key_limit: int) -> ApiError:
-    return ApiError(
-        429, "rate_limited",
+def _rate_limited(scope: str, seconds: float, limit: int, key_limit: int) -> errors.RateLimited:
+    return errors.RateLimited(
+        "rate_limited",
         f"Rate limit of the '{scope}' scope reached: {limit} requests per minute for the organization,"
         f" {key_limit} per API key. Retry after {math.ceil(seconds)} s.",
         {"scope": [scope], "limit": [f"{limit}/min"]}, retry_after=seconds,
     )  # fmt: skip
 
 
-def _too_many_in_flight() -> ApiError:
+def _too_many_in_flight() -> errors.RateLimited:
     limit = settings.LORE_ORG_REQUESTS_IN_FLIGHT
-    return ApiError(
-        429, "too_many_requests_in_flight",
+    return errors.RateLimited(
+        "too_many_requests_in_flight",
         f"The organization has {limit} requests in progress on this server process already:"
         " wait for an answer before sending more. Retry after 1 s.",
         {"limit": [f"{limit} in flight"]}, retry_after=1,

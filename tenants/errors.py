@@ -1,3 +1,3 @@
 """Kept for imports of the tenants app; the errors live in core.errors."""
 
-from core.errors import ApiError, conflict, invalid, not_found, too_large, unavailable  # noqa: F401
+from core.errors import ApiError, DomainError, conflict, invalid, not_found, too_large, unavailable  # noqa: F401

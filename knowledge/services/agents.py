@@ -3,17 +3,17 @@
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from core.errors import ApiError
+from core.errors import Conflict
 from knowledge.models import FTS_LANGUAGES, Agent, AgentStats
 from knowledge.services.stats import stats_apply
 from tenants.models import Organization, slug_validator
 
-class AgentExists(ApiError):
-    """409: the slug is taken by a live agent of the organization (a conflict with what is
+class AgentExists(Conflict):
+    """The slug is taken by a live agent of the organization (a conflict with what is
     stored, not a malformed request)."""
 
     def __init__(self, message: str):
-        super().__init__(409, "already_exists", message, {"slug": [message]})
+        super().__init__("already_exists", message, {"slug": [message]})
 
 
 CONFIG_LIMITS = {

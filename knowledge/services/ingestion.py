@@ -418,13 +418,13 @@ def ingestion_job_slice(*, job: IngestionJob, attempt: int, deadline: float) -> 
                 if exc.code in _TRANSIENT:
                     raise _Unavailable(exc) from exc
                 if exc.code in _FATAL:
-                    errors.append({"key": None, "error": str(exc.detail)})
+                    errors.append({"key": None, "error": exc.message})
                     _ingestion_job_finish(job, attempt, IngestionJob.Status.FAILED, counts, errors)
                     return False
                 results = _ingest_one_by_one(org, agent, part)
         except _Unavailable as unavailable:
             exc = unavailable.error
-            error = {"key": None, "error": str(exc.detail)}
+            error = {"key": None, "error": exc.message}
             jobs.retry_later(
                 IngestionJob, job=job, attempt=attempt, error=exc.code, retry_after=exc.retry_after or 0,
                 errors=errors + [error], **counts,
@@ -454,7 +454,7 @@ def _ingest_one_by_one(org, agent, docs) -> list[IngestResult]:
         except ApiError as exc:
             if exc.code in _TRANSIENT:
                 raise _Unavailable(exc) from exc  # not this document's fault: the job waits
-            message = str(exc.detail)
+            message = exc.message
             # A new document is recorded as failed, so GET /documents/{key} says why; an
             # existing ready one keeps serving its previous version, with the error noted.
             document, created = Document.objects.for_org(org).get_or_create(

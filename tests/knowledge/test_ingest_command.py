@@ -87,10 +87,10 @@ def test_ingest_rejects_fewer_than_one_worker(agent, folder):
 def test_domain_errors_survive_the_worker_processes_with_their_class():
     import pickle
 
-    from core.errors import ApiError
+    from core.errors import Forbidden, quota_exceeded
     from knowledge.services.agents import AgentExists
 
     error = pickle.loads(pickle.dumps(AgentExists("taken")))
     assert type(error) is AgentExists and error.code == "already_exists" and error.fields == {"slug": ["taken"]}
-    quota = pickle.loads(pickle.dumps(ApiError(403, "quota_exceeded", "full", {"chunks": ["full"]}, retry_after=2)))
-    assert (quota.status_code, quota.code, quota.fields, quota.retry_after) == (403, "quota_exceeded", {"chunks": ["full"]}, 2)
+    quota = pickle.loads(pickle.dumps(quota_exceeded("chunks", 10, 9, 2)))
+    assert type(quota) is Forbidden and (quota.code, list(quota.fields)) == ("quota_exceeded", ["chunks"])

@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from core import jobs
-from core.errors import ApiError
+from core.errors import Unavailable
 from knowledge.models import DeletionJob, Document, IngestionJob
 from knowledge.services import DocumentInput, agent_delete_request, ingestion_job_create, ingestion_jobs_requeue_stale, jobs_run
 from knowledge.services import ingestion
@@ -150,7 +150,7 @@ def test_a_job_whose_agent_went_fails_and_drops_its_payload(org_a, agent_a):
 
 
 def _unavailable(**kwargs):
-    raise ApiError(503, "embedding_unavailable", "The embedding provider is unavailable.", retry_after=1)
+    raise Unavailable("embedding_unavailable", "The embedding provider is unavailable.", retry_after=1)
 
 
 def test_an_unavailable_provider_backs_off_then_the_job_completes(org_a, agent_a, settings, monkeypatch):

@@ -21,5 +21,5 @@ class Command(BaseCommand):
         except ValidationError as exc:
             raise command_error(exc) from exc
         except AgentExists as exc:
-            raise CommandError(str(exc.detail)) from exc
+            raise CommandError(exc.message) from exc
         self.stdout.write(f"Created agent {org.slug}/{agent.slug}")

@@ -60,7 +60,7 @@ class Command(BaseCommand):
                     on_batch=lambda _: bar.update(totals.documents - bar.n),
                 )
             except ApiError as exc:
-                raise CommandError(str(exc.detail)) from exc
+                raise CommandError(exc.message) from exc
         removed = 0
         if prune:
             present = {str(f.relative_to(path)) for f in files}

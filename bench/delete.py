@@ -154,7 +154,7 @@ def run_jobs(spec: str) -> None:
     from django.db import connection, transaction
 
     from knowledge.models import DeletionJob
-    from knowledge.services import deletion
+    from knowledge.services import deletion_runner as deletion
     from knowledge.tasks import deletion_job_run as task
 
     original = deletion._batch

@@ -15,14 +15,16 @@ from knowledge.services.deletion import (  # noqa: F401
     chunks_delete_request,
     deletion_job_cancel,
     deletion_job_retry,
+    document_delete_request,
+    organization_delete_request,
+)
+from knowledge.services.deletion_runner import (  # noqa: F401
     deletion_job_run,
     deletion_job_slice,
     deletion_jobs_requeue_stale,
     deletion_jobs_stuck,
-    document_delete_request,
-    documents_delete,
-    organization_delete_request,
 )
+from knowledge.services.deletion_steps import documents_delete  # noqa: F401
 from knowledge.services.ingestion import (  # noqa: F401
     BatchResult,
     DocumentInput,

@@ -7,7 +7,7 @@ from django.conf import settings
 
 from core import jobs
 from knowledge.models import DeletionJob, IngestionJob
-from knowledge.services.deletion import deletion_job_slice, deletion_jobs_requeue_stale
+from knowledge.services.deletion_runner import deletion_job_slice, deletion_jobs_requeue_stale
 from knowledge.services.ingestion import ingestion_job_slice, ingestion_jobs_requeue_stale
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,8 @@
 
 from knowledge import tasks
 from knowledge.models import Document
-from knowledge.services import deletion, stats_reconcile
+from knowledge.services import deletion_runner as deletion
+from knowledge.services import stats_reconcile
 from tests.factories import SMALL_CHUNKS, AgentFactory
 
 AGENT = "/api/v1/agents/support"

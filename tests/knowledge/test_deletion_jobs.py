@@ -17,7 +17,7 @@ from knowledge.services import (
     documents_ingest,
     stats_reconcile,
 )
-from knowledge.services import deletion
+from knowledge.services import deletion_runner as deletion
 from tests.factories import SMALL_CHUNKS, AgentFactory, fill_agent
 
 TOTAL = 40  # 4 documents of 10 chunks

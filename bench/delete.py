@@ -106,7 +106,8 @@ class Probe:
 
 def nearest(data, spec, vector, k: int) -> list:
     """The vector search that search runs, for one agent."""
-    from search.engine import AgentRef, vector_candidates
+    from search.engine import vector_candidates
+    from search.selection import AgentRef
 
     ref = AgentRef(data.agent_ids[spec.slug], spec.slug, "english", spec.size, 0, 1.0, 1.0, "bench")
     return vector_candidates(org_id=data.org.pk, agents=[ref], vector=vector, k=k, filters=("", []))

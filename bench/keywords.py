@@ -22,7 +22,7 @@ Strategies, each one SQL statement over the same GIN-indexed chunks:
   cover density (ts_rank_cd) or by ts_rank.
 - idf-weighted coverage: each term weighs log(N / df) by its document frequency in the
   scope, counted exactly (a reference: that count is itself a scan per term).
-- lore: search.engine.keyword_statement as it is now (coverage, then ts_rank, read tier by
+- lore: search.keywords.keyword_statement as it is now (coverage, then ts_rank, read tier by
   tier: bench/search.py measures its time on 200k chunks).
 Each reads the best DEPTH chunks, as a hybrid search does. "Chunks ranked" is the work that
 grows with the scope: every chunk matched, for lore those of the lowest tier it reads.
@@ -110,22 +110,22 @@ def ranked_documents(cursor, org, scope_agent, scope_agents, question: str, stra
     """Distinct document keys, best first (up to TOP), and how many chunks matched."""
     from django.conf import settings
 
-    from search import engine
+    from search import keywords, selection
 
     params = {"cfg": "english", "q": question, "org": org.pk, "agent": scope_agent}
     scope = " AND c.agent_id = %(agent)s" if scope_agent else ""
     if strategy == "lore":
-        refs = [engine.AgentRef(a, "", "english", size, 0, 1.0, 1.0, "")
+        refs = [selection.AgentRef(a, "", "english", size, 0, 1.0, 1.0, "")
                 for a, size in scope_agents.items() if a == scope_agent or not scope_agent]
-        sql, args = engine.keyword_statement(org_id=org.pk, agents=refs, query=question, k=DEPTH, filters=("", []), everyone_but=[])
+        sql, args = keywords.keyword_statement(org_id=org.pk, agents=refs, query=question, k=DEPTH, filters=("", []), everyone_but=[])
         cursor.execute(f"SELECT d.key FROM ({sql}) t JOIN knowledge_chunk c ON c.id = t.id JOIN knowledge_document d ON d.id = c.document_id ORDER BY t.r DESC, t.id", args)
         keys = [k for (k,) in cursor.fetchall()]
         # What it ranks: every match, or by tiers the chunks of the lowest tier it reads.
-        terms = engine.query_terms("english", question)
+        terms = keywords.query_terms("english", question)
         ranked = 0
         tiered = sum(r.total_chunks for r in refs) >= settings.SEARCH_KEYWORD_TIERS_MIN_CHUNKS
-        for m in engine.keyword_tiers(len(terms)) if tiered else [1]:
-            cursor.execute(f"SELECT count(*) FROM knowledge_chunk c WHERE c.organization_id = %(org)s{scope} AND c.search_vector @@ %(t)s::tsquery", {**params, "t": engine.at_least(terms, m)})
+        for m in keywords.keyword_tiers(len(terms)) if tiered else [1]:
+            cursor.execute(f"SELECT count(*) FROM knowledge_chunk c WHERE c.organization_id = %(org)s{scope} AND c.search_vector @@ %(t)s::tsquery", {**params, "t": keywords.at_least(terms, m)})
             ranked = cursor.fetchone()[0]
             if ranked >= DEPTH:
                 break
@@ -133,7 +133,7 @@ def ranked_documents(cursor, org, scope_agent, scope_agents, question: str, stra
     tsquery, order = STRATEGIES[strategy]
     if "{" in order:
         weights = []
-        for i, term in enumerate(engine.query_terms("english", question) or [""]):
+        for i, term in enumerate(keywords.query_terms("english", question) or [""]):
             params[f"t{i}"] = term
             if "{idf}" in order:
                 # Reference only: the exact document frequency of each term in the scope.

@@ -247,9 +247,10 @@ def measure_latency(client, data, queries: list[Query]) -> None:
     (floor_statement: what the API runs, bound the same way), and as the same
     request without the search; the order alternates."""
     from search import engine, selectors
+    from search.selection import AgentSelection
 
     refs = {
-        q.slug: engine.AgentSelection([selectors.search_agent_get(org=data.org, slug=q.slug)])
+        q.slug: AgentSelection([selectors.search_agent_get(org=data.org, slug=q.slug)])
         for q in queries if not q.size_class.org_wide
     }  # fmt: skip
     refs[ORG] = selectors.search_agents_get(org=data.org, slugs=None)
@@ -587,7 +588,7 @@ class LoreInProcess:
         from django.core.cache import cache
 
         from search import selectors, services
-        from search.engine import AgentSelection
+        from search.selection import AgentSelection
 
         services.result_cache.clear_local()
         cache.delete_pattern("results:*")  # the API answered these queries already

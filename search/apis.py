@@ -7,8 +7,8 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from core.fields import NOT_BLANK, StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField, StrictSlugField
-from search import engine, selectors
-from search.engine import AgentSelection
+from search import filters, selectors
+from search.selection import AgentSelection
 from search.services import MODES, SearchRequest, search, search_prefetch
 from tenants.api import HotInputSerializer, OrgAPIView
 from tenants.auth import claimed_key_prefix
@@ -59,7 +59,7 @@ _FILTERS_SCHEMA = {
 
 @extend_schema_field(_FILTERS_SCHEMA)
 class FiltersField(serializers.DictField):
-    """Checked by search.engine.filters_sql (400 naming the field and operator)."""
+    """Checked by search.filters.filters_sql (400 naming the field and operator)."""
 
 
 class SearchInputSerializer(HotInputSerializer):
@@ -111,7 +111,7 @@ def _request(data, serializer_class=SearchInputSerializer) -> tuple[SearchReques
     values = dict(serializer.validated_data)
     if not values["query"].strip():
         raise invalid("query", "Must not be blank.")
-    if engine.query_operators(values["query"]) > settings.SEARCH_MAX_PHRASES:
+    if filters.query_operators(values["query"]) > settings.SEARCH_MAX_PHRASES:
         raise invalid("query", f"At most {settings.SEARCH_MAX_PHRASES} quoted phrases and -words.")
     values["chunk_context"] = dict(values.get("chunk_context") or {})
     values["weights"] = dict(values.get("weights") or {})

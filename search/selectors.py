@@ -5,7 +5,7 @@ from django.db import connection
 from django.utils import timezone
 
 from knowledge.models import Agent
-from search.engine import AgentRef, AgentSelection
+from search.selection import AgentRef, AgentSelection
 from tenants.auth import KeyJoin
 from tenants.errors import conflict, not_found
 from tenants.models import Organization

@@ -11,9 +11,10 @@ import numpy as np
 from django.conf import settings
 
 from knowledge.embeddings import EmbeddingUnavailable, get_provider
-from search import caching, engine, tracking
+from search import caching, engine, keywords, tracking
+from search.filters import filters_sql
 from search.caching import TwoTierCache
-from search.engine import AgentSelection
+from search.selection import AgentSelection
 from tenants.models import Organization
 
 MODES = ("hybrid", "vector", "keyword")
@@ -102,7 +103,7 @@ def search(
     down, or its breaker open), a hybrid search answers by keywords alone, says so in
     `degraded` and is not cached; a vector search raises it."""
     started = time.perf_counter()
-    filters = engine.filters_sql(org.pk, request.filters)  # validates, even when the answer is cached
+    filters = filters_sql(org.pk, request.filters)  # validates, even when the answer is cached
     key = request.cache_key(org.pk, scope)
     # One shared-cache round trip (or none, after search_prefetch) for the result and, in
     # case it is missing or not current, the query's embedding for each model its agents use.
@@ -164,7 +165,7 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
     if mode in ("keyword", "hybrid"):
         # May read the question's terms first (one round trip, for a text new to this
         # process): the tiers of a large scope are built from them.
-        keyword = engine.keyword_statement(
+        keyword = keywords.keyword_statement(
             org_id=org.pk, agents=agents, query=request.query, k=depth, filters=filters, everyone_but=selection.everyone_but,
         )  # fmt: skip
     weights = _weights(agents, request)

@@ -4,7 +4,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from search import engine
+from search import keywords, selection
+from search.filters import filters_sql
 from tests.factories import AgentFactory
 from tests.search.conftest import ingest
 
@@ -12,25 +13,25 @@ WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf"]
 
 
 def _ref(agent):
-    return engine.AgentRef(agent.pk, agent.slug, agent.language, 0, 0, 1.0, 1.0, agent.embedding_model)
+    return selection.AgentRef(agent.pk, agent.slug, agent.language, 0, 0, 1.0, 1.0, agent.embedding_model)
 
 
 def _every_match_ranked(org, agent, query: str, k: int) -> list[tuple[int, float]]:
     """What the tiers must find: every chunk holding any term, ranked by coverage, then ts_rank."""
-    terms = engine.query_terms(agent.language, query)
+    terms = keywords.query_terms(agent.language, query)
     coverage = " + ".join(f"(c.search_vector @@ quote_literal(%s)::tsquery)::int" for _ in terms)
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT c.id, round((({coverage} - 1 + ts_rank(c.search_vector, %s::tsquery, 32)) / %s)::numeric, 9) AS r"
             " FROM knowledge_chunk c WHERE c.organization_id = %s AND c.agent_id = %s AND c.search_vector @@ %s::tsquery"
             " ORDER BY r DESC, c.id LIMIT %s",
-            [*terms, engine.at_least(terms, 1), len(terms), org.pk, agent.pk, engine.at_least(terms, 1), k],
+            [*terms, keywords.at_least(terms, 1), len(terms), org.pk, agent.pk, keywords.at_least(terms, 1), k],
         )
         return [(cid, float(r)) for cid, r in cursor.fetchall()]
 
 
 def _keyword(org, agents, query, k, filters=("", [])):
-    sql, params = engine.keyword_statement(org_id=org.pk, agents=[_ref(a) for a in agents], query=query, k=k, filters=filters)
+    sql, params = keywords.keyword_statement(org_id=org.pk, agents=[_ref(a) for a in agents], query=query, k=k, filters=filters)
     with connection.binding_cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
@@ -61,9 +62,9 @@ def test_keyword_search_by_tiers_or_in_one_scan_finds_the_top_k_of_every_match_r
 
 
 def test_keyword_tiers_skip_those_with_more_combinations_than_the_limit():
-    assert engine.keyword_tiers(3) == [3, 2, 1]
-    assert engine.keyword_tiers(7) == [7, 6, 5, 2, 1]  # C(7,4) = C(7,3) = 35 > 32
-    assert engine.keyword_tiers(1) == [1]
+    assert keywords.keyword_tiers(3) == [3, 2, 1]
+    assert keywords.keyword_tiers(7) == [7, 6, 5, 2, 1]  # C(7,4) = C(7,3) = 35 > 32
+    assert keywords.keyword_tiers(1) == [1]
 
 
 @pytest.mark.parametrize("tiers", [True, False])
@@ -75,7 +76,7 @@ def test_keyword_search_keeps_filters_agents_and_organizations_by_tiers_or_in_on
     ingest(org_a, agent_a, {"a": ("alpha bravo charlie", {"year": 2020}), "b": ("alpha bravo", {"year": 2021})})
     ingest(org_a, other, {"c": ("alpha bravo charlie", {"year": 2021})})
     ingest(org_b, agent_b, {"a": ("alpha bravo charlie", {"year": 2021})})  # same slug, same words
-    filters = engine.filters_sql(org_a.pk, {"year": 2021})
+    filters = filters_sql(org_a.pk, {"year": 2021})
     found = _keyword(org_a, [agent_a], "alpha bravo charlie", 10, filters)
     with connection.cursor() as cursor:
         cursor.execute("SELECT key FROM knowledge_chunk WHERE id = ANY(%s)", [[cid for cid, _ in found]])
@@ -83,13 +84,13 @@ def test_keyword_search_keeps_filters_agents_and_organizations_by_tiers_or_in_on
 
 
 def test_query_terms_are_stemmed_distinct_and_without_stop_words(agent_a):
-    assert engine.query_terms("english", "Extracting the archives and extract an archive") == ("extract", "archiv")
-    assert engine.query_terms("english", "the and of") == ()
+    assert keywords.query_terms("english", "Extracting the archives and extract an archive") == ("extract", "archiv")
+    assert keywords.query_terms("english", "the and of") == ()
 
 
 def test_at_least_quotes_lexemes_for_tsquery_input():
-    assert engine.at_least(("don't", "c:\\x"), 2) == "('don''t' & 'c:\\\\x')"
-    assert engine.at_least(("a", "b", "c"), 2) == "('a' & 'b') | ('a' & 'c') | ('b' & 'c')"
+    assert keywords.at_least(("don't", "c:\\x"), 2) == "('don''t' & 'c:\\\\x')"
+    assert keywords.at_least(("a", "b", "c"), 2) == "('a' & 'b') | ('a' & 'c') | ('b' & 'c')"
 
 
 def _scans(plan: dict):
@@ -102,13 +103,13 @@ def _scans(plan: dict):
 def test_a_lower_keyword_tier_is_never_read_when_a_higher_one_holds_k_chunks(org_a, agent_a, settings):
     settings.SEARCH_KEYWORD_TIERS_MIN_CHUNKS = 0
     ingest(org_a, agent_a, {f"d{i}": ("alpha bravo" if i < 5 else "alpha", {}) for i in range(20)})
-    sql, params = engine.keyword_statement(org_id=org_a.pk, agents=[_ref(agent_a)], query="alpha bravo", k=3, filters=("", []))
+    sql, params = keywords.keyword_statement(org_id=org_a.pk, agents=[_ref(agent_a)], query="alpha bravo", k=3, filters=("", []))
     with connection.binding_cursor() as cursor:
         cursor.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql, params)
         plan = cursor.fetchone()[0][0]["Plan"]
     loops = [scan["Actual Loops"] for scan in _scans(plan)]
     assert loops == [1, 0]  # all terms: read; any term: never executed
-    sql, params = engine.keyword_statement(org_id=org_a.pk, agents=[_ref(agent_a)], query="alpha bravo", k=6, filters=("", []))
+    sql, params = keywords.keyword_statement(org_id=org_a.pk, agents=[_ref(agent_a)], query="alpha bravo", k=6, filters=("", []))
     with connection.binding_cursor() as cursor:
         cursor.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql, params)
         assert [scan["Actual Loops"] for scan in _scans(cursor.fetchone()[0][0]["Plan"])] == [1, 1]
@@ -118,7 +119,7 @@ def test_only_terms_held_in_the_searched_scope_count_as_present(org_a, agent_a, 
     ingest(org_a, agent_a, {"a": ("alpha bravo", {})})
     ingest(org_b, agent_b, {"b": ("zulu yankee", {})})
     scope, params = "c.organization_id = %s AND c.agent_id = %s", [org_a.pk, agent_a.pk]
-    assert engine._present(scope, params, ("zulu", "bravo", "alpha", "xray")) == ("bravo", "alpha")
+    assert keywords._present(scope, params, ("zulu", "bravo", "alpha", "xray")) == ("bravo", "alpha")
 
 
 def test_a_new_question_gets_its_terms_and_their_presence_in_one_statement(org_a, agent_a, org_b, agent_b):
@@ -126,16 +127,16 @@ def test_a_new_question_gets_its_terms_and_their_presence_in_one_statement(org_a
     ingest(org_b, agent_b, {"b": ("zulu yankee", {})})
     scope, params = "c.organization_id = %s AND c.agent_id = %s", [org_a.pk, agent_a.pk]
     long_question = "zulu bravo alpha xray yankee whiskey victor charlie"  # B's words do not count
-    engine._terms.clear()
+    keywords._terms.clear()
     with CaptureQueriesContext(connection) as queries:
-        terms, present = engine._terms_present("english", long_question, scope, params)
+        terms, present = keywords._terms_present("english", long_question, scope, params)
     assert len(queries) == 1
-    assert len(terms) >= engine.PRESENCE_MIN_TERMS
-    assert present == engine._present(scope, params, terms) == ("bravo", "alpha", "charli")  # stemmed
-    engine._terms.clear()
-    assert terms == engine.query_terms("english", long_question)
+    assert len(terms) >= keywords.PRESENCE_MIN_TERMS
+    assert present == keywords._present(scope, params, terms) == ("bravo", "alpha", "charli")  # stemmed
+    keywords._terms.clear()
+    assert terms == keywords.query_terms("english", long_question)
     # Known terms: the presence check alone. A short question needs none: every tier is read.
     with CaptureQueriesContext(connection) as queries:
-        assert engine._terms_present("english", long_question, scope, params) == (terms, present)
-        assert engine._terms_present("english", "zulu bravo", scope, params) == (("zulu", "bravo"),) * 2
+        assert keywords._terms_present("english", long_question, scope, params) == (terms, present)
+        assert keywords._terms_present("english", "zulu bravo", scope, params) == (("zulu", "bravo"),) * 2
     assert len(queries) == 2

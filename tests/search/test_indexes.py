@@ -75,7 +75,7 @@ def test_large_agents_get_a_graph_the_planner_uses_and_lose_it_when_they_shrink(
 
 def test_large_agents_get_a_keyword_index_of_their_own_that_keyword_search_uses(org_a, org_b, settings):
     from search import selectors
-    from search.engine import keyword_statement
+    from search.keywords import keyword_statement
 
     big = AgentFactory(organization=org_a, slug="big")
     small = AgentFactory(organization=org_a, slug="small")

@@ -4,7 +4,7 @@ from django.test.utils import CaptureQueriesContext
 
 from knowledge.models import Agent, AgentStats
 from knowledge.services import DocumentInput, documents_delete, documents_ingest
-from search import tracking
+from search import keywords, selection, tracking
 from tests.conftest import error_fields
 from tests.factories import AgentFactory
 
@@ -156,11 +156,11 @@ def test_hybrid_scores_are_the_reciprocal_rank_fusion_of_the_vector_and_keyword_
     from search.services import _query_vectors
 
     query, depth, k = "compress an archive file", settings.SEARCH_HYBRID_CANDIDATES, settings.SEARCH_RRF_K
-    [agent] = engine.AgentSelection([selectors.search_agent_get(org=org_a, slug="support")]).agents
+    [agent] = selection.AgentSelection([selectors.search_agent_get(org=org_a, slug="support")]).agents
     vector = _query_vectors(org_a.pk, [agent.embedding_model], query, [None])[agent.embedding_model]
     nearest = engine.vector_candidates(org_id=org_a.pk, agents=[agent], vector=vector, k=depth, filters=("", []))
     with connection.binding_cursor() as cursor:
-        cursor.execute(*engine.keyword_statement(org_id=org_a.pk, agents=[agent], query=query, k=depth, filters=("", [])))
+        cursor.execute(*keywords.keyword_statement(org_id=org_a.pk, agents=[agent], query=query, k=depth, filters=("", [])))
         matched = cursor.fetchall()
     w = weights or {"vector": agent.vector_weight, "keyword": agent.keyword_weight}
     expected: dict[int, float] = {}

@@ -1,0 +1,68 @@
+"""The agents a search runs over: value types computed once per selection, and the SQL
+condition that restricts chunks to them."""
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import NamedTuple
+
+
+@dataclass(frozen=True)
+class AgentSelection:
+    """The agents a search runs over, and what a search derives from them, computed once
+    per selection: a selection of a whole organization is reused for as long as none of
+    its agents changes (search/selectors.py), and has 1,000 agents to go over."""
+
+    agents: list["AgentRef"]
+    # Set when the agents are all the organization's searchable ones: the ids of those
+    # that still hold chunks but may not be searched (being deleted), else None.
+    everyone_but: list[int] | None = None
+    # For such a selection: a digest of every live agent's data version and status, which
+    # stands for them where results are cached.
+    digest: str | None = None
+
+    @cached_property
+    def versions(self) -> str:
+        """What makes a cached result of these agents current: their data versions."""
+        return self.digest or ",".join([f"{a.id}.{a.data_version}" for a in self.agents])
+
+    @cached_property
+    def ids(self) -> list[int]:
+        return [a.id for a in self.agents]
+
+    @cached_property
+    def slug_by_id(self) -> dict[int, str]:
+        return {a.id: a.slug for a in self.agents}
+
+    @cached_property
+    def by_model(self) -> dict[str, list["AgentRef"]]:
+        groups: dict[str, list[AgentRef]] = {}
+        for agent in self.agents:
+            groups.setdefault(agent.embedding_model, []).append(agent)
+        return groups
+
+
+class AgentRef(NamedTuple):
+    """What search needs of an agent. A tuple: a search across an organization makes one
+    per agent, and frozen dataclasses cost several times as much to build)."""
+
+    id: int
+    slug: str
+    language: str
+    total_chunks: int
+    data_version: int
+    vector_weight: float
+    keyword_weight: float
+    embedding_model: str
+
+
+def agent_condition(agents: list[AgentRef], everyone_but: list[int] | None) -> tuple[str, list]:
+    """`everyone_but`: set when `agents` are all the organization's searchable agents;
+    the ids of its agents that hold chunks but must not be found (being deleted)."""
+    if len(agents) == 1:
+        # A constant agent_id lets the planner match a partial per-agent HNSW index.
+        return "c.agent_id = %s", [agents[0].id]
+    if everyone_but is not None:
+        # No per-row agent test: a walk of the organization's graph skips nothing, which
+        # is faster and finds more than filtering by a list of every agent.
+        return ("NOT (c.agent_id = ANY(%s))", [everyone_but]) if everyone_but else ("TRUE", [])
+    return "c.agent_id = ANY(%s)", [[a.id for a in agents]]

@@ -26,6 +26,12 @@ def rate(org, scope: str) -> int:
     return getattr(settings, _RATE_DEFAULTS[scope]) if own is None else own
 
 
+def in_flight(org) -> int:
+    """Requests the organization may have in progress at once in one web process (0: no limit)."""
+    own = getattr(org, "max_in_flight", None)
+    return settings.LORE_ORG_REQUESTS_IN_FLIGHT if own is None else own
+
+
 def key_rate(org, scope: str) -> int:
     """Requests per minute one API key of the organization may make in `scope`: a share
     of the organization's, so one runaway key cannot use it all (0: unlimited)."""
@@ -41,6 +47,7 @@ def quota(org, name: str) -> int:
 
 def all_limits(org) -> dict:
     return {
+        "in_flight": in_flight(org),
         "rates": {scope: rate(org, scope) for scope in RATE_SCOPES},
         "key_rates": {scope: key_rate(org, scope) for scope in RATE_SCOPES},
         "quotas": {name: quota(org, name) for name in QUOTAS},

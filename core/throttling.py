@@ -190,10 +190,9 @@ _in_flight: Counter = Counter()
 _in_flight_lock = threading.Lock()
 
 
-def enter(org_id: int) -> bool:
-    """Takes one of the organization's in-flight places; False when it holds them all
-    (then nothing is taken). Every True must be followed by one `leave`."""
-    limit = settings.LORE_ORG_REQUESTS_IN_FLIGHT
+def enter(org_id: int, limit: int) -> bool:
+    """Takes one of the organization's `limit` in-flight places (0: no limit); False when it
+    holds them all (then nothing is taken). Every True must be followed by one `leave`."""
     with _in_flight_lock:
         if limit and _in_flight[org_id] >= limit:
             metrics["limited"]["in_flight"] += 1

@@ -199,7 +199,10 @@ class OrganizationAdmin(NoBlockingDeleteMixin, admin.ModelAdmin):
     readonly_fields = ["created_at"]
     fieldsets = [
         (None, {"fields": ["slug", "name", "is_active", "created_at"]}),
-        ("Rate limits (requests per minute; empty: the default, 0: none)", {"fields": ["search_rate", "write_rate", "read_rate"]}),
+        (
+            "Rate limits (requests per minute; in flight: at once per web process; empty: the default, 0: none)",
+            {"fields": ["search_rate", "write_rate", "read_rate", "max_in_flight"]},
+        ),
         ("Quotas (empty: the default, 0: none)", {"fields": ["max_agents", "max_documents", "max_chunks", "max_bytes", "max_jobs"]}),
     ]
     actions = ["delete_organization"]

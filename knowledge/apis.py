@@ -157,6 +157,9 @@ class UsageApi(OrgAPIView):
         class Meta:
             ref_name = "UsageOutput"  # a component name of its own in the schema
 
+        in_flight = serializers.IntegerField(
+            allow_null=True, help_text="requests the organization may have in progress at once per web process (null: no limit)"
+        )
         quotas = serializers.DictField(
             child=serializers.DictField(), help_text="agents, documents, chunks, bytes, jobs: {limit (null: none), used}"
         )

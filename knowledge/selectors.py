@@ -132,6 +132,7 @@ def organization_usage(*, org: Organization) -> dict:
     job_limit = limits.quota(org, "jobs")
     used["jobs"] = jobs.unfinished_jobs(org=org, up_to=job_limit or 10_000)
     return {
+        "in_flight": limits.in_flight(org) or None,
         "quotas": {name: {"limit": limits.quota(org, name) or None, "used": used[name]} for name in limits.QUOTAS},
         "rate_limits": {
             scope: {"organization_per_minute": limits.rate(org, scope) or None, "key_per_minute": limits.key_rate(org, scope) or None}

@@ -7,7 +7,6 @@ offending input field (dotted for nested ones, e.g. "config.chunk_size") to mess
 import copy
 import math
 
-from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, inline_serializer
@@ -18,7 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from core import errors
+from core import errors, limits
 from core.errors import ApiError, invalid, not_found  # noqa: F401 - re-exported for views
 from core.permissions import KeyScopePermission
 from core import throttling
@@ -196,10 +195,11 @@ class OrgAPIView(APIView):
 
     def check_throttles(self, request):
         # The in-flight limit first: a request refused by it takes nothing from the rate.
-        org_id = request.user.organization.pk
-        if not throttling.enter(org_id):
-            raise _too_many_in_flight()
-        self.in_flight_org = org_id
+        org = request.user.organization
+        in_flight = limits.in_flight(org)
+        if not throttling.enter(org.pk, in_flight):
+            raise _too_many_in_flight(in_flight)
+        self.in_flight_org = org.pk
         throttle = OrganizationRateThrottle()
         if not throttle.allow_request(request, self):
             raise _rate_limited(throttle.scope, throttle.wait_seconds, throttle.limit, throttle.key_limit)
@@ -227,8 +227,7 @@ def _rate_limited(scope: str, seconds: float, limit: int, key_limit: int) -> err
     )  # fmt: skip
 
 
-def _too_many_in_flight() -> errors.RateLimited:
-    limit = settings.LORE_ORG_REQUESTS_IN_FLIGHT
+def _too_many_in_flight(limit: int) -> errors.RateLimited:
     return errors.RateLimited(
         "too_many_requests_in_flight",
         f"The organization has {limit} requests in progress on this server process already:"

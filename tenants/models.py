@@ -34,6 +34,9 @@ class Organization(models.Model):
     search_rate = _rate_field("search")
     write_rate = _rate_field("write")
     read_rate = _rate_field("read")
+    max_in_flight = models.PositiveIntegerField(
+        null=True, blank=True, help_text="requests in progress at once, per web process; empty: the default"
+    )
     max_agents = _quota_field("agents")
     max_documents = _quota_field("documents")
     max_chunks = _quota_field("chunks")

@@ -41,7 +41,7 @@ def api_key_revoke(*, org: Organization, key_id: int) -> int:
 
 
 LIMIT_FIELDS = (
-    "search_rate", "write_rate", "read_rate", "max_agents", "max_documents", "max_chunks", "max_bytes", "max_jobs",
+    "search_rate", "write_rate", "read_rate", "max_in_flight", "max_agents", "max_documents", "max_chunks", "max_bytes", "max_jobs",
 )  # fmt: skip
 
 

@@ -17,7 +17,7 @@ def _search(client):
 def holding(org, places):
     """`places` of the organization's in-flight places taken, as requests in progress would."""
     for _ in range(places):
-        assert throttling.enter(org.pk)
+        assert throttling.enter(org.pk, 0)  # taken whatever the limit, as by requests in progress
     try:
         yield
     finally:
@@ -65,4 +65,15 @@ def test_a_request_refused_in_flight_takes_nothing_from_the_rate(two_places, org
 def test_zero_means_no_limit(settings, org_a, agent_a, client_a):
     settings.LORE_ORG_REQUESTS_IN_FLIGHT = 0
     with holding(org_a, 50):
+        assert _search(client_a).status_code == 200
+
+
+def test_an_organization_may_have_its_own_in_flight_limit(two_places, org_a, agent_a, client_a):
+    org_a.max_in_flight = 3
+    org_a.save()
+    with holding(org_a, 2):
+        assert _search(client_a).status_code == 200  # a third place of its own
+    org_a.max_in_flight = 0  # none
+    org_a.save()
+    with holding(org_a, 2):
         assert _search(client_a).status_code == 200

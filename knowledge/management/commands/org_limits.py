@@ -5,7 +5,7 @@ from tenants.cli import organization_or_error
 from tenants.services import organization_limits_set
 
 OPTIONS = {
-    "search_rate": "--search-rate", "write_rate": "--write-rate", "read_rate": "--read-rate",
+    "search_rate": "--search-rate", "write_rate": "--write-rate", "read_rate": "--read-rate", "max_in_flight": "--max-in-flight",
     "max_agents": "--max-agents", "max_documents": "--max-documents", "max_chunks": "--max-chunks",
     "max_bytes": "--max-bytes", "max_jobs": "--max-jobs",
 }  # fmt: skip
@@ -40,6 +40,8 @@ class Command(BaseCommand):
         for name, row in usage["quotas"].items():
             source = "organization" if getattr(org, f"max_{name}") is not None else "default"
             self.stdout.write(f"{name:<10} {row['limit'] or 'none':>16} {row['used']:>16}  {source}")
+        source = "organization" if org.max_in_flight is not None else "default"
+        self.stdout.write(f"{'in flight':<10} {usage['in_flight'] or 'none':>16} {'':>16}  {source}")
         self.stdout.write(f"{'rate':<10} {'per minute':>16} {'per key':>16}  source")
         for scope, row in usage["rate_limits"].items():
             source = "organization" if getattr(org, f"{scope}_rate") is not None else "default"

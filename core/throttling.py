@@ -201,6 +201,26 @@ def enter(org_id: int, limit: int) -> bool:
     return True
 
 
+# The organization and in-flight limit of each key prefix that authenticated here, so a
+# request of an organization already holding all its places is refused before its key's
+# statement. A forged prefix can only be refused this way, never take a place: places are
+# taken after authentication.
+_prefix_orgs: dict[str, tuple[int, int]] = {}
+
+
+def remember_prefix(prefix: str, org_id: int, limit: int) -> None:
+    if len(_prefix_orgs) > 10_000:
+        _prefix_orgs.clear()
+    _prefix_orgs[prefix] = (org_id, limit)
+
+
+def saturated(prefix: str | None) -> int | None:
+    """The in-flight limit of the organization of `prefix` when it holds all its places
+    now (a request of it would be refused), else None."""
+    org_id, limit = _prefix_orgs.get(prefix, (None, 0))
+    return limit if limit and _in_flight.get(org_id, 0) >= limit else None
+
+
 def leave(org_id: int) -> None:
     with _in_flight_lock:
         _in_flight[org_id] -= 1

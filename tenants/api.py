@@ -17,11 +17,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from core import errors, limits
+from core import errors, limits, throttling
 from core.errors import ApiError, invalid, not_found  # noqa: F401 - re-exported for views
 from core.permissions import KeyScopePermission
-from core import throttling
 from core.throttling import OrganizationRateThrottle
+from tenants.auth import claimed_key_prefix
 
 
 def _flatten(detail, prefix="") -> dict:
@@ -177,13 +177,19 @@ class OrgAPIView(APIView):
             raise invalid(unknown[0] or "query", f"Unknown query parameter; {takes}.")
 
     def refuse_if_told_to_wait(self, request) -> None:
-        """A caller refused by the rate limit and back before its wait is over gets the same
-        429 from this process's memory, before authentication (core.throttling)."""
+        """Refusals this process can give from memory, before authentication
+        (core.throttling): a caller refused by the rate limit and back before its wait is
+        over gets the same 429; a request of an organization that holds all its in-flight
+        places now gets that 429."""
         scope = self.rate_scope_for(request.method)
         waiting = throttling.told_to_wait(request.META.get("HTTP_AUTHORIZATION", ""), scope)
         if waiting is not None:
             throttling.metrics["limited"][scope] += 1
             raise _rate_limited(scope, *waiting)
+        limit = throttling.saturated(claimed_key_prefix(request))
+        if limit is not None:
+            throttling.metrics["limited"]["in_flight"] += 1
+            raise _too_many_in_flight(limit)
 
     def dispatch(self, request, *args, **kwargs):
         self.in_flight_org = None  # set once the request holds one of its organization's places
@@ -197,6 +203,7 @@ class OrgAPIView(APIView):
         # The in-flight limit first: a request refused by it takes nothing from the rate.
         org = request.user.organization
         in_flight = limits.in_flight(org)
+        throttling.remember_prefix(request.user.api_key.prefix, org.pk, in_flight)
         if not throttling.enter(org.pk, in_flight):
             raise _too_many_in_flight(in_flight)
         self.in_flight_org = org.pk

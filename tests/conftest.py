@@ -23,6 +23,7 @@ def _clear_cache():
     apis._known_callers.clear()
     throttling._local.clear()
     throttling._waiting.clear()
+    throttling._prefix_orgs.clear()
     throttling._outage["until"] = 0.0
     caching._breaker["open_until"] = 0.0
     if settings.REDIS_URL:

@@ -77,3 +77,16 @@ def test_an_organization_may_have_its_own_in_flight_limit(two_places, org_a, age
     org_a.save()
     with holding(org_a, 2):
         assert _search(client_a).status_code == 200
+
+
+def test_a_saturated_organization_is_refused_before_its_key_is_read(
+    two_places, org_a, org_b, agent_a, agent_b, client_a, client_b, django_assert_num_queries
+):
+    assert _search(client_a).status_code == 200  # the key authenticated here once
+    with holding(org_a, 2), django_assert_num_queries(0):
+        refused = _search(client_a)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "too_many_requests_in_flight"
+    # Another organization is not held back, and the refusal took no place (places are
+    # taken after authentication only: a forged prefix cannot hold an organization's).
+    assert _search(client_b).status_code == 200
+    assert throttling.in_flight(org_a.pk) == 0

@@ -85,8 +85,8 @@ class HotInputSerializer(serializers.Serializer):
     """Input serializer of an endpoint called on every agent turn (search).
 
     DRF deep-copies every declared field for each serializer instance, which re-runs
-    each field's __init__: 0.2 ms of a ≈ 1 ms search request before any work
-    (bench/search.py's "no-search" request). Declared fields are configuration, set when
+    each field's __init__: a fifth of a cached search's fixed cost before any work
+    (bench/search.py's "no-search" request; docs/benchmarks.md). Declared fields are configuration, set when
     the class is defined and never changed, so each instance gets shallow copies and
     binds them (name, parent) itself. A nested serializer copied this way builds its own
     fields on first use, so nested ones should be HotInputSerializers too."""

@@ -296,29 +296,28 @@ LOGGING = {
     },
 }
 
-# --- Search (bench/search.py measured these; docs/benchmarks.md) ------------------
-# Up to this many chunks in the searched agent(s): exact scan (true top-k, ~1 ms per 2k chunks).
+# --- Search (bench/search.py measured these; the figures are in docs/benchmarks.md) ---
+# Up to this many chunks in the searched agent(s): an exact scan (the true top-k), cheaper
+# than a graph walk at that size.
 SEARCH_EXACT_MAX_CHUNKS = env.int("SEARCH_EXACT_MAX_CHUNKS", default=5000)
-# Larger: HNSW with iterative scans. ef_search 400 gave recall@10 >= 0.98 at 2-4 ms.
+# Larger: HNSW with iterative scans; a large ef_search keeps recall@10 near exact.
 SEARCH_HNSW_EF_SEARCH = env.int("SEARCH_HNSW_EF_SEARCH", default=400)
 SEARCH_HNSW_MAX_SCAN_TUPLES = env.int("SEARCH_HNSW_MAX_SCAN_TUPLES", default=50000)
 # Agents this large get an HNSW graph of their own (search/indexes.py). By default every
-# agent too large for the exact scan: on a graph shared with other agents, agents of 6.7k
-# and 13k chunks got recall@10 0.90 and 0.92 (some queries 0), on their own 0.997 at ~2 ms.
+# agent too large for the exact scan: on a graph shared with other agents, a filtered walk
+# skips other agents' neighbours and recall falls (some queries find nothing).
 SEARCH_AGENT_INDEX_MIN_CHUNKS = env.int("SEARCH_AGENT_INDEX_MIN_CHUNKS", default=SEARCH_EXACT_MAX_CHUNKS + 1)
 # Organizations this large get a graph of their own for searches across agents. Below it
-# those are exact scans, ≈ 1 µs per chunk here (bench/search.py: 3.7 ms for ≈ 3.6k chunks),
-# so ≈ 10 ms at the line; above it, an organization's graph costs each of its chunk
-# inserts ≈ 1.5-2.5 ms of database CPU (bench/ingest_stats.py).
+# those are exact scans, whose cost grows with the organization's chunks; above it, the
+# graph costs each of the organization's chunk inserts a walk of database CPU
+# (bench/search.py, bench/ingest_stats.py).
 SEARCH_ORG_INDEX_MIN_CHUNKS = env.int("SEARCH_ORG_INDEX_MIN_CHUNKS", default=10000)
-# How thoroughly organizations' graphs are built (search/indexes.py: 64 left org-wide recall
-# at 0.92-0.97 depending on the build, 128 gave 0.986-0.988 for ≈ 0.3 ms more per chunk insert).
+# How thoroughly organizations' graphs are built (search/indexes.py): at 64, searches
+# across many agents' clusters lost recall; 128 restores it for a little more per insert.
 SEARCH_ORG_GRAPH_EF_CONSTRUCTION = env.int("SEARCH_ORG_GRAPH_EF_CONSTRUCTION", default=128)
 SEARCH_HYBRID_CANDIDATES = env.int("SEARCH_HYBRID_CANDIDATES", default=50)
 # Keyword searches over at least this many chunks read their matches by tiers of coverage
-# (search/engine.py); smaller ones rank every match in one scan. One keyword statement of
-# three topic words on bench/search.py's 200k chunks: a 1k-chunk agent 0.3 ms in one scan,
-# 0.8-3.3 by tiers; 6.7k 0.35-0.47 against 0.5-0.8; 21k 0.8-0.9 against 0.5.
+# (search/keywords.py); smaller ones rank every match in one scan, which is cheaper there.
 SEARCH_KEYWORD_TIERS_MIN_CHUNKS = env.int("SEARCH_KEYWORD_TIERS_MIN_CHUNKS", default=10000)
 SEARCH_RRF_K = env.int("SEARCH_RRF_K", default=60)
 SEARCH_MAX_QUERY_CHARS = env.int("SEARCH_MAX_QUERY_CHARS", default=2000)
@@ -336,8 +335,8 @@ SEARCH_ACCESS_RETENTION_DAYS = env.int("SEARCH_ACCESS_RETENTION_DAYS", default=9
 
 # Parallel query off for Lore's statements: a search's exact-scan fallback, gated behind
 # its graph scan in the same statement (search/engine.py), was planned as a parallel scan,
-# and launching its workers cost ≈ 6 ms even when the gate skipped the scan (org-wide,
-# bench/search.py); at hundreds of requests per second on 2 cores, workers only compete.
+# and launching its workers cost more than the search even when the gate skipped the scan
+# (bench/search.py); at hundreds of requests per second on few cores, workers only compete.
 DATABASE_PARALLEL_WORKERS = env.int("DATABASE_PARALLEL_WORKERS", default=0)
 # These travel as connection startup options: no SET per query, and every connection
 # (web, worker, shell) searches the same way.

@@ -19,7 +19,7 @@ Measured, in this order:
   the ORM, repeat until none is left;
 - in a worker process of its own (the Django-Q2 task function), one raw DELETE of a
   12.5k agent (rolled back) and then the deletion job of "big", while this process
-  probes the other agents: vector search (search.engine.vector_candidates, the SQL
+  probes the other agents: vector search (search.engine.vector_nearest, the SQL
   search runs, on Django's persistent connection) and GET /agents/{slug}/stats over
   HTTP, with a fixed piece of CPU work timed alongside to show how busy the shared
   machine itself was;
@@ -106,11 +106,13 @@ class Probe:
 
 def nearest(data, spec, vector, k: int) -> list:
     """The vector search that search runs, for one agent."""
-    from search.engine import vector_candidates
+    from core import db
+    from search.engine import vector_nearest
     from search.selection import AgentRef
 
     ref = AgentRef(data.agent_ids[spec.slug], spec.slug, "english", spec.size, 0, 1.0, 1.0, "bench")
-    return vector_candidates(org_id=data.org.pk, agents=[ref], vector=vector, k=k, filters=("", []))
+    with db.tenant(data.org) as sql:
+        return sql.fetchall(*vector_nearest(agents=[ref], vector=vector, k=k, filters=("", [])), binding=True)
 
 
 def measure_deletes(data, client, roles, cycles: int) -> dict[int, list[float]]:
@@ -243,6 +245,7 @@ class VacuumWatch:
 
 def manual_vacuum() -> None:
     with harness.raw_connection() as conn:
+        conn.execute("RESET ROLE")  # the table's owner vacuums it
         conn.execute("VACUUM knowledge_chunk")
 
 
@@ -250,11 +253,13 @@ def set_vacuum_cost_delay(value: float | None) -> str:
     """knowledge_chunk's autovacuum_vacuum_cost_delay: `value` ms, or what the migration sets."""
     from django.db import connection
 
+    from core import db
+
+    if value is None:
+        db.ddl(import_module("knowledge.migrations.0004_chunk_autovacuum_cost_delay_40").Migration.operations[0].sql)
+    else:
+        db.ddl(f"ALTER TABLE knowledge_chunk SET (autovacuum_vacuum_cost_delay = {value:g})")
     with connection.cursor() as cursor:
-        if value is None:
-            cursor.execute(import_module("knowledge.migrations.0004_chunk_autovacuum_cost_delay_40").Migration.operations[0].sql)
-        else:
-            cursor.execute(f"ALTER TABLE knowledge_chunk SET (autovacuum_vacuum_cost_delay = {value:g})")
         cursor.execute("SELECT array_to_string(reloptions, ', ') FROM pg_class WHERE oid = 'knowledge_chunk'::regclass")
         table = cursor.fetchone()[0]
         cursor.execute("SHOW autovacuum_vacuum_cost_delay")

@@ -121,6 +121,11 @@ def setup(
 
     django.setup()
     call_command("migrate", verbosity=0)
+    from core import db
+
+    # The bench's own loading and checks are maintenance; what it measures in this process
+    # (services) declares its organization, and its servers are as in production.
+    db.bypass_every_session()
     _check_dimensions(dimensions)
     return dict(os.environ)
 
@@ -162,16 +167,26 @@ def create_database(name: str) -> str:
     return f"host={host} user=postgres dbname={name}"
 
 
-def raw_connection():
+def raw_connection(org_id: int | None = None):
     """A psycopg connection with exactly the parameters Django's connections use (the
-    same startup options, client-side binding, no prepared statements), in autocommit."""
+    same startup options, client-side binding, no prepared statements), in autocommit.
+    With `org_id`, under that organization's row-level-security policy, as the API's
+    statements run (for the session); else as the bypass role."""
     import psycopg
+    from django.conf import settings
     from django.db import connection
+
+    from core.db import ORG_SETTING
 
     params = connection.get_connection_params()
     params.pop("context", None)
     params["cursor_factory"] = psycopg.ClientCursor
-    return psycopg.connect(**params, autocommit=True)
+    conn = psycopg.connect(**params, autocommit=True)
+    if org_id is None:
+        conn.execute(f"SET ROLE {settings.LORE_DB_BYPASS_ROLE}")
+    else:
+        conn.execute("SELECT set_config(%s, %s, false)", [ORG_SETTING, str(org_id)])
+    return conn
 
 
 def stop_database(name: str) -> None:
@@ -320,19 +335,20 @@ def indexes_dropped(table: str, names: tuple[str, ...], timings: dict):
     on the way out (also after a failure, so the schema is never left without them)."""
     from django.db import connection
 
+    from core import db
+
     with connection.cursor() as cursor:
         cursor.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s AND indexname = ANY(%s)", [table, list(names)])
         definitions = cursor.fetchall()
-        for index, _ in definitions:
-            cursor.execute(f'DROP INDEX IF EXISTS "{index}"')
+    for index, _ in definitions:
+        db.ddl(f'DROP INDEX IF EXISTS "{index}"')  # as the table's owner
     try:
         yield
     finally:
-        with connection.cursor() as cursor:
-            for index, definition in definitions:
-                started = time.perf_counter()
-                cursor.execute(definition)
-                timings[f"index {index}"] = time.perf_counter() - started
+        for index, definition in definitions:
+            started = time.perf_counter()
+            db.ddl(definition)
+            timings[f"index {index}"] = time.perf_counter() - started
 
 
 def load_synthetic(*, org_slug: str, specs: list[AgentSpec], topics: Topics, batch_chunks: int = 20000) -> Dataset:
@@ -378,9 +394,10 @@ def load_synthetic(*, org_slug: str, specs: list[AgentSpec], topics: Topics, bat
     stats_reconcile(org=org, fix=True)
     total = sum(AgentStats.objects.for_org(org).values_list("total_chunks", flat=True))
     assert total == sum(s.size for s in specs), "stats_reconcile must make AgentStats exact"
-    with connection.cursor() as cursor:
-        cursor.execute("VACUUM ANALYZE knowledge_chunk")
-        cursor.execute("VACUUM ANALYZE knowledge_document")
+    from core import db
+
+    db.ddl("VACUUM ANALYZE knowledge_chunk")  # as the table's owner
+    db.ddl("VACUUM ANALYZE knowledge_document")
     timings["stats + analyze"] = time.perf_counter() - started
     return Dataset(org, api_key_create(org=org, name="bench")[1], specs, ids, timings)
 

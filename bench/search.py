@@ -258,7 +258,7 @@ def measure_latency(client, data, queries: list[Query]) -> None:
 
     from config.postgresql.base import BindingCursor
 
-    with harness.raw_connection() as conn:
+    with harness.raw_connection(data.org.pk) as conn:  # under the policy, as the API's statement
         register_vector(conn)
         cursor = BindingCursor(conn, prepare=False, binary=False)  # as engine.fetch_results binds them
         for i, query in enumerate(queries):
@@ -305,13 +305,16 @@ def fixed_request(client, query: Query) -> None:
 
 
 def floor_statement(org_id, selection, query: Query, engine) -> tuple[str, list]:
-    """What the API runs for a vector search: the k nearest and their rows, one statement."""
+    """What the API runs for a vector search: the k nearest and their rows, one statement,
+    its organization bound as core.db binds it."""
+    from core.db import bind
+
     nearest = engine.vector_nearest(
-        org_id=org_id, agents=selection.agents, vector=query.vector, k=K, filters=("", []), everyone_but=selection.everyone_but
+        agents=selection.agents, vector=query.vector, k=K, filters=("", []), everyone_but=selection.everyone_but
     )
-    return engine.search_statement(
-        org_id=org_id, mode="vector", vector=[nearest], keyword=None, depth=K, limit=K, weights={}, include_parent=False
-    )
+    return bind(*engine.search_statement(
+        mode="vector", vector=[nearest], keyword=None, depth=K, limit=K, weights={}, include_parent=False
+    ), org_id)  # fmt: skip
 
 
 def floor_search(cursor, org_id, selection, query: Query, engine) -> None:

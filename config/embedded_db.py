@@ -57,11 +57,71 @@ def start(data_dir: Path) -> dict:
         server.start()
     uri = urlparse(server.get_uri())
     host = parse_qs(uri.query)["host"][0]
+    prepare(host, DATABASE_NAME)
+    return {"HOST": host, "USER": APP_ROLE, "NAME": DATABASE_NAME, "PASSWORD": "", "PORT": ""}
+
+
+def prepare(host: str, name: str) -> None:
+    """As the server's superuser: the roles, the database `name` owned by the application
+    role, and what only a superuser may do for row-level security. Idempotent."""
+    import psycopg
+
     with psycopg.connect(host=host, user="postgres", dbname="postgres", autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE_NAME]).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
-    return {"HOST": host, "USER": "postgres", "NAME": DATABASE_NAME, "PASSWORD": "", "PORT": ""}
+        conn.execute(ROLES_SQL)
+        owner = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [name]).fetchone()
+        if owner is None:
+            conn.execute(f'CREATE DATABASE "{name}" OWNER {APP_ROLE}')
+        elif owner[0] != APP_ROLE:
+            conn.execute(f'ALTER DATABASE "{name}" OWNER TO {APP_ROLE}')
+        # Test databases are created by the application role from template1: they get the
+        # LEAKPROOF marks from it; those made before the roles existed change owner.
+        for (stale,) in conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'test\\_%%' AND pg_get_userbyid(datdba) = 'postgres'"
+        ).fetchall():
+            conn.execute(f'ALTER DATABASE "{stale}" OWNER TO {APP_ROLE}')
+    for dbname in ("template1", name):
+        with psycopg.connect(host=host, user="postgres", dbname=dbname, autocommit=True) as conn:
+            conn.execute(LEAKPROOF_SQL)
+            # Tables of a data directory from before the roles: the application role owns
+            # them (migrations alter them; its policies are forced on it).
+            for kind, relkinds in (("TABLE", ["r", "p"]), ("SEQUENCE", ["S", "S"])):  # a table's own sequences follow it
+                for (obj,) in conn.execute(OWNED_BY_POSTGRES, relkinds).fetchall():
+                    conn.execute(f"ALTER {kind} {obj} OWNER TO {APP_ROLE}")
+            conn.execute(f"ALTER SCHEMA public OWNER TO {APP_ROLE}")
+
+
+# The application connects as APP_ROLE, which owns the tables and is subject to their
+# policies (FORCE ROW LEVEL SECURITY); cross-tenant transactions SET LOCAL ROLE to
+# BYPASS_ROLE (settings.LORE_DB_BYPASS_ROLE). Neither is a superuser.
+APP_ROLE = "lore"
+BYPASS_ROLE = "lore_maintenance"
+ROLES_SQL = f"""
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
+        CREATE ROLE {APP_ROLE} LOGIN CREATEDB NOSUPERUSER NOBYPASSRLS;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{BYPASS_ROLE}') THEN
+        CREATE ROLE {BYPASS_ROLE} NOLOGIN NOSUPERUSER BYPASSRLS;
+    END IF;
+    IF NOT pg_has_role('{APP_ROLE}', '{BYPASS_ROLE}', 'MEMBER') THEN
+        GRANT {BYPASS_ROLE} TO {APP_ROLE};
+    END IF;
+END $$;
+"""
+# Under a policy, the planner only pushes a condition into an index scan when its
+# function is LEAKPROOF (it cannot reveal rows the policy hides): without these, keyword
+# search (@@, GIN) and metadata filters (@>, GIN) scan every row of the organization.
+# Superuser only; a managed PostgreSQL may refuse (README, "Row-level security"). pgvector
+# is not a trusted extension either: it is created here, before the migrations that use it.
+LEAKPROOF_SQL = """
+CREATE EXTENSION IF NOT EXISTS vector;
+ALTER FUNCTION ts_match_vq(tsvector, tsquery) LEAKPROOF;
+ALTER FUNCTION jsonb_contains(jsonb, jsonb) LEAKPROOF;
+"""
+OWNED_BY_POSTGRES = """
+SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND c.relkind IN (%s, %s) AND pg_get_userbyid(c.relowner) = 'postgres'
+"""
 
 
 def _import_pgserver():

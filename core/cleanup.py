@@ -6,8 +6,9 @@ search); search's data about an agent (its graph, its access rows) goes this way
 - before_agent(org_id, agent_id): once, before the agent's rows go (a graph dropped first
   is not cleaned by autovacuum entry by entry).
 - before_organization(org_id): once, before the rows of an organization being deleted.
-- agent_rows(cursor, org_id, agent_id, limit) -> rows deleted: one batch of the app's own
-  rows of the agent, run until it deletes none, inside the deletion's batch transaction.
+- agent_rows(cursor, agent_id, limit) -> rows deleted: one batch of the app's own rows of
+  the agent, run until it deletes none, inside the deletion's batch transaction; `cursor`
+  is bound to the agent's organization (core/db.py: {org} in its statements).
 """
 
 from collections.abc import Callable
@@ -32,6 +33,6 @@ def before_organization(*, org_id: int) -> None:
         step(org_id=org_id)
 
 
-def agent_rows(cursor, *, org_id: int, agent_id: int, limit: int) -> int:
+def agent_rows(cursor, *, agent_id: int, limit: int) -> int:
     """Rows deleted by one batch of every registered step (0: nothing of the agent is left)."""
-    return sum(step(cursor, org_id=org_id, agent_id=agent_id, limit=limit) for step in _steps["agent_rows"])
+    return sum(step(cursor, agent_id=agent_id, limit=limit) for step in _steps["agent_rows"])

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, connection, models, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
-from core import limits
+from core import db, limits
 
 logger = logging.getLogger(__name__)
 
@@ -133,11 +133,11 @@ _CANDIDATES = (
 
 
 def runnable_organizations(*, now=None, limit: int = 20) -> list[int]:
-    with connection.cursor() as cursor:
-        cursor.execute(
+    with db.unscoped("fair claims: which organizations have work, across all of them") as sql:
+        rows = sql.fetchall(
             _CANDIDATES, {"now": now or timezone.now(), "cap": settings.LORE_JOBS_PER_ORG_IN_FLIGHT, "limit": limit}
         )
-        return [row[0] for row in cursor.fetchall()]
+    return [row[0] for row in rows]
 
 
 def claim_next(*, now=None) -> Claim | None:
@@ -153,27 +153,24 @@ def claim_next(*, now=None) -> Claim | None:
     return None
 
 
-@transaction.atomic
 def _claim_in_organization(org_id: int, now) -> Claim | None:
     cap = settings.LORE_JOBS_PER_ORG_IN_FLIGHT
-    with connection.cursor() as cursor:
+    with db.tenant(org_id) as sql, sql.cursor() as cursor:
         # The organization's turn row serializes its claims: a second claimer skips the
         # organization rather than wait, and the in-flight count below, read after the lock,
         # includes every claim committed before it; so the cap holds under concurrent claims.
         cursor.execute(
-            f"INSERT INTO {TURN_TABLE} (organization_id, last_claimed_at) VALUES (%s, NULL) ON CONFLICT DO NOTHING",
-            [org_id],
+            f"INSERT INTO {TURN_TABLE} (organization_id, last_claimed_at) VALUES ({{org}}, NULL) ON CONFLICT DO NOTHING"
         )
-        cursor.execute(f"SELECT 1 FROM {TURN_TABLE} WHERE organization_id = %s FOR UPDATE SKIP LOCKED", [org_id])
+        cursor.execute(f"SELECT 1 FROM {TURN_TABLE} WHERE organization_id = {{org}} FOR UPDATE SKIP LOCKED")
         if cursor.fetchone() is None:
             return None
         # *_unfinished_idx (organization, status, created_at) on both tables.
         cursor.execute(
             "SELECT " + " + ".join(
-                f"(SELECT count(*) FROM {t} WHERE organization_id = %(org)s AND status = 'processing')"
+                f"(SELECT count(*) FROM {t} WHERE organization_id = {{org}} AND status = 'processing')"
                 for t in JOB_TABLES
             ),
-            {"org": org_id},
         )  # fmt: skip
         if cursor.fetchone()[0] >= cap:
             return None
@@ -181,25 +178,24 @@ def _claim_in_organization(org_id: int, now) -> Claim | None:
         cursor.execute(
             "SELECT tbl FROM ("
             + " UNION ALL ".join(
-                f"SELECT '{t}' AS tbl, min(created_at) AS oldest FROM {t} WHERE organization_id = %(org)s AND {_due()}"
+                f"SELECT '{t}' AS tbl, min(created_at) AS oldest FROM {t} WHERE organization_id = {{org}} AND {_due()}"
                 for t in JOB_TABLES
             )
             + ") x WHERE oldest IS NOT NULL ORDER BY oldest",
-            {"org": org_id, "now": now},
+            {"now": now},
         )
         for (table,) in cursor.fetchall():
             # SKIP LOCKED: a pending row locked now is being cancelled or retried; take the next.
             cursor.execute(
                 f"UPDATE {table} SET status = 'processing', attempts = attempts + 1, heartbeat_at = %(now)s,"
                 f" started_at = coalesce(started_at, %(now)s) WHERE id = (SELECT id FROM {table}"
-                f" WHERE organization_id = %(org)s AND {_due()} ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                f" WHERE organization_id = {{org}} AND {_due()} ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
                 " RETURNING id, attempts",
-                {"org": org_id, "now": now},
+                {"now": now},
             )
             row = cursor.fetchone()
             if row is not None:
-                turn = f"UPDATE {TURN_TABLE} SET last_claimed_at = %s WHERE organization_id = %s"
-                cursor.execute(turn, [now, org_id])
+                cursor.execute(f"UPDATE {TURN_TABLE} SET last_claimed_at = %s WHERE organization_id = {{org}}", [now])
                 return Claim(table, row[0], org_id, row[1])
     return None
 
@@ -208,14 +204,13 @@ def claim(model, *, job) -> int | None:
     """pending -> processing for this job, outside the fair order (an operator's or a test's
     explicit run); returns the attempt number the run holds, None if it was not pending."""
     now = timezone.now()
-    with connection.cursor() as cursor:
-        cursor.execute(
+    with db.tenant(job.organization_id) as sql:
+        row = sql.fetchone(
             f"UPDATE {model._meta.db_table} SET status = %s, attempts = attempts + 1, heartbeat_at = %s,"
-            " started_at = coalesce(started_at, %s) WHERE id = %s AND organization_id = %s AND status = %s"
+            " started_at = coalesce(started_at, %s) WHERE id = %s AND organization_id = {org} AND status = %s"
             " RETURNING attempts",
-            [PROCESSING, now, now, job.pk, job.organization_id, PENDING],
+            [PROCESSING, now, now, job.pk, PENDING],
         )
-        row = cursor.fetchone()
     return row[0] if row else None
 
 
@@ -384,16 +379,16 @@ def start_poller(**kwargs) -> None:
 def unfinished_jobs(*, org, up_to: int) -> int:
     """The organization's pending or processing jobs, counted up to `up_to`: the cost is
     bounded by the quota, whatever the backlog. *_unfinished_idx."""
-    with connection.cursor() as cursor:
-        cursor.execute(
+    with db.tenant(org) as sql:
+        row = sql.fetchone(
             "SELECT " + " + ".join(
-                f"(SELECT count(*) FROM (SELECT 1 FROM {t} WHERE organization_id = %(org)s"
+                f"(SELECT count(*) FROM (SELECT 1 FROM {t} WHERE organization_id = {{org}}"
                 " AND status IN ('pending', 'processing') LIMIT %(limit)s) x)"
                 for t in JOB_TABLES
             ),
-            {"org": org.pk, "limit": up_to},
+            {"limit": up_to},
         )  # fmt: skip
-        return min(up_to, cursor.fetchone()[0])
+    return min(up_to, row[0])
 
 
 def quota_check_jobs(*, org) -> None:
@@ -406,6 +401,6 @@ def quota_check_jobs(*, org) -> None:
     limit = limits.quota(org, "jobs")
     if not limit:
         return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM tenants_organization WHERE id = %s FOR NO KEY UPDATE", [org.pk])
+    with db.tenant(org) as sql:
+        sql.execute("SELECT 1 FROM tenants_organization WHERE id = {org} FOR NO KEY UPDATE")
     limits.quota_check(org, usage={"jobs": unfinished_jobs(org=org, up_to=limit)}, adding={"jobs": 1})

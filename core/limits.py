@@ -45,13 +45,6 @@ def quota(org, name: str) -> int:
     return getattr(settings, _QUOTA_DEFAULTS[name]) if own is None else own
 
 
-def all_limits(org) -> dict:
-    return {
-        "in_flight": in_flight(org),
-        "rates": {scope: rate(org, scope) for scope in RATE_SCOPES},
-        "key_rates": {scope: key_rate(org, scope) for scope in RATE_SCOPES},
-        "quotas": {name: quota(org, name) for name in QUOTAS},
-    }
 
 
 def quota_check(org, *, usage: dict, adding: dict) -> None:

@@ -30,9 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from django.conf import settings
-from django.db import connection
+
 from pgvector import HalfVector
 
+from core import db
 from core.errors import UpstreamFailed, Unavailable
 
 logger = logging.getLogger(__name__)
@@ -346,15 +347,15 @@ def embed_with_cache(*, org_id: int, model: str, texts: list[str], interactive: 
         return out, 0, 0
     hashes = [text_hash(t) for t in texts]
     unique = list(dict.fromkeys(hashes))
-    with connection.binding_cursor(binary_results=True) as cursor:
-        # Unique index embcache_org_model_hash_uniq (organization, model, dimensions, text_hash).
-        # Binary results: halfvec arrives as bytes, decoded by numpy.
-        cursor.execute(
+    # Unique index embcache_org_model_hash_uniq (organization, model, dimensions, text_hash).
+    # Binary results: halfvec arrives as bytes, decoded by numpy.
+    with db.tenant(org_id) as sql:
+        rows = sql.fetchall(
             "SELECT text_hash, embedding FROM knowledge_embeddingcache "
-            "WHERE organization_id = %s AND model = %s AND dimensions = %s AND text_hash = ANY(%s)",
-            [org_id, model, dims, unique],
-        )
-        cached = {h: v.to_numpy() for h, v in cursor.fetchall()}
+            "WHERE organization_id = {org} AND model = %s AND dimensions = %s AND text_hash = ANY(%s)",
+            [model, dims, unique], binary_results=True,
+        )  # fmt: skip
+    cached = {h: v.to_numpy() for h, v in rows}
     # Sorted: concurrent ingests (parallel workers) insert overlapping hashes in the same
     # order, so the unique-index waits of ON CONFLICT DO NOTHING cannot form a deadlock.
     missing = sorted(h for h in unique if h not in cached)
@@ -364,12 +365,12 @@ def embed_with_cache(*, org_id: int, model: str, texts: list[str], interactive: 
             first_text.setdefault(h, t)
         vectors = get_provider(model).embed([first_text[h] for h in missing], interactive=interactive)
         fresh = dict(zip(missing, vectors))
-        with connection.binding_cursor() as cursor:
+        with db.tenant(org_id) as sql, sql.cursor(binding=True) as cursor:
             cursor.execute(
                 "INSERT INTO knowledge_embeddingcache (organization_id, model, dimensions, text_hash, embedding, created_at) "
-                "SELECT %s, %s, %s, h, e, now() FROM unnest(%s::text[], %b::halfvec[]) AS t(h, e) "
+                "SELECT {org}, %s, %s, h, e, now() FROM unnest(%s::text[], %b::halfvec[]) AS t(h, e) "
                 "ON CONFLICT DO NOTHING",
-                [org_id, model, dims, missing, halfvecs(vectors)],
+                [model, dims, missing, halfvecs(vectors)],
             )
         cached.update(fresh)
     for i, h in enumerate(hashes):

@@ -8,7 +8,7 @@ from pgvector.django import HalfVectorField
 from core.jobs import JobFields
 
 from tenants.models import ApiKey, Organization, slug_validator
-from tenants.scoping import TenantManager
+from tenants.scoping import TenantManager, UnscopedManager
 
 # Full-text configurations shipped with every PostgreSQL build.
 FTS_LANGUAGES = [
@@ -45,7 +45,7 @@ class Agent(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
 
-    unscoped = models.Manager()
+    unscoped = UnscopedManager()
     objects = TenantManager()
 
     class Meta:
@@ -94,7 +94,7 @@ class AgentStats(models.Model):
     search_cache_hits = models.BigIntegerField(default=0)
     search_latency_ms_total = models.FloatField(default=0.0)
 
-    unscoped = models.Manager()
+    unscoped = UnscopedManager()
     objects = TenantManager()
 
     class Meta:
@@ -136,7 +136,7 @@ class Document(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
-    unscoped = models.Manager()
+    unscoped = UnscopedManager()
     objects = TenantManager()
 
     class Meta:
@@ -160,7 +160,7 @@ class Section(models.Model):
     ordinal = models.IntegerField()
     text = models.TextField()
 
-    unscoped = models.Manager()
+    unscoped = UnscopedManager()
     objects = TenantManager()
 
     class Meta:
@@ -182,7 +182,7 @@ class Chunk(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     search_vector = SearchVectorField(null=True)
 
-    unscoped = models.Manager()
+    unscoped = UnscopedManager()
     objects = TenantManager()
 
     class Meta:
@@ -213,7 +213,7 @@ class EmbeddingCache(models.Model):
     embedding = HalfVectorField(dimensions=settings.EMBEDDING_DIMENSIONS)
     created_at = models.DateTimeField(default=timezone.now)
 
-    unscoped = models.Manager()
+    unscoped = UnscopedManager()
     objects = TenantManager()
 
     class Meta:
@@ -248,7 +248,7 @@ class IngestionJob(JobFields):
     errors = models.JSONField(default=list, blank=True)
     requested_by_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
-    unscoped = models.Manager()
+    unscoped = UnscopedManager()
     objects = TenantManager()
 
     FINISHED_FIELDS = {"payload": []}
@@ -300,7 +300,7 @@ class DeletionJob(JobFields):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
 
-    unscoped = models.Manager()
+    unscoped = UnscopedManager()
     objects = TenantManager()
 
     class Meta:
@@ -347,5 +347,5 @@ class JobTurn(models.Model):
     organization = models.OneToOneField(Organization, on_delete=models.CASCADE, primary_key=True, related_name="+")
     last_claimed_at = models.DateTimeField(null=True, blank=True)
 
-    unscoped = models.Manager()
+    unscoped = UnscopedManager()
     objects = TenantManager()

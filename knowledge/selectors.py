@@ -3,9 +3,9 @@
 from django.db import connection
 from django.db.models import Count, Q, Sum
 
+from core import db, jobs, limits
 from knowledge.models import Agent, AgentStats, DeletionJob, Document, IngestionJob
 from tenants.auth import KeyJoin
-from core import jobs, limits
 from tenants.models import Organization, OrganizationUsage
 
 
@@ -28,31 +28,27 @@ _STATS_AGENT_FIELDS = ["id", "organization_id", "slug", "status"]  # in field or
 # is searched by slug alone, across every organization that has an agent so named.
 # Written out because it runs on every stats request: building and compiling the ORM
 # query cost more CPU than the rest of the request (bench/ingest_stats.py step 3).
-# tests/knowledge/test_agents_api.py checks its plan and its scoping. {org}: a parameter,
-# or o.id where the row is read with the API key (tenants.auth.KeyJoin).
+# tests/knowledge/test_agents_api.py checks its plan and its scoping.
 _STATS_BY_SLUG = (
     "SELECT " + ", ".join(f"s.{c}" for c in _STATS_FIELDS) + ", " + ", ".join(f"a.{c}" for c in _STATS_AGENT_FIELDS)
     + f" FROM {Agent._meta.db_table} a JOIN {AgentStats._meta.db_table} s ON s.agent_id = a.id"
-    f" WHERE a.organization_id = {{org}} AND a.slug = %s AND NOT (a.status = '{Agent.Status.DELETED}')"
+    + f" WHERE a.organization_id = {{org}} AND a.slug = %s AND NOT (a.status = '{Agent.Status.DELETED}')"
     " AND s.organization_id = {org}"
 )  # fmt: skip
-_STATS_BY_SLUG_SQL = _STATS_BY_SLUG.format(org="%s")
-_STATS_BY_KEY_SQL = _STATS_BY_SLUG.format(org="o.id")
 
 
 def agent_stats_get_by_slug(*, org: Organization, slug: str) -> AgentStats | None:
     """The stats row of the live agent with this slug in this organization, its `agent`
     loaded with only id, organization, slug and status; None also for another
     organization's agent."""
-    with connection.cursor() as cursor:
-        cursor.execute(_STATS_BY_SLUG_SQL, [org.pk, slug, org.pk])
-        row = cursor.fetchone()
+    with db.tenant(org) as sql:
+        row = sql.fetchone(_STATS_BY_SLUG, [slug])
     return agent_stats_from_row(row)
 
 
 def agent_stats_key_join(*, slug: str) -> KeyJoin:
     """agent_stats_get_by_slug's row, read in the API key's statement (API views)."""
-    return KeyJoin(_STATS_BY_KEY_SQL, (slug,))
+    return KeyJoin(_STATS_BY_SLUG, (slug,))
 
 
 def agent_stats_from_row(row: tuple | None) -> AgentStats | None:
@@ -83,14 +79,14 @@ def agent_stats_recount(*, org: Organization, agent: Agent) -> tuple[int, int, i
     COUNT/SUM over the agent's rows (the chunks by an index-only scan of
     chunk_org_agent_id_idx, which grows with the agent): what the AgentStats row must
     equal. For reconciliation and benchmarks; the API reads the stats row."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT (SELECT count(*) FROM knowledge_chunk WHERE organization_id = %s AND agent_id = %s),"
+    with db.tenant(org) as sql:
+        row = sql.fetchone(
+            "SELECT (SELECT count(*) FROM knowledge_chunk WHERE organization_id = {org} AND agent_id = %s),"
             " count(*), coalesce(sum(size_bytes), 0) FROM knowledge_document"
-            " WHERE organization_id = %s AND agent_id = %s AND status = 'ready'",
-            [org.pk, agent.pk, org.pk, agent.pk],
+            " WHERE organization_id = {org} AND agent_id = %s AND status = 'ready'",
+            [agent.pk, agent.pk],
         )
-        return tuple(int(v) for v in cursor.fetchone())
+    return tuple(int(v) for v in row)
 
 
 def document_list(*, org: Organization, agent: Agent, status: str | None = None):

@@ -12,11 +12,11 @@ def drop_organization_index(*, org_id: int) -> None:
     indexes.drop_org_index(org_id)
 
 
-def delete_agent_access(cursor, *, org_id: int, agent_id: int, limit: int) -> int:
+def delete_agent_access(cursor, *, agent_id: int, limit: int) -> int:
     # chunkaccess_org_agent_day_chunk_uniq (organization, agent, ...).
     cursor.execute(
         "DELETE FROM search_chunkaccess WHERE id IN (SELECT id FROM search_chunkaccess"
-        " WHERE organization_id = %s AND agent_id = %s LIMIT %s)",
-        [org_id, agent_id, limit],
+        " WHERE organization_id = {org} AND agent_id = %s LIMIT %s)",
+        [agent_id, limit],
     )
     return cursor.rowcount

@@ -27,22 +27,22 @@ embedding model) and by keyword, their fusion, and the rows of those kept.
 import json
 
 from django.conf import settings
-from django.db import connection
 
+from core import db
 from knowledge.embeddings import halfvecs
 from search.selection import AgentRef, agent_condition
 
 
 def vector_nearest(
-    *, org_id: int, agents: list[AgentRef], vector, k: int, filters: tuple[str, list], everyone_but: list[int] | None = None
+    *, agents: list[AgentRef], vector, k: int, filters: tuple[str, list], everyone_but: list[int] | None = None
 ) -> tuple[str, list]:
     """The statement of the k nearest chunks: (chunk id, cosine distance), nearest first.
     Above SEARCH_EXACT_MAX_CHUNKS an HNSW scan, redone exactly in the same statement when
     it answers fewer than k (a selective filter)."""
     where, where_params = agent_condition(agents, everyone_but)
     filter_sql, filter_params = filters
-    scope = f"c.organization_id = %s AND {where}{filter_sql}"
-    scope_params = [org_id, *where_params, *filter_params]
+    scope = f"c.organization_id = {{org}} AND {where}{filter_sql}"
+    scope_params = [*where_params, *filter_params]
     # The query vector travels in pgvector's binary format (%b).
     query = halfvecs([vector])[0]
     # Exact: "+ 0" keeps the planner off the HNSW index; it reads the agent's rows through
@@ -64,7 +64,7 @@ def vector_nearest(
 
 
 def search_statement(
-    *, org_id: int, mode: str, vector: list[tuple[str, list]], keyword: tuple[str, list] | None, depth: int, limit: int,
+    *, mode: str, vector: list[tuple[str, list]], keyword: tuple[str, list] | None, depth: int, limit: int,
     weights: dict, include_parent: bool,
 ) -> tuple[str, list]:
     """A whole search in one statement: the `limit` best chunks (chunk id, score, the
@@ -103,26 +103,17 @@ def search_statement(
         source, score = "top", "top.s"
     sql = (
         f"WITH {', '.join(ctes)} SELECT {source}.id, {score} AS s, {_row_columns(include_parent)} FROM {source}"
-        f" JOIN knowledge_chunk c ON c.id = {source}.id AND c.organization_id = %s ORDER BY s DESC, {source}.id LIMIT %s"
+        f" JOIN knowledge_chunk c ON c.id = {source}.id AND c.organization_id = {{org}} ORDER BY s DESC, {source}.id LIMIT %s"
     )
-    return sql, [*params, org_id, limit]
+    return sql, [*params, limit]
 
 
-def fetch_results(statement: tuple[str, list]) -> list[tuple[int, float, dict]]:
+def fetch_results(*, org_id: int, statement: tuple[str, list]) -> list[tuple[int, float, dict]]:
     """(chunk id, score, result row) of a search_statement. Bound on the server, never
     prepared: an unnamed statement is planned with its values."""
-    with connection.binding_cursor() as cursor:
-        cursor.execute(*statement)
-        return [(cid, score, _row(rest)) for cid, score, *rest in cursor.fetchall()]
-
-
-def vector_candidates(
-    *, org_id: int, agents: list[AgentRef], vector, k: int, filters: tuple[str, list], everyone_but: list[int] | None = None
-) -> list[tuple[int, float]]:
-    """(chunk id, cosine distance) of the k nearest chunks, nearest first."""
-    with connection.binding_cursor() as cursor:
-        cursor.execute(*vector_nearest(org_id=org_id, agents=agents, vector=vector, k=k, filters=filters, everyone_but=everyone_but))
-        return cursor.fetchall()
+    with db.tenant(org_id) as sql:
+        rows = sql.fetchall(*statement, binding=True)
+    return [(cid, score, _row(rest)) for cid, score, *rest in rows]
 
 
 def _row_columns(include_parent: bool) -> str:
@@ -130,11 +121,11 @@ def _row_columns(include_parent: bool) -> str:
     each planned on its own (a primary-key lookup): joins would make the planner weigh
     join orders on every vector search, which cost more than the lookups (bench/search.py
     profile). The agent's slug comes from the search's AgentSelection."""
-    parent = "(SELECT s.text FROM knowledge_section s WHERE s.id = c.section_id)" if include_parent else "NULL"
+    parent = "(SELECT s.text FROM knowledge_section s WHERE s.id = c.section_id AND s.organization_id = {org})" if include_parent else "NULL"
     return (
         "c.key, c.text, c.metadata, c.ordinal, c.document_id, c.agent_id,"
-        " (SELECT d.key FROM knowledge_document d WHERE d.id = c.document_id),"
-        f" (SELECT d.title FROM knowledge_document d WHERE d.id = c.document_id), {parent}"
+        " (SELECT d.key FROM knowledge_document d WHERE d.id = c.document_id AND d.organization_id = {org}),"
+        f" (SELECT d.title FROM knowledge_document d WHERE d.id = c.document_id AND d.organization_id = {{org}}), {parent}"
     )
 
 
@@ -162,9 +153,8 @@ def fetch_neighbours(*, org_id: int, spans: list[tuple[int, int, int]]) -> list[
     sql = (
         "SELECT c.document_id, c.ordinal, c.key, c.text FROM knowledge_chunk c"
         " JOIN unnest(%s::bigint[], %s::int[], %s::int[]) AS s(doc, lo, hi)"
-        " ON c.organization_id = %s AND c.document_id = s.doc AND c.ordinal BETWEEN s.lo AND s.hi"
+        " ON c.organization_id = {org} AND c.document_id = s.doc AND c.ordinal BETWEEN s.lo AND s.hi"
         " ORDER BY c.document_id, c.ordinal"
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [docs, lows, highs, org_id])
-        return cursor.fetchall()
+    with db.tenant(org_id) as scoped:
+        return scoped.fetchall(sql, [docs, lows, highs])

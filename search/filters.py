@@ -13,9 +13,9 @@ from tenants.errors import invalid
 FILTER_OPERATORS = ("$eq", "$in", "$gte", "$lte")
 
 
-def filters_sql(org_id: int, filters: dict) -> tuple[str, list]:
-    """SQL conditions on chunk `c` for the request's filters; 400 naming the field
-    (and operator) for anything not supported."""
+def filters_sql(filters: dict) -> tuple[str, list]:
+    """SQL conditions on chunk `c` for the request's filters, {org} where the organization
+    goes (core/db.py binds it); 400 naming the field (and operator) for anything not supported."""
     clauses, params = [], []
     if len(filters) > settings.SEARCH_MAX_FILTER_FIELDS:
         raise invalid("filters", f"At most {settings.SEARCH_MAX_FILTER_FIELDS} fields.")
@@ -27,9 +27,9 @@ def filters_sql(org_id: int, filters: dict) -> tuple[str, list]:
                 raise invalid("filters.document_keys", f"At most {settings.SEARCH_MAX_FILTER_VALUES} keys.")
             # Index document_org_agent_key_uniq through document_id.
             clauses.append(
-                "c.document_id IN (SELECT d.id FROM knowledge_document d WHERE d.organization_id = %s AND d.key = ANY(%s))"
+                "c.document_id IN (SELECT d.id FROM knowledge_document d WHERE d.organization_id = {org} AND d.key = ANY(%s))"
             )
-            params += [org_id, condition]
+            params.append(condition)
             continue
         if not isinstance(field, str) or len(field) > 100 or "\x00" in field:
             raise invalid("filters", "Filter fields must be metadata field names.")

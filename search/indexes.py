@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import connection
 
+from core import db
 from knowledge.models import Agent, AgentStats
 
 logger = logging.getLogger(__name__)
@@ -100,11 +101,6 @@ def existing() -> dict[int, str]:
     return {g.owner_id: g.name for g in graphs() if g.scope == "agent" and not g.leftover}
 
 
-def existing_org() -> dict[int, str]:
-    """Organization graphs: organization id -> index name."""
-    return {g.owner_id: g.name for g in graphs() if g.scope == "organization" and not g.leftover}
-
-
 def _plan(sizes: dict[int, tuple[bool, int]], have: dict[int, str], threshold: int) -> tuple[list[int], list[int]]:
     wanted = [key for key, (active, total) in sizes.items() if active and total >= threshold and key not in have]
     unwanted = [key for key in have if key not in sizes or not sizes[key][0] or sizes[key][1] < threshold // 2]
@@ -115,16 +111,15 @@ def sync_indexes() -> SyncResult:
     """Creates missing and drops unneeded graphs, agents' and organizations'. Needs
     autocommit (CONCURRENTLY cannot run in a transaction): call from a task or command."""
     result = SyncResult()
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [SYNC_LOCK])
-        if not cursor.fetchone()[0]:
+    with db.untenanted("a session advisory lock") as sql:
+        if not sql.fetchone("SELECT pg_try_advisory_lock(%s)", [SYNC_LOCK])[0]:
             result.skipped = True
             return result
     try:
         _sync(result)
     finally:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [SYNC_LOCK])
+        with db.untenanted("a session advisory lock") as sql:
+            sql.execute("SELECT pg_advisory_unlock(%s)", [SYNC_LOCK])
     return result
 
 
@@ -177,8 +172,7 @@ def _build(name: str, scope: str, predicate: str) -> None:
         method = "gin (search_vector)"  # as chunk_search_vector_gin, for one agent's rows
     else:
         method = f"hnsw (embedding halfvec_cosine_ops) WITH ({_options_sql(scope)})"
-    with connection.cursor() as cursor:
-        cursor.execute(f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}" ON knowledge_chunk USING {method} WHERE {predicate}')
+    db.ddl(f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}" ON knowledge_chunk USING {method} WHERE {predicate}')
 
 
 def _rebuild(graph: "Graph") -> None:
@@ -187,14 +181,12 @@ def _rebuild(graph: "Graph") -> None:
     changes the catalog (a moment's lock on the index); a REINDEX that dies leaves an
     INVALID <name>_ccnew, which the next sync drops."""
     logger.info("search: rebuilding HNSW graph %s with %s", graph.name, build_options(graph.scope))
-    with connection.cursor() as cursor:
-        cursor.execute(f'ALTER INDEX "{graph.name}" SET ({_options_sql(graph.scope)})')
-        cursor.execute(f'REINDEX INDEX CONCURRENTLY "{graph.name}"')
+    db.ddl(f'ALTER INDEX "{graph.name}" SET ({_options_sql(graph.scope)})')
+    db.ddl(f'REINDEX INDEX CONCURRENTLY "{graph.name}"')
 
 
 def _drop(name: str) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
+    db.ddl(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
 
 
 def drop_agent_index(agent_id: int) -> bool:
@@ -233,14 +225,13 @@ _NAME = re.compile(rf"^({'|'.join(PREFIXES)})(\d+)(.*)$")
 
 
 def graphs() -> list[Graph]:
-    with connection.cursor() as cursor:
-        cursor.execute(
+    with db.untenanted("the catalog's list of search's indexes") as sql:
+        rows = sql.fetchall(
             "SELECT c.relname, i.indisvalid, pg_relation_size(c.oid), c.reloptions FROM pg_index i"
             " JOIN pg_class c ON c.oid = i.indexrelid"
             " WHERE i.indrelid = 'knowledge_chunk'::regclass AND c.relname LIKE ANY(%s) ORDER BY c.relname",
             [[prefix.replace("_", r"\_") + "%" for prefix in PREFIXES]],
         )
-        rows = cursor.fetchall()
     out = []
     for name, valid, size, reloptions in rows:
         prefix, owner, rest = _NAME.match(name).groups()

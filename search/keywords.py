@@ -6,8 +6,8 @@ from itertools import combinations
 from math import comb
 
 from django.conf import settings
-from django.db import connection
 
+from core import db
 from search.filters import EXCLUDED, PHRASE
 from search.selection import AgentRef, agent_condition
 
@@ -31,9 +31,9 @@ def query_terms(language: str, query: str) -> tuple[str, ...]:
     dictionaries stem), one round trip per new (language, query)."""
     terms = _terms.get((language, query))
     if terms is None:
-        with connection.cursor() as cursor:
-            cursor.execute(_LEXEMES, [language, query, KEYWORD_MAX_TERMS])
-            terms = _remember_terms(language, query, tuple(lexeme for lexeme, _ in cursor.fetchall()))
+        with db.untenanted("a text's lexemes") as sql:
+            rows = sql.fetchall(_LEXEMES, [language, query, KEYWORD_MAX_TERMS])
+        terms = _remember_terms(language, query, tuple(lexeme for lexeme, _ in rows))
     return terms
 
 
@@ -90,8 +90,8 @@ def keyword_statement(
         where, where_params = agent_condition(group, everyone_but if len(group) == len(agents) else None)
         # GIN: the agent's chunk_gin_agent_<id> where it has one (agent_id is a constant),
         # else chunk_search_vector_gin; either way ANDed with the tenant and agent filter.
-        scope = f"c.organization_id = %s AND {where}{filter_sql}"
-        scope_params = [org_id, *where_params, *filter_params]
+        scope = f"c.organization_id = {{org}} AND {where}{filter_sql}"
+        scope_params = [*where_params, *filter_params]
         for phrase in phrases:
             if not query_terms(language, phrase):
                 continue  # stop words only: phraseto_tsquery would match nothing
@@ -102,7 +102,7 @@ def keyword_statement(
             scope += " AND NOT c.search_vector @@ plainto_tsquery(%s::regconfig, %s)"
             scope_params += [language, word]
         if chunks[language] >= settings.SEARCH_KEYWORD_TIERS_MIN_CHUNKS:
-            terms, present = _terms_present(language, wanted, scope, scope_params)
+            terms, present = _terms_present(org_id, language, wanted, scope, scope_params)
             if not present:  # nothing but stop words (or exclusions), or nothing the scope holds
                 continue
             sql, part_params = _coverage_tiers(f"g{number}", scope, scope_params, terms, present, k)
@@ -137,19 +137,19 @@ def _coverage_all(scope: str, scope_params: list, terms: tuple[str, ...]) -> tup
     return sql, [*params, *scope_params, at_least(terms, 1)]
 
 
-def _present(scope: str, scope_params: list, terms: tuple[str, ...]) -> tuple[str, ...]:
+def _present(org_id: int, scope: str, scope_params: list, terms: tuple[str, ...]) -> tuple[str, ...]:
     """Those of `terms` that some chunk in scope holds. Words of a long question that match
     nothing would otherwise make tiers skip past the combinations limit, down to ranking
     every chunk holding any word (docs/benchmarks.md, session 5: the p95 of long questions
     org-wide). Each test is a GIN lookup that stops at the first chunk in scope."""
     literals = _tsquery_literal(terms)
-    with connection.binding_cursor() as cursor:
-        cursor.execute(
+    with db.tenant(org_id) as sql:
+        rows = sql.fetchall(
             "SELECT t FROM unnest(%s::text[]) AS t WHERE EXISTS"
             f" (SELECT FROM knowledge_chunk c WHERE {scope} AND c.search_vector @@ t::tsquery)",
-            [literals, *scope_params],
-        )
-        present = {t for (t,) in cursor.fetchall()}
+            [literals, *scope_params], binding=True,
+        )  # fmt: skip
+    present = {t for (t,) in rows}
     return tuple(term for term, literal in zip(terms, literals) if literal in present)
 
 
@@ -159,13 +159,13 @@ PRESENCE_MIN_TERMS = next(n for n in range(1, KEYWORD_MAX_TERMS + 1) if len(keyw
 _LEXEME_LITERAL = r"'''' || replace(replace(t.lexeme, '\', '\\'), '''', '''''') || ''''"
 
 
-def _terms_present(language: str, query: str, scope: str, scope_params: list) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _terms_present(org_id: int, language: str, query: str, scope: str, scope_params: list) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(query_terms, the terms to read tiers of): with PRESENCE_MIN_TERMS or more, those
     _present finds, else all. For a text new to this process, one round trip for both
     instead of one for its terms and another for their presence."""
     terms = _terms.get((language, query))
     if terms is not None:
-        return terms, (_present(scope, scope_params, terms) if len(terms) >= PRESENCE_MIN_TERMS else terms)
+        return terms, (_present(org_id, scope, scope_params, terms) if len(terms) >= PRESENCE_MIN_TERMS else terms)
     # OR stops at its first true operand: the count is an InitPlan, computed once, and the
     # EXISTS (a SubPlan: never pulled up out of an OR) runs only for long questions.
     sql = (
@@ -173,9 +173,8 @@ def _terms_present(language: str, query: str, scope: str, scope_params: list) ->
         f" (SELECT FROM knowledge_chunk c WHERE {scope} AND c.search_vector @@ ({_LEXEME_LITERAL})::tsquery)"
         " FROM t ORDER BY t.p"
     )
-    with connection.binding_cursor() as cursor:
-        cursor.execute(sql, [language, query, KEYWORD_MAX_TERMS, PRESENCE_MIN_TERMS, *scope_params])
-        rows = cursor.fetchall()
+    with db.tenant(org_id) as scoped:
+        rows = scoped.fetchall(sql, [language, query, KEYWORD_MAX_TERMS, PRESENCE_MIN_TERMS, *scope_params], binding=True)
     terms = _remember_terms(language, query, tuple(lexeme for lexeme, _ in rows))
     return terms, tuple(lexeme for lexeme, held in rows if held)
 

@@ -3,7 +3,7 @@ from django.utils import timezone
 
 from knowledge.models import Agent
 from tenants.models import Organization
-from tenants.scoping import TenantManager
+from tenants.scoping import TenantManager, UnscopedManager
 
 
 class ChunkAccess(models.Model):
@@ -22,7 +22,7 @@ class ChunkAccess(models.Model):
     score_sum = models.FloatField(default=0.0)
     last_accessed_at = models.DateTimeField(default=timezone.now)
 
-    unscoped = models.Manager()
+    unscoped = UnscopedManager()
     objects = TenantManager()
 
     class Meta:

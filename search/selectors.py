@@ -1,8 +1,9 @@
 import functools
 from datetime import timedelta
 
-from django.db import connection
 from django.utils import timezone
+
+from core import db
 
 from knowledge.models import Agent
 from search.selection import AgentRef, AgentSelection
@@ -10,15 +11,13 @@ from tenants.auth import KeyJoin
 from tenants.errors import conflict, not_found
 from tenants.models import Organization
 
-# {org}: a parameter, or o.id where the row is read with the API key (tenants.auth.KeyJoin).
 _AGENTS = (
     "SELECT a.id, a.slug, a.status, a.language, s.total_chunks, s.data_version, a.vector_weight, a.keyword_weight,"
     " a.embedding_model FROM knowledge_agent a JOIN knowledge_agentstats s ON s.agent_id = a.id"
     " WHERE a.organization_id = {org} AND s.organization_id = {org} AND a.status <> 'deleted'"
 )
-_AGENT_SQL = _AGENTS.format(org="%s")
 # One agent: agent_org_slug_live_uniq, then agentstats' primary key.
-_AGENT_BY_KEY_SQL = _AGENTS.format(org="o.id") + " AND a.slug = %s"
+_AGENT_BY_SLUG = _AGENTS + " AND a.slug = %s"
 
 
 def _refs(rows) -> list[AgentRef]:
@@ -30,15 +29,14 @@ def search_agent_get(*, org: Organization, slug: str) -> AgentRef:
     """The agent to search, with what search needs, in one query (agent_org_slug_live_uniq,
     then agentstats' primary key). 404 for missing or another organization's, 409 while
     it is being deleted: before any search query runs."""
-    with connection.cursor() as cursor:
-        cursor.execute(_AGENT_SQL + " AND a.slug = %s", [org.pk, org.pk, slug])
-        row = cursor.fetchone()
+    with db.tenant(org) as sql:
+        row = sql.fetchone(_AGENT_BY_SLUG, [slug])
     return search_agent_from_row(row)
 
 
 def search_agent_key_join(*, slug: str) -> KeyJoin:
     """search_agent_get's row, read in the API key's statement (API views)."""
-    return KeyJoin(_AGENT_BY_KEY_SQL, (slug,))
+    return KeyJoin(_AGENT_BY_SLUG, (slug,))
 
 
 def search_agent_from_row(row: tuple | None) -> AgentRef:
@@ -57,20 +55,17 @@ def search_agent_from_row(row: tuple | None) -> AgentRef:
 _DIGEST_SQL = (
     "SELECT md5(string_agg(a.id || '.' || s.data_version || a.status, ',' ORDER BY a.id)) FROM knowledge_agent a"
     " JOIN knowledge_agentstats s ON s.agent_id = a.id"
-    " WHERE a.organization_id = %s AND s.organization_id = %s AND a.status <> 'deleted'"
+    " WHERE a.organization_id = {org} AND s.organization_id = {org} AND a.status <> 'deleted'"
 )
 
 
 def search_agents_get(*, org: Organization, slugs: list[str] | None) -> AgentSelection:
     """The named agents, or all active ones by default, ordered by slug."""
-    if not slugs:
-        with connection.binding_cursor(prepared=True) as cursor:
-            cursor.execute(_DIGEST_SQL, [org.pk, org.pk])
-            digest = cursor.fetchone()[0]
-        return _everyone(org.pk, digest)
-    with connection.cursor() as cursor:
-        cursor.execute(_AGENT_SQL + " AND a.slug = ANY(%s) ORDER BY a.slug", [org.pk, org.pk, list(set(slugs))])
-        rows = cursor.fetchall()
+    with db.tenant(org) as sql:
+        if not slugs:
+            digest = sql.fetchone(_DIGEST_SQL, prepared=True)[0]
+            return _everyone(org.pk, digest)
+        rows = sql.fetchall(_AGENTS + " AND a.slug = ANY(%s) ORDER BY a.slug", [list(set(slugs))])
     missing = sorted(set(slugs) - {r[1] for r in rows})
     if missing:
         raise not_found(f"Agent(s) not found: {', '.join(missing)}.")
@@ -87,9 +82,8 @@ def _everyone(org_id: int, digest: str | None) -> AgentSelection:
     digest stands: a search across 1,000 agents then reads one row, not 1,000, and derives
     nothing again. The rows are read after the digest, so they are never older than it
     (a digest never comes back: versions only grow, statuses only move forward)."""
-    with connection.cursor() as cursor:
-        cursor.execute(_AGENT_SQL + " ORDER BY a.slug", [org_id, org_id])
-        rows = cursor.fetchall()
+    with db.tenant(org_id) as sql:
+        rows = sql.fetchall(_AGENTS + " ORDER BY a.slug")
     # Deleting agents' chunks are still in the table: the one thing to leave out.
     active = [r for r in rows if r[2] == Agent.Status.ACTIVE]
     return AgentSelection(
@@ -101,18 +95,17 @@ def hot_chunks(*, org: Organization, agent_id: int, days: int, limit: int) -> li
     """Chunks ranked by accesses within the window (chunkaccess_org_agent_day_chunk_uniq
     serves the range on day). Chunks deleted since are left out."""
     since = (timezone.now() - timedelta(days=days - 1)).date()
-    with connection.cursor() as cursor:
-        cursor.execute(
+    with db.tenant(org) as sql:
+        rows = sql.fetchall(
             "SELECT c.key, d.key, c.text, h.n, h.s / h.n, h.t FROM ("
             "  SELECT chunk_id, sum(access_count) AS n, sum(score_sum) AS s, max(last_accessed_at) AS t"
-            "  FROM search_chunkaccess WHERE organization_id = %s AND agent_id = %s AND day >= %s"
+            "  FROM search_chunkaccess WHERE organization_id = {org} AND agent_id = %s AND day >= %s"
             "  GROUP BY chunk_id) h"
-            " JOIN knowledge_chunk c ON c.id = h.chunk_id AND c.organization_id = %s"
-            " JOIN knowledge_document d ON d.id = c.document_id"
+            " JOIN knowledge_chunk c ON c.id = h.chunk_id AND c.organization_id = {org}"
+            " JOIN knowledge_document d ON d.id = c.document_id AND d.organization_id = {org}"
             " ORDER BY h.n DESC, h.t DESC LIMIT %s",
-            [org.pk, agent_id, since, org.pk, limit],
+            [agent_id, since, limit],
         )
-        rows = cursor.fetchall()
     return [
         {"chunk_key": r[0], "document_key": r[1], "text": r[2], "access_count": int(r[3]), "avg_score": round(float(r[4]), 6), "last_accessed_at": r[5]}
         for r in rows

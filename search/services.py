@@ -103,7 +103,7 @@ def search(
     down, or its breaker open), a hybrid search answers by keywords alone, says so in
     `degraded` and is not cached; a vector search raises it."""
     started = time.perf_counter()
-    filters = filters_sql(org.pk, request.filters)  # validates, even when the answer is cached
+    filters = filters_sql(request.filters)  # validates, even when the answer is cached
     key = request.cache_key(org.pk, scope)
     # One shared-cache round trip (or none, after search_prefetch) for the result and, in
     # case it is missing or not current, the query's embedding for each model its agents use.
@@ -156,7 +156,7 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
     if mode in ("vector", "hybrid"):
         vector = [
             engine.vector_nearest(
-                org_id=org.pk, agents=group, vector=vectors[model], k=depth, filters=filters,
+                agents=group, vector=vectors[model], k=depth, filters=filters,
                 everyone_but=selection.everyone_but if len(group) == len(agents) else None,
             )
             for model, group in selection.by_model.items()
@@ -169,8 +169,8 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
             org_id=org.pk, agents=agents, query=request.query, k=depth, filters=filters, everyone_but=selection.everyone_but,
         )  # fmt: skip
     weights = _weights(agents, request)
-    found = engine.fetch_results(engine.search_statement(
-        org_id=org.pk, mode=mode, vector=vector, keyword=keyword, depth=depth, limit=request.limit,
+    found = engine.fetch_results(org_id=org.pk, statement=engine.search_statement(
+        mode=mode, vector=vector, keyword=keyword, depth=depth, limit=request.limit,
         weights=weights, include_parent=request.include_parent,
     ))  # fmt: skip
     if mode != request.mode:

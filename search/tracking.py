@@ -21,9 +21,9 @@ from collections import defaultdict
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection, transaction
+from django.db import connection
 
-from core import jobs
+from core import db, jobs
 from knowledge.services.stats import stats_record_searches
 from search import caching
 
@@ -257,7 +257,7 @@ def _flush_redis_locked(client) -> tuple[int, int]:
 def _write(access: dict, stats: dict) -> tuple[int, int]:
     if not access and not stats:
         return 0, 0
-    with transaction.atomic(), connection.cursor() as cursor:
+    with db.unscoped("tracking flush: every organization's access rows in one statement") as sql, sql.cursor() as cursor:
         if access:
             cols = list(zip(*((*k.split(":"), *v) for k, v in access.items())))
             org, agent, chunk, day, count, score, ts = cols

@@ -6,6 +6,7 @@ offending input field (dotted for nested ones, e.g. "config.chunk_size") to mess
 
 import copy
 import math
+from contextlib import ExitStack
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
@@ -17,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from core import errors, limits, throttling
+from core import db, errors, limits, throttling
 from core.errors import ApiError, invalid, not_found  # noqa: F401 - re-exported for views
 from core.permissions import KeyScopePermission
 from core.throttling import OrganizationRateThrottle
@@ -193,11 +194,21 @@ class OrgAPIView(APIView):
 
     def dispatch(self, request, *args, **kwargs):
         self.in_flight_org = None  # set once the request holds one of its organization's places
-        try:
-            return super().dispatch(request, *args, **kwargs)
-        finally:
-            if self.in_flight_org is not None:
-                throttling.leave(self.in_flight_org)
+        with ExitStack() as self.transaction:
+            try:
+                return super().dispatch(request, *args, **kwargs)
+            finally:
+                if self.in_flight_org is not None:
+                    throttling.leave(self.in_flight_org)
+
+    def perform_authentication(self, request):
+        # One transaction per request from here on: the API key's statement declares its
+        # organization in it (core/db.py), so every statement after it, ORM or raw, runs
+        # under that organization's row-level-security policy. A request refused before
+        # authentication (or without a key) never reaches the database.
+        if request.META.get("HTTP_AUTHORIZATION"):
+            self.transaction.enter_context(db.transaction_declared_later())
+        super().perform_authentication(request)
 
     def check_throttles(self, request):
         # The in-flight limit first: a request refused by it takes nothing from the rate.

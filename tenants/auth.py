@@ -9,15 +9,18 @@ from django.db.models import Q
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
+from core import db
+
 from tenants.models import API_KEY_PREFIX, ApiKey, Organization, hash_api_key
 
 
 class KeyJoin(NamedTuple):
     """A row read in the same statement as the API key, for a request that needs both
     (a search needs its agent and the agent's data version): one round trip and, prepared,
-    no planning instead of two of each. `sql` is a subquery over the key's organization,
-    `o`, and must filter by o.id: that is what scopes it to the caller's tenant. It yields
-    at most one row (a unique key), which arrives as ApiPrincipal.joined, or None."""
+    no planning instead of two of each. `sql` is a tenant statement like any other, with
+    `{org}` where its organization goes (core/db.py); here {org} is bound to the key's
+    organization. It yields at most one row (a unique key), which arrives as
+    ApiPrincipal.joined, or None."""
 
     sql: str
     params: tuple
@@ -53,7 +56,7 @@ def _key_sql(join_sql: str | None) -> str:
     return (
         "SELECT " + ", ".join(columns)
         + f" FROM {ApiKey._meta.db_table} k JOIN {Organization._meta.db_table} o ON o.id = k.organization_id"
-        + (f" LEFT JOIN LATERAL ({join_sql}) j ON TRUE" if join_sql else "")
+        + (f" LEFT JOIN LATERAL ({join_sql.replace('{org}', 'o.id')}) j ON TRUE" if join_sql else "")
         + " WHERE k.prefix = %s AND k.revoked_at IS NULL AND o.is_active AND (k.expires_at IS NULL OR k.expires_at > %s)"
     )  # fmt: skip
 
@@ -64,9 +67,11 @@ def api_key_authenticate(raw_key: str, *, join: KeyJoin | None = None) -> ApiPri
     if not raw_key.startswith(API_KEY_PREFIX):
         return None
     prefix = _prefix(raw_key)
-    with connection.binding_cursor(prepared=True) as cursor:
-        cursor.execute(_key_sql(join.sql if join else None), [*(join.params if join else ()), prefix, timezone.now()])
-        row = cursor.fetchone()
+    row = db.declaring_lookup(
+        "the API key decides the organization",
+        _key_sql(join.sql if join else None), [*(join.params if join else ()), prefix, timezone.now()],
+        org_column="k.organization_id", prepared=True,
+    )  # fmt: skip
     if row is None:
         return None
     key = ApiKey.from_db(connection.alias, _KEY_FIELDS, row[: len(_KEY_FIELDS)])
@@ -100,7 +105,7 @@ def _touch(key: ApiKey) -> None:
     now = timezone.now()
     stale = now - timedelta(seconds=settings.LORE_API_KEY_TOUCH_SECONDS)
     if key.last_used_at is None or key.last_used_at < stale:
-        ApiKey.unscoped.filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale), pk=key.pk).update(
+        ApiKey.objects.for_org(key.organization).filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale), pk=key.pk).update(
             last_used_at=now
         )
         key.last_used_at = now

@@ -6,7 +6,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
-from tenants.scoping import TenantManager
+from tenants.scoping import TenantManager, UnscopedManager, UnscopedQuerySet
 
 slug_validator = RegexValidator(
     r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$",
@@ -59,7 +59,7 @@ def hash_api_key(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
-class ApiKeyQuerySet(models.QuerySet):
+class ApiKeyQuerySet(UnscopedQuerySet):
     def usable(self):
         now = timezone.now()
         return self.filter(revoked_at__isnull=True, organization__is_active=True).filter(
@@ -88,7 +88,7 @@ class ApiKey(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
 
-    unscoped = ApiKeyQuerySet.as_manager()
+    unscoped = UnscopedManager.from_queryset(ApiKeyQuerySet)()
     objects = TenantManager()
 
     class Meta:
@@ -124,5 +124,5 @@ class OrganizationUsage(models.Model):
     chunks = models.BigIntegerField(default=0)
     bytes = models.BigIntegerField(default=0)
 
-    unscoped = models.Manager()
+    unscoped = UnscopedManager()
     objects = TenantManager()

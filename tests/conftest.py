@@ -3,9 +3,36 @@ import os
 import pytest
 from django.conf import settings
 from django.core.cache import cache
+from django.db import connection
 from rest_framework.test import APIClient
 
+from core import db
 from tests.factories import AgentFactory, OrganizationFactory, make_api_key
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tests_bypass_row_security(django_db_setup, django_db_blocker):
+    """Test code builds and inspects every organization's rows (factories, refresh_from_db),
+    so a test's session runs as the bypass role. What the application does still runs
+    under the policies: an API request, db.tenant() and for_org() switch the transaction
+    to the login role and declare the organization (tests/core/test_row_security.py)."""
+    with django_db_blocker.unblock():
+        db.bypass_every_session()
+
+
+@pytest.fixture
+def superuser_sql(django_db_blocker):
+    """Runs statements only a superuser may (a dead index build faked in pg_index, a backend
+    terminated) on the test database, as the embedded server's superuser."""
+    import psycopg
+
+    with django_db_blocker.unblock():
+        connection.ensure_connection()
+    params = connection.settings_dict
+    if not params.get("EMBEDDED_DATA_DIR"):
+        pytest.skip("needs the embedded server's superuser (DATABASE_URL is set)")
+    with psycopg.connect(host=params["HOST"], user="postgres", dbname=params["NAME"], autocommit=True) as conn:
+        yield conn.execute
 
 
 @pytest.fixture(autouse=True)

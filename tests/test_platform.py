@@ -72,7 +72,7 @@ def _health_checked(wrapper) -> bool:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_health_check_skips_the_round_trip_on_a_healthy_connection_and_drops_a_terminated_one():
+def test_health_check_skips_the_round_trip_on_a_healthy_connection_and_drops_a_terminated_one(superuser_sql):
     import select
 
     from django.db import connections
@@ -84,8 +84,7 @@ def test_health_check_skips_the_round_trip_on_a_healthy_connection_and_drops_a_t
         assert wrapper.connection is not None
 
         pid = wrapper.connection.info.backend_pid
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
+        superuser_sql("SELECT pg_terminate_backend(%s, 5000)", [pid])
         poller = select.poll()
         poller.register(wrapper.connection.pgconn.socket, select.POLLIN)
         assert poller.poll(5000)

@@ -68,6 +68,24 @@ class DatabaseOperations(base.DatabaseOperations):
 
 class DatabaseWrapper(base.DatabaseWrapper):
     ops_class = DatabaseOperations
+    # The row-level-security scope declared in the current transaction (core/db.py): an
+    # organization id, "bypass", or None. Declarations are transaction-local in
+    # PostgreSQL, so every way a transaction ends forgets it here too.
+    lore_scope = None
+    # True where the session itself runs as the bypass role (the test suite).
+    lore_session_bypass = False
+
+    def commit(self):
+        self.lore_scope = None
+        super().commit()
+
+    def rollback(self):
+        self.lore_scope = None
+        super().rollback()
+
+    def close(self):
+        self.lore_scope = None
+        super().close()
 
     def get_connection_params(self):
         # Without DATABASE_URL: the embedded server, started (or found running) by the first

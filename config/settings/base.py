@@ -46,6 +46,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "core.middleware.AdminUnscoped",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -75,7 +76,7 @@ else:
     # not when settings are imported: a command that needs no database never starts it.
     DATABASES = {
         "default": {
-            "ENGINE": "django.db.backends.postgresql", "NAME": "lore", "USER": "postgres", "PASSWORD": "",
+            "ENGINE": "django.db.backends.postgresql", "NAME": "lore", "USER": "lore", "PASSWORD": "",
             "HOST": "", "PORT": "", "EMBEDDED_DATA_DIR": str(LORE_DATA_DIR),
         }
     }  # fmt: skip
@@ -100,6 +101,11 @@ DATABASES["default"].setdefault("OPTIONS", {})
 DATABASES["default"]["OPTIONS"]["prepare_threshold"] = 2**31 - 1
 # Off for a connection pooler that cannot keep prepared statements.
 DB_PREPARED_LOOKUPS = env.bool("DB_PREPARED_LOOKUPS", default=True)
+# Row-level security (core/db.py): the role a cross-tenant transaction switches to
+# (`SET LOCAL ROLE`). It needs BYPASSRLS and the table privileges the application has; the
+# application's own role must be a member of it and must not bypass the policies
+# (README, "PostgreSQL roles"). The embedded database creates both roles.
+LORE_DB_BYPASS_ROLE = env("LORE_DB_BYPASS_ROLE", default="lore_maintenance")
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -11,10 +11,10 @@ import logging
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
-from core import jobs
+from core import db, jobs
 from knowledge.models import Agent, AgentStats, DeletionJob, Document
 from knowledge.services.stats import stats_apply
 from knowledge.services.deletion_steps import _chunk_keys_remove, documents_delete
@@ -130,20 +130,20 @@ def chunks_delete_request(*, org: Organization, agent: Agent, keys, api_key=None
     """Deletes chunks by key: in the request up to LORE_SYNC_DELETE_MAX_CHUNKS of them,
     else through a job. Keys the agent does not have are reported, not an error."""
     keys = chunk_keys_validate(keys)
-    with connection.cursor() as cursor:
+    with db.tenant(org) as sql:
         # Unique index chunk_org_agent_key_uniq (organization, agent, key).
-        cursor.execute(
-            "SELECT key FROM knowledge_chunk WHERE organization_id = %s AND agent_id = %s AND key = ANY(%s)",
-            [org.pk, agent.pk, keys],
+        rows = sql.fetchall(
+            "SELECT key FROM knowledge_chunk WHERE organization_id = {org} AND agent_id = %s AND key = ANY(%s)",
+            [agent.pk, keys],
         )
-        known = {row[0] for row in cursor.fetchall()}
+    known = {row[0] for row in rows}
     if len(known) > settings.LORE_SYNC_DELETE_MAX_CHUNKS:
         with transaction.atomic():
             job = _new_job(
                 org=org, scope=Scope.KEYS, agent=agent, target={"keys": sorted(known)}, total=len(known), api_key=api_key
             )  # fmt: skip
         return DeleteResult(job=job, unknown_keys=[k for k in keys if k not in known])
-    with transaction.atomic(), connection.cursor() as cursor:
+    with transaction.atomic(), db.tenant(org) as sql, sql.cursor() as cursor:
         deleted, documents = _chunk_keys_remove(cursor, org=org, agent=agent, keys=sorted(known))
     return DeleteResult(documents=documents, chunks=len(deleted), unknown_keys=[k for k in keys if k not in deleted])
 

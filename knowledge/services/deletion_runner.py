@@ -17,10 +17,9 @@ import time
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
-from core import cleanup, jobs
+from core import cleanup, db, jobs
 from knowledge.models import DeletionJob
 from knowledge.services.deletion_steps import DONE, MORE, REMOVED, STEPS, SUPERSEDED, WAIT
 from tenants.models import Organization
@@ -78,7 +77,7 @@ def _claim(job: DeletionJob) -> int | None:
 def _batch(job: DeletionJob, attempt: int, step) -> bool:
     """One batch in one transaction; True when there is more to do."""
     org = job.organization
-    with transaction.atomic():
+    with db.tenant(org):
         # The job row only (of=self: its agent is a nullable join, and stays unlocked). Held for
         # the batch: a cancel or a second run waits here, then sees what this batch committed.
         locked = DeletionJob.objects.for_org(org).select_for_update(of=("self",)).select_related("agent").filter(pk=job.pk).first()

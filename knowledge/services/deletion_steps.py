@@ -11,10 +11,10 @@ SUPERSEDED (a document ingested again) or REMOVED (the organization and its jobs
 import logging
 from collections import Counter
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
-from core import cleanup, jobs
+from core import cleanup, db, jobs
 from knowledge.models import Agent, AgentStats, DeletionJob, Document
 from knowledge.services.stats import stats_apply
 from tenants.models import Organization
@@ -30,16 +30,16 @@ MORE, DONE, WAIT, SUPERSEDED, REMOVED = "more", "done", "wait", "superseded", "r
 
 def _agent_step(job: DeletionJob) -> str:
     org, agent = job.organization, job.agent
-    with connection.cursor() as cursor:
+    with db.tenant(org) as sql, sql.cursor() as cursor:
         # chunk_org_agent_id_idx (organization, agent, id), from the cursor on: a batch never
         # walks the dead index entries that earlier batches left behind. "= ANY(ARRAY(...))"
         # deletes the batch through one sorted primary-key index search; "IN (SELECT ...)"
         # plans a nested loop of one index search per row, three times slower (bench/delete.py).
         cursor.execute(
             "WITH gone AS (DELETE FROM knowledge_chunk WHERE id = ANY(ARRAY(SELECT id FROM knowledge_chunk"
-            " WHERE organization_id = %s AND agent_id = %s AND id > %s ORDER BY id LIMIT %s)) RETURNING id)"
+            " WHERE organization_id = {org} AND agent_id = %s AND id > %s ORDER BY id LIMIT %s)) RETURNING id)"
             " SELECT count(*), max(id) FROM gone",
-            [org.pk, agent.pk, job.cursor, job.batch_size],
+            [agent.pk, job.cursor, job.batch_size],
         )
         chunks, last_id = cursor.fetchone()
         if chunks:
@@ -50,15 +50,15 @@ def _agent_step(job: DeletionJob) -> str:
         # Then documents with their sections (parent texts: fewer, larger rows per batch).
         # Index document_org_agent_key_uniq; each batch's rows are gone from the next one.
         cursor.execute(
-            "SELECT id FROM knowledge_document WHERE organization_id = %s AND agent_id = %s LIMIT %s",
-            [org.pk, agent.pk, max(1, job.batch_size // 10)],
+            "SELECT id FROM knowledge_document WHERE organization_id = {org} AND agent_id = %s LIMIT %s",
+            [agent.pk, max(1, job.batch_size // 10)],
         )
         ids = [row[0] for row in cursor.fetchall()]
         if ids:
             _documents_remove(cursor, org=org, agent=agent, ids=ids)
             return MORE
         # Then other apps' rows of the agent (search's access data), a batch at a time.
-        if cleanup.agent_rows(cursor, org_id=org.pk, agent_id=agent.pk, limit=job.batch_size):
+        if cleanup.agent_rows(cursor, agent_id=agent.pk, limit=job.batch_size):
             return MORE
     now = timezone.now()
     Agent.objects.for_org(org).filter(pk=agent.pk).update(status=Agent.Status.DELETED, deleted_at=now, updated_at=now)
@@ -75,11 +75,11 @@ def _agent_step(job: DeletionJob) -> str:
 
 def _document_step(job: DeletionJob) -> str:
     org, agent, target = job.organization, job.agent, job.target
-    with connection.cursor() as cursor:
+    with db.tenant(org) as sql, sql.cursor() as cursor:
         # The lock a re-ingest of this document takes too (_lock_document_rows): they take turns.
         cursor.execute(
-            "SELECT version FROM knowledge_document WHERE organization_id = %s AND id = %s FOR UPDATE",
-            [org.pk, target["document_id"]],
+            "SELECT version FROM knowledge_document WHERE organization_id = {org} AND id = %s FOR UPDATE",
+            [target["document_id"]],
         )
         row = cursor.fetchone()
         if row is None:
@@ -89,9 +89,9 @@ def _document_step(job: DeletionJob) -> str:
         # chunk_org_doc_ord_idx (organization, document, ordinal), from the cursor on.
         cursor.execute(
             "WITH gone AS (DELETE FROM knowledge_chunk WHERE id = ANY(ARRAY(SELECT id FROM knowledge_chunk"
-            " WHERE organization_id = %s AND document_id = %s AND ordinal >= %s ORDER BY ordinal LIMIT %s))"
+            " WHERE organization_id = {org} AND document_id = %s AND ordinal >= %s ORDER BY ordinal LIMIT %s))"
             " RETURNING ordinal) SELECT count(*), max(ordinal) FROM gone",
-            [org.pk, target["document_id"], job.cursor, job.batch_size],
+            [target["document_id"], job.cursor, job.batch_size],
         )
         chunks, last_ordinal = cursor.fetchone()
         if chunks:
@@ -99,7 +99,8 @@ def _document_step(job: DeletionJob) -> str:
             # document left incomplete by a cancel is re-chunked by its next ingest, even of the
             # same text, instead of answering "unchanged".
             cursor.execute(
-                "UPDATE knowledge_document SET chunk_count = chunk_count - %s, ingest_hash = '' WHERE id = %s",
+                "UPDATE knowledge_document SET chunk_count = chunk_count - %s, ingest_hash = ''"
+                " WHERE organization_id = {org} AND id = %s",
                 [chunks, target["document_id"]],
             )
             stats_apply(org=org, agent=agent, chunks=-chunks)
@@ -114,7 +115,7 @@ def _keys_step(job: DeletionJob) -> str:
     part = job.target.get("keys", [])[job.cursor : job.cursor + job.batch_size]
     if not part:
         return DONE
-    with connection.cursor() as cursor:
+    with db.tenant(job.organization) as sql, sql.cursor() as cursor:
         deleted, _ = _chunk_keys_remove(cursor, org=job.organization, agent=job.agent, keys=part)
     job.cursor += len(part)
     job.processed_items += len(deleted)
@@ -127,19 +128,19 @@ def _organization_step(job: DeletionJob) -> str:
     job.processed_items = max(0, job.total_items - remaining)
     if remaining:
         return WAIT  # the last agent deletion to finish queues this job again
-    with connection.cursor() as cursor:
+    with db.tenant(org) as sql:
         # embcache_org_model_hash_uniq leads with organization.
-        cursor.execute(
+        if sql.rowcount(
             "DELETE FROM knowledge_embeddingcache WHERE id IN (SELECT id FROM knowledge_embeddingcache"
-            " WHERE organization_id = %s LIMIT %s)",
-            [org.pk, job.batch_size],
-        )
-        if cursor.rowcount:
+            " WHERE organization_id = {org} LIMIT %s)",
+            [job.batch_size],
+        ):
             return MORE
     # What is left is small: deleted agents with their zeroed stats, jobs, API keys. The
     # jobs, this one included, go with the organization; the log keeps the record.
     logger.info("organization %s (id %s) deleted: %s agents, job %s", org.slug, org.pk, job.total_items, job.pk)
-    Organization.objects.filter(pk=org.pk).delete()
+    with db.tenant(org):  # its rows in other tables go with it (Django's cascade), under its policy
+        Organization.objects.filter(pk=org.pk).delete()
     return REMOVED
 
 
@@ -159,12 +160,12 @@ def documents_delete(*, org: Organization, agent: Agent, keys: list[str]) -> tup
     """Deletes documents with their sections and chunks, moving stats by exact deltas.
     Returns (documents, chunks) deleted. For small deletions; large ones go through
     deletion jobs."""
-    with connection.cursor() as cursor:
+    with db.tenant(org) as sql, sql.cursor() as cursor:
         # Key order, as ingestion locks documents (_lock_document_rows): no deadlock between them.
         cursor.execute(
-            "SELECT id FROM knowledge_document WHERE organization_id = %s AND agent_id = %s AND key = ANY(%s)"
+            "SELECT id FROM knowledge_document WHERE organization_id = {org} AND agent_id = %s AND key = ANY(%s)"
             " ORDER BY key FOR UPDATE",
-            [org.pk, agent.pk, keys],
+            [agent.pk, keys],
         )
         ids = [row[0] for row in cursor.fetchall()]
         return _documents_remove(cursor, org=org, agent=agent, ids=ids) if ids else (0, 0)
@@ -174,18 +175,18 @@ def _documents_remove(cursor, *, org: Organization, agent: Agent, ids: list[int]
     """Deletes these documents with their chunks and sections; only `ready` documents
     count in the stats, and only the rows this statement actually deleted."""
     # Indexes chunk_org_doc_ord_idx, section_org_agent_doc_idx.
-    cursor.execute("DELETE FROM knowledge_chunk WHERE organization_id = %s AND document_id = ANY(%s)", [org.pk, ids])
+    cursor.execute("DELETE FROM knowledge_chunk WHERE organization_id = {org} AND document_id = ANY(%s)", [ids])
     chunks = cursor.rowcount
     cursor.execute(
-        "DELETE FROM knowledge_section WHERE organization_id = %s AND agent_id = %s AND document_id = ANY(%s)",
-        [org.pk, agent.pk, ids],
+        "DELETE FROM knowledge_section WHERE organization_id = {org} AND agent_id = %s AND document_id = ANY(%s)",
+        [agent.pk, ids],
     )
     cursor.execute(
-        "WITH gone AS (DELETE FROM knowledge_document WHERE organization_id = %s AND id = ANY(%s)"
+        "WITH gone AS (DELETE FROM knowledge_document WHERE organization_id = {org} AND id = ANY(%s)"
         " RETURNING status, size_bytes)"
         " SELECT count(*), count(*) FILTER (WHERE status = %s), coalesce(sum(size_bytes) FILTER (WHERE status = %s), 0)"
         " FROM gone",
-        [org.pk, ids, Document.Status.READY, Document.Status.READY],
+        [ids, Document.Status.READY, Document.Status.READY],
     )
     documents, ready, size = cursor.fetchone()
     if documents or chunks:
@@ -199,18 +200,18 @@ def _chunk_keys_remove(cursor, *, org: Organization, agent: Agent, keys: list[st
     # Their documents first, in key order as ingestion locks them: a re-ingest of the
     # same document and this delete take turns instead of deadlocking.
     cursor.execute(
-        "SELECT id FROM knowledge_document WHERE organization_id = %s AND id IN (SELECT document_id"
-        " FROM knowledge_chunk WHERE organization_id = %s AND agent_id = %s AND key = ANY(%s)) ORDER BY key FOR UPDATE",
-        [org.pk, org.pk, agent.pk, keys],
+        "SELECT id FROM knowledge_document WHERE organization_id = {org} AND id IN (SELECT document_id"
+        " FROM knowledge_chunk WHERE organization_id = {org} AND agent_id = %s AND key = ANY(%s)) ORDER BY key FOR UPDATE",
+        [agent.pk, keys],
     )
     doc_ids = [row[0] for row in cursor.fetchall()]
     if not doc_ids:
         return set(), 0
     # Unique index chunk_org_agent_key_uniq.
     cursor.execute(
-        "DELETE FROM knowledge_chunk WHERE organization_id = %s AND agent_id = %s AND key = ANY(%s)"
+        "DELETE FROM knowledge_chunk WHERE organization_id = {org} AND agent_id = %s AND key = ANY(%s)"
         " AND document_id = ANY(%s) RETURNING key, document_id",
-        [org.pk, agent.pk, keys, doc_ids],
+        [agent.pk, keys, doc_ids],
     )
     rows = cursor.fetchall()
     if not rows:
@@ -220,9 +221,9 @@ def _chunk_keys_remove(cursor, *, org: Organization, agent: Agent, keys: list[st
     # again restores the deleted chunks instead of answering "unchanged".
     cursor.execute(
         "UPDATE knowledge_document AS d SET chunk_count = d.chunk_count - x.n, ingest_hash = '', updated_at = %s"
-        " FROM unnest(%s::bigint[], %s::int[]) AS x(id, n) WHERE d.organization_id = %s AND d.id = x.id"
+        " FROM unnest(%s::bigint[], %s::int[]) AS x(id, n) WHERE d.organization_id = {org} AND d.id = x.id"
         " RETURNING d.id, d.chunk_count",
-        [timezone.now(), list(per_doc), list(per_doc.values()), org.pk],
+        [timezone.now(), list(per_doc), list(per_doc.values())],
     )
     emptied = [doc_id for doc_id, left in cursor.fetchall() if left <= 0]
     stats_apply(org=org, agent=agent, chunks=-len(rows))

@@ -6,11 +6,11 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from core import jobs
+from core import db, jobs
 from core.validation import contains_nul, json_shape, json_size
 from knowledge.chunking import CONTENT_TYPES, chunk_document, normalize_text
 from knowledge.embeddings import embed_with_cache, halfvecs
@@ -129,9 +129,7 @@ def _lock_active_agent(cursor, org: Organization, agent: Agent) -> None:
     # UPDATEs the status) waits for them, and an ingest that starts after the
     # deletion committed sees `deleting` here. No chunk is ever added behind a
     # deletion's back.
-    cursor.execute(
-        "SELECT status FROM knowledge_agent WHERE id = %s AND organization_id = %s FOR SHARE", [agent.pk, org.pk]
-    )
+    cursor.execute("SELECT status FROM knowledge_agent WHERE id = %s AND organization_id = {org} FOR SHARE", [agent.pk])
     row = cursor.fetchone()
     if row is None or row[0] == Agent.Status.DELETED:
         raise not_found("Agent not found.")
@@ -157,14 +155,14 @@ def _lock_document_rows(cursor, org: Organization, agent: Agent, keys: list[str]
             cursor.execute(
                 "INSERT INTO knowledge_document (organization_id, agent_id, key, title, source, content_type,"
                 " content_hash, ingest_hash, size_bytes, chunk_count, metadata, status, error, version, created_at,"
-                " updated_at) SELECT %s, %s, k, '', '', 'markdown', '', '', 0, 0, '{}', 'pending', '', 0, %s, %s"
+                " updated_at) SELECT {org}, %s, k, '', '', 'markdown', '', '', 0, 0, '{}', 'pending', '', 0, %s, %s"
                 " FROM unnest(%s::text[]) AS k ON CONFLICT (organization_id, agent_id, key) DO NOTHING",
-                [org.pk, agent.pk, now, now, keys],
+                [agent.pk, now, now, keys],
             )
             cursor.execute(
                 "SELECT id, key, status, size_bytes FROM knowledge_document"
-                " WHERE organization_id = %s AND agent_id = %s AND key = ANY(%s) ORDER BY key FOR UPDATE",
-                [org.pk, agent.pk, keys],
+                " WHERE organization_id = {org} AND agent_id = %s AND key = ANY(%s) ORDER BY key FOR UPDATE",
+                [agent.pk, keys],
             )
             locked = {key: (doc_id, status, size) for doc_id, key, status, size in cursor.fetchall()}
             if len(locked) == len(keys):
@@ -246,13 +244,13 @@ def documents_ingest(*, org: Organization, agent: Agent, docs: list[DocumentInpu
 def _apply(*, org: Organization, agent: Agent, todo: list[_Prepared], vectors) -> list[IngestResult]:
     now = timezone.now()
     keys = sorted(item.doc.key for item in todo)
-    with connection.cursor() as cursor:
+    with db.tenant(org) as sql, sql.cursor() as cursor:
         _lock_active_agent(cursor, org, agent)
         locked = _lock_document_rows(cursor, org, agent, keys, now)
         doc_ids = [locked[item.doc.key][0] for item in todo]
 
         # Index chunk_org_doc_ord_idx / section_org_agent_doc_idx.
-        cursor.execute("DELETE FROM knowledge_chunk WHERE organization_id = %s AND document_id = ANY(%s)", [org.pk, doc_ids])
+        cursor.execute("DELETE FROM knowledge_chunk WHERE organization_id = {org} AND document_id = ANY(%s)", [doc_ids])
         chunks_removed = cursor.rowcount
         removed_per_doc = {}
         if chunks_removed:
@@ -260,16 +258,16 @@ def _apply(*, org: Organization, agent: Agent, todo: list[_Prepared], vectors) -
             removed_per_doc = dict(
                 Document.objects.for_org(org).filter(pk__in=doc_ids).values_list("pk", "chunk_count")
             )
-        cursor.execute("DELETE FROM knowledge_section WHERE organization_id = %s AND document_id = ANY(%s)", [org.pk, doc_ids])
+        cursor.execute("DELETE FROM knowledge_section WHERE organization_id = {org} AND document_id = ANY(%s)", [doc_ids])
 
         section_rows = [(doc_id, i, text) for item, doc_id in zip(todo, doc_ids) for i, text in enumerate(item.sections)]
         section_ids = {}
         if section_rows:
             cursor.execute(
                 "INSERT INTO knowledge_section (organization_id, agent_id, document_id, ordinal, text)"
-                " SELECT %s, %s, d, o, t FROM unnest(%s::bigint[], %s::int[], %s::text[]) AS x(d, o, t)"
+                " SELECT {org}, %s, d, o, t FROM unnest(%s::bigint[], %s::int[], %s::text[]) AS x(d, o, t)"
                 " RETURNING id, document_id, ordinal",
-                [org.pk, agent.pk, *map(list, zip(*section_rows))],
+                [agent.pk, *map(list, zip(*section_rows))],
             )
             section_ids = {(d, o): sid for sid, d, o in cursor.fetchall()}
 
@@ -282,14 +280,14 @@ def _apply(*, org: Organization, agent: Agent, todo: list[_Prepared], vectors) -
                 cols["key"].append(f"{item.doc.key}#{ordinal}")
                 cols["text"].append(chunk.text)
                 cols["metadata"].append(json.dumps({**item.doc.metadata, "heading_path": chunk.heading_path}))
-        with connection.binding_cursor() as binding:
+        with sql.cursor(binding=True) as binding:
             binding.execute(
                 "INSERT INTO knowledge_chunk (organization_id, agent_id, document_id, section_id, ordinal, key, text,"
                 " char_count, embedding, metadata, search_vector)"
-                " SELECT %s, %s, d, s, o, k, t, char_length(t), e, m::jsonb, to_tsvector(%s::regconfig, t)"
+                " SELECT {org}, %s, d, s, o, k, t, char_length(t), e, m::jsonb, to_tsvector(%s::regconfig, t)"
                 " FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::text[], %s::text[], %b::halfvec[], %s::text[])"
                 " AS x(d, s, o, k, t, e, m)",
-                [org.pk, agent.pk, agent.language, cols["doc"], cols["section"], cols["ordinal"], cols["key"],
+                [agent.pk, agent.language, cols["doc"], cols["section"], cols["ordinal"], cols["key"],
                  cols["text"], halfvecs(vectors), cols["metadata"]],
             )  # fmt: skip
 
@@ -299,7 +297,7 @@ def _apply(*, org: Organization, agent: Agent, todo: list[_Prepared], vectors) -
             " metadata = x.meta::jsonb, status = 'ready', error = '', version = d.version + 1, updated_at = %s"
             " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[],"
             " %s::int[], %s::text[]) AS x(id, title, source, ctype, chash, ihash, size, chunks, meta)"
-            " WHERE d.id = x.id",
+            " WHERE d.organization_id = {org} AND d.id = x.id",
             [now, doc_ids, [i.doc.title for i in todo], [i.doc.source for i in todo],
              [i.doc.content_type for i in todo], [i.content_hash for i in todo], [i.ingest_hash for i in todo],
              [i.size_bytes for i in todo], [len(i.chunks) for i in todo], [json.dumps(i.doc.metadata) for i in todo]],
@@ -375,7 +373,8 @@ def ingestion_job_run(*, job: IngestionJob) -> IngestionJob:
         job=job, attempt=attempt, deadline=time.monotonic() + settings.LORE_JOB_SLICE_SECONDS
     ):
         jobs.wake()
-    job.refresh_from_db()
+    with db.tenant(job.organization_id):
+        job.refresh_from_db()
     return job
 
 

@@ -2,10 +2,9 @@
 
 from dataclasses import dataclass
 
-from django.db import connection, transaction
 from django.db.models import F
 
-from core import limits
+from core import db, limits
 from knowledge.models import Agent, AgentStats
 from knowledge.selectors import agent_stats_recount
 from tenants.models import Organization, OrganizationUsage
@@ -39,13 +38,13 @@ def _usage_apply(*, org: Organization, adding: dict, check: bool = True) -> None
     # concurrent writer of the same organization waits here and then reads what this one
     # committed, so a quota's last slot is taken once. (An organization without a row yet
     # holds nothing: the insert starts it from the deltas.)
-    with connection.cursor() as cursor:
+    with db.tenant(org) as sql, sql.cursor() as cursor:
         cursor.execute(
             "INSERT INTO tenants_organizationusage AS u (organization_id, agents, documents, chunks, bytes)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (organization_id) DO UPDATE SET agents = u.agents + EXCLUDED.agents,"
+            " VALUES ({org}, %s, %s, %s, %s) ON CONFLICT (organization_id) DO UPDATE SET agents = u.agents + EXCLUDED.agents,"
             " documents = u.documents + EXCLUDED.documents, chunks = u.chunks + EXCLUDED.chunks,"
             " bytes = u.bytes + EXCLUDED.bytes RETURNING agents, documents, chunks, bytes",
-            [org.pk, adding["agents"], adding["documents"], adding["chunks"], adding["bytes"]],
+            [adding["agents"], adding["documents"], adding["chunks"], adding["bytes"]],
         )
         after = dict(zip(USAGE_FIELDS, cursor.fetchone()))
     if check:
@@ -75,8 +74,8 @@ def stats_record_searches(rows: list[tuple[int, int, int, int, float, float]]) -
     if not rows:
         return
     org, agent, count, hits, latency, ts = (list(column) for column in zip(*rows))
-    with connection.cursor() as cursor:
-        cursor.execute(
+    with db.unscoped("tracking flush: every organization's search counters in one statement") as sql:
+        sql.execute(
             "UPDATE knowledge_agentstats s SET search_count = s.search_count + x.n,"
             " search_cache_hits = s.search_cache_hits + x.h,"
             " search_latency_ms_total = s.search_latency_ms_total + x.l,"
@@ -107,7 +106,7 @@ def stats_reconcile(*, org: Organization, fix: bool = False) -> list[Drift]:
     """
     rows = []
     for agent in Agent.objects.for_org(org).exclude(status=Agent.Status.DELETED).order_by("slug"):
-        with transaction.atomic():
+        with db.tenant(org):
             stats = AgentStats.objects.for_org(org).select_for_update().get(agent=agent)
             actual = agent_stats_recount(org=org, agent=agent)
             row = Drift(agent.slug, (stats.total_chunks, stats.document_count, stats.total_size_bytes), actual)
@@ -127,7 +126,7 @@ def usage_reconcile(*, org: Organization, fix: bool = False) -> tuple[dict, dict
     and its uncommitted stats are not in the sums either."""
     from knowledge.selectors import organization_stats
 
-    with transaction.atomic():
+    with db.tenant(org):
         _usage_apply(org=org, adding=dict.fromkeys(USAGE_FIELDS, 0), check=False)  # creates and locks the row
         recorded = OrganizationUsage.objects.for_org(org).values(*USAGE_FIELDS).get()
         totals = organization_stats(org=org)

@@ -4,6 +4,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from core import db
 from search import keywords, selection
 from search.filters import filters_sql
 from tests.factories import AgentFactory
@@ -31,10 +32,9 @@ def _every_match_ranked(org, agent, query: str, k: int) -> list[tuple[int, float
 
 
 def _keyword(org, agents, query, k, filters=("", [])):
-    sql, params = keywords.keyword_statement(org_id=org.pk, agents=[_ref(a) for a in agents], query=query, k=k, filters=filters)
-    with connection.binding_cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
+    statement = keywords.keyword_statement(org_id=org.pk, agents=[_ref(a) for a in agents], query=query, k=k, filters=filters)
+    with db.tenant(org) as sql:
+        return sql.fetchall(*statement, binding=True)
 
 
 QUERIES = [
@@ -76,7 +76,7 @@ def test_keyword_search_keeps_filters_agents_and_organizations_by_tiers_or_in_on
     ingest(org_a, agent_a, {"a": ("alpha bravo charlie", {"year": 2020}), "b": ("alpha bravo", {"year": 2021})})
     ingest(org_a, other, {"c": ("alpha bravo charlie", {"year": 2021})})
     ingest(org_b, agent_b, {"a": ("alpha bravo charlie", {"year": 2021})})  # same slug, same words
-    filters = filters_sql(org_a.pk, {"year": 2021})
+    filters = filters_sql({"year": 2021})
     found = _keyword(org_a, [agent_a], "alpha bravo charlie", 10, filters)
     with connection.cursor() as cursor:
         cursor.execute("SELECT key FROM knowledge_chunk WHERE id = ANY(%s)", [[cid for cid, _ in found]])
@@ -104,13 +104,13 @@ def test_a_lower_keyword_tier_is_never_read_when_a_higher_one_holds_k_chunks(org
     settings.SEARCH_KEYWORD_TIERS_MIN_CHUNKS = 0
     ingest(org_a, agent_a, {f"d{i}": ("alpha bravo" if i < 5 else "alpha", {}) for i in range(20)})
     sql, params = keywords.keyword_statement(org_id=org_a.pk, agents=[_ref(agent_a)], query="alpha bravo", k=3, filters=("", []))
-    with connection.binding_cursor() as cursor:
+    with db.tenant(org_a) as scoped, scoped.cursor(binding=True) as cursor:
         cursor.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql, params)
         plan = cursor.fetchone()[0][0]["Plan"]
     loops = [scan["Actual Loops"] for scan in _scans(plan)]
     assert loops == [1, 0]  # all terms: read; any term: never executed
     sql, params = keywords.keyword_statement(org_id=org_a.pk, agents=[_ref(agent_a)], query="alpha bravo", k=6, filters=("", []))
-    with connection.binding_cursor() as cursor:
+    with db.tenant(org_a) as scoped, scoped.cursor(binding=True) as cursor:
         cursor.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql, params)
         assert [scan["Actual Loops"] for scan in _scans(cursor.fetchone()[0][0]["Plan"])] == [1, 1]
 
@@ -118,25 +118,25 @@ def test_a_lower_keyword_tier_is_never_read_when_a_higher_one_holds_k_chunks(org
 def test_only_terms_held_in_the_searched_scope_count_as_present(org_a, agent_a, org_b, agent_b):
     ingest(org_a, agent_a, {"a": ("alpha bravo", {})})
     ingest(org_b, agent_b, {"b": ("zulu yankee", {})})
-    scope, params = "c.organization_id = %s AND c.agent_id = %s", [org_a.pk, agent_a.pk]
-    assert keywords._present(scope, params, ("zulu", "bravo", "alpha", "xray")) == ("bravo", "alpha")
+    scope, params = "c.organization_id = {org} AND c.agent_id = %s", [agent_a.pk]
+    assert keywords._present(org_a.pk, scope, params, ("zulu", "bravo", "alpha", "xray")) == ("bravo", "alpha")
 
 
 def test_a_new_question_gets_its_terms_and_their_presence_in_one_statement(org_a, agent_a, org_b, agent_b):
     ingest(org_a, agent_a, {"a": ("alpha bravo charlie", {})})
     ingest(org_b, agent_b, {"b": ("zulu yankee", {})})
-    scope, params = "c.organization_id = %s AND c.agent_id = %s", [org_a.pk, agent_a.pk]
+    scope, params = "c.organization_id = {org} AND c.agent_id = %s", [agent_a.pk]
     long_question = "zulu bravo alpha xray yankee whiskey victor charlie"  # B's words do not count
     keywords._terms.clear()
     with CaptureQueriesContext(connection) as queries:
-        terms, present = keywords._terms_present("english", long_question, scope, params)
-    assert len(queries) == 1
+        terms, present = keywords._terms_present(org_a.pk, "english", long_question, scope, params)
+    assert len([q for q in queries if "knowledge_chunk" in q["sql"]]) == 1  # and the scope's declaration
     assert len(terms) >= keywords.PRESENCE_MIN_TERMS
-    assert present == keywords._present(scope, params, terms) == ("bravo", "alpha", "charli")  # stemmed
+    assert present == keywords._present(org_a.pk, scope, params, terms) == ("bravo", "alpha", "charli")  # stemmed
     keywords._terms.clear()
     assert terms == keywords.query_terms("english", long_question)
     # Known terms: the presence check alone. A short question needs none: every tier is read.
     with CaptureQueriesContext(connection) as queries:
-        assert keywords._terms_present("english", long_question, scope, params) == (terms, present)
-        assert keywords._terms_present("english", "zulu bravo", scope, params) == (("zulu", "bravo"),) * 2
-    assert len(queries) == 2
+        assert keywords._terms_present(org_a.pk, "english", long_question, scope, params) == (terms, present)
+        assert keywords._terms_present(org_a.pk, "english", "zulu bravo", scope, params) == (("zulu", "bravo"),) * 2
+    assert len([q for q in queries if "knowledge_chunk" in q["sql"]]) == 2  # besides the scope's declarations

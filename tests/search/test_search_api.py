@@ -4,6 +4,7 @@ from django.test.utils import CaptureQueriesContext
 
 from knowledge.models import Agent, AgentStats
 from knowledge.services import DocumentInput, documents_delete, documents_ingest
+from core import db
 from search import keywords, selection, tracking
 from tests.conftest import error_fields
 from tests.factories import AgentFactory
@@ -158,10 +159,9 @@ def test_hybrid_scores_are_the_reciprocal_rank_fusion_of_the_vector_and_keyword_
     query, depth, k = "compress an archive file", settings.SEARCH_HYBRID_CANDIDATES, settings.SEARCH_RRF_K
     [agent] = selection.AgentSelection([selectors.search_agent_get(org=org_a, slug="support")]).agents
     vector = _query_vectors(org_a.pk, [agent.embedding_model], query, [None])[agent.embedding_model]
-    nearest = engine.vector_candidates(org_id=org_a.pk, agents=[agent], vector=vector, k=depth, filters=("", []))
-    with connection.binding_cursor() as cursor:
-        cursor.execute(*keywords.keyword_statement(org_id=org_a.pk, agents=[agent], query=query, k=depth, filters=("", [])))
-        matched = cursor.fetchall()
+    with db.tenant(org_a) as sql:
+        nearest = sql.fetchall(*engine.vector_nearest(agents=[agent], vector=vector, k=depth, filters=("", [])), binding=True)
+        matched = sql.fetchall(*keywords.keyword_statement(org_id=org_a.pk, agents=[agent], query=query, k=depth, filters=("", [])), binding=True)
     w = weights or {"vector": agent.vector_weight, "keyword": agent.keyword_weight}
     expected: dict[int, float] = {}
     for rank, (cid, _) in enumerate(sorted(nearest, key=lambda hit: (hit[1], hit[0])), start=1):

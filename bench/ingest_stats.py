@@ -84,7 +84,8 @@ def main() -> None:
         sys.exit(f"corpus not found: {CORPUS} (see ../shared/corpora/README.md)")
     run = harness.Run()
     run.phase("0. setup, synthetic load, graphs")
-    env = harness.setup(NAME, dimensions=DIMENSIONS, fresh=not args.keep)
+    # No agent quota: the graph variants add agents to the synthetic organization's 1,000.
+    env = harness.setup(NAME, dimensions=DIMENSIONS, fresh=not args.keep, LORE_MAX_AGENTS="0")
     try:
         tables = measure(env, sizes, args, run)
     finally:

@@ -29,10 +29,12 @@
 - `Gunicorn` runs the real WSGI app on 127.0.0.1 with persistent database connections
   (CONN_MAX_AGE, as production); `Client` is a keep-alive HTTP/1.1 client; `run_load()`
   drives concurrent keep-alive clients for a bounded number of requests and seconds and
-  charges the server processes' CPU time to the run (`cpu_seconds()`, Linux /proc).
+  charges the server processes' CPU time to the run (`cpu_seconds()`, Linux /proc);
+  `cpu_used()` charges a block of work to named process trees and to the bench itself.
 - `Run` (phases with their duration and the load when each started), `percentiles()`,
   `ms()`, `ratio()`, `Table` (text and markdown, `print_tables()`) and `machine()` (cores,
   load average: record it with every figure on a shared machine) report.
+- `TLDR_PAGES`: the real documents benches ingest (../shared/corpora/tldr/pages).
 
 The benches are not part of the test suite and install nothing: bench-only packages are
 in requirements/bench.txt.
@@ -44,6 +46,7 @@ import http.client
 import json
 import math
 import os
+import resource
 import secrets
 import socket
 import subprocess
@@ -67,6 +70,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 DATABASE_NAME = "lore"
+# The real documents benches ingest (one folder a platform); see ../shared/corpora/README.md.
+TLDR_PAGES = ROOT.parent / "shared" / "corpora" / "tldr" / "pages"
 
 
 # --- environment, database, Django -----------------------------------------------------
@@ -351,9 +356,13 @@ def indexes_dropped(table: str, names: tuple[str, ...], timings: dict):
             timings[f"index {index}"] = time.perf_counter() - started
 
 
-def load_synthetic(*, org_slug: str, specs: list[AgentSpec], topics: Topics, batch_chunks: int = 20000) -> Dataset:
+def load_synthetic(
+    *, org_slug: str, specs: list[AgentSpec], topics: Topics, batch_chunks: int = 20000, others: bool = False
+) -> Dataset:
     """The organization with one agent per spec and its chunks; reused as it is when a
-    previous run loaded the same specs (same agents, same total). Returns a fresh API key."""
+    previous run loaded the same specs (same agents, same total). Returns a fresh API key.
+    `others`: agents of the organization that are not in the specs (a bench's own
+    additions in earlier runs) do not prevent reuse."""
     from django.db import connection, transaction
 
     from knowledge.models import Agent, AgentStats
@@ -364,9 +373,13 @@ def load_synthetic(*, org_slug: str, specs: list[AgentSpec], topics: Topics, bat
     timings: dict[str, float] = {}
     org = Organization.objects.filter(slug=org_slug).first()
     if org is not None:
-        ids = dict(Agent.objects.for_org(org).values_list("slug", "id"))
-        total = sum(AgentStats.objects.for_org(org).values_list("total_chunks", flat=True))
-        if set(ids) == {s.slug for s in specs} and total == sum(s.size for s in specs):
+        ids, wanted = dict(Agent.objects.for_org(org).values_list("slug", "id")), {s.slug for s in specs}
+        stats = AgentStats.objects.for_org(org)
+        if others:
+            ids = {slug: pk for slug, pk in ids.items() if slug in wanted}
+            stats = stats.filter(agent_id__in=ids.values())
+        total = sum(stats.values_list("total_chunks", flat=True))
+        if set(ids) == wanted and total == sum(s.size for s in specs):
             return Dataset(org, api_key_create(org=org, name="bench")[1], specs, ids, timings, reused=True)
         raise SystemExit(f"organization {org_slug!r} holds other data: run the bench with a fresh database")
 
@@ -817,6 +830,30 @@ def cpu_seconds(roots: list[int]) -> float:
     return total / _TICK
 
 
+def own_cpu_seconds() -> float:
+    """CPU time of this process and of the children it has waited for (worker processes
+    that exited), not of live ones: a server it started is charged by cpu_seconds()."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+@contextmanager
+def cpu_used(trees: dict[str, list[int]]):
+    """CPU seconds used inside the block by each named group of process trees
+    (cpu_seconds()) and by this process ("bench", own_cpu_seconds()); the dict it yields
+    is filled in on exit. The last reading waits a moment: the postmaster reaps the
+    backends of connections just closed, and only then are their times in its own."""
+
+    def snapshot() -> dict[str, float]:
+        return {"bench": own_cpu_seconds(), **{name: cpu_seconds(roots) for name, roots in trees.items()}}
+
+    before, used = snapshot(), {}
+    yield used
+    time.sleep(0.3)
+    after = snapshot()
+    used.update({name: after[name] - before[name] for name in after})
+
+
 def postgres_pid(name: str) -> int:
     """The bench's embedded PostgreSQL postmaster."""
     return int((data_dir(name) / "pg" / "postmaster.pid").read_text().split()[0])
@@ -915,11 +952,15 @@ class Table:
         return "\n".join(out)
 
 
-def print_tables(tables: list[Table]) -> None:
-    """Every table as text, then all of them again as markdown (for docs/benchmarks.md)."""
+def print_tables(tables: list[Table], markdown_path: Path | None = None) -> None:
+    """Every table as text, then all of them again as markdown (for docs/benchmarks.md),
+    which `markdown_path` also receives."""
     print()
     for table in tables:
         print(table.text(), end="\n\n")
     print("--- markdown ---\n")
     for table in tables:
         print(table.markdown(), end="\n\n")
+    if markdown_path is not None:
+        markdown_path.write_text("\n\n".join(table.markdown() for table in tables) + "\n")
+        print(f"markdown: {markdown_path}")

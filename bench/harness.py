@@ -126,10 +126,16 @@ def setup(
 
     django.setup()
     call_command("migrate", verbosity=0)
+    from django.conf import settings
+    from django.db import connection
+
     from core import db
 
     # The bench's own loading and checks are maintenance; what it measures in this process
-    # (services) declares its organization, and its servers are as in production.
+    # (services) declares its organization, and its servers are as in production. Its own
+    # scratch tables (bench/ingest_stats.py) are made by that role.
+    with connection.cursor() as cursor:
+        cursor.execute(f"GRANT CREATE ON SCHEMA public TO {settings.LORE_DB_BYPASS_ROLE}")
     db.bypass_every_session()
     _check_dimensions(dimensions)
     return dict(os.environ)

@@ -146,18 +146,20 @@ def _ranked(source: tuple[str, list], terms: tuple[str, ...], stats: Bm25Scope) 
     over the agents searched (termcount_org_lexeme_idx), read once per statement."""
     n = len(terms)
     literals = _tsquery_literal(terms)
-    ranks = ", ".join(f"ts_rank('{{1,1,1,1}}', v, %s::tsquery)::float8 AS r{i}" for i in range(n))
-    # OFFSET 0: computed once per chunk, not again wherever the outer query uses them.
-    inner = f"SELECT id, {ranks}, ts_rank('{{1,1,1,1}}', v, %s::tsquery, 2)::float8 AS rl FROM {source[0]} OFFSET 0"
     average = max(stats.terms, 1) / max(stats.chunks, 1)
-    length = f"(({' + '.join(f't.r{i}' for i in range(n))}) / {n} / nullif(t.rl, 0))"
-    norm = f"%s * (1 - %s + %s * coalesce({length}, %s) / %s)"
-    norm_params = [BM25_K1, BM25_B, BM25_B, average, average]
-    parts, params = [], []
-    for i in range(n):
-        tf = f"(CASE WHEN t.r{i} > 0 THEN round(1 / (1.64493406685 * greatest(1 - t.r{i}, 1e-9)) - 0.5) ELSE 0 END)"
-        parts.append(f"idf.w[{i + 1}] * {tf} * %s / ({tf} + {norm})")
-        params += [BM25_K1 + 1, *norm_params]
+    # Three levels, each computed once per chunk (OFFSET 0 keeps the planner from merging
+    # them): the ranks, then tf and the length normalization, then the sum. Merged, every
+    # use of a level's value would repeat its expression, and planning a statement
+    # quadratic in the terms costs more than ranking a small agent's matches.
+    ranks = ", ".join(f"ts_rank('{{1,1,1,1}}', v, %s::tsquery)::float8 AS r{i}" for i in range(n))
+    ranked = f"SELECT id, {ranks}, ts_rank('{{1,1,1,1}}', v, %s::tsquery, 2)::float8 AS rl FROM {source[0]} OFFSET 0"
+    tfs = ", ".join(
+        f"CASE WHEN r{i} > 0 THEN round(1 / (1.64493406685 * greatest(1 - r{i}, 1e-9)) - 0.5) ELSE 0 END AS f{i}"
+        for i in range(n)
+    )
+    length = f"coalesce(({' + '.join(f'r{i}' for i in range(n))}) / {n} / nullif(rl, 0), {average!r})"
+    normalized = f"SELECT id, {tfs}, {BM25_K1!r} * (1 - {BM25_B!r} + {BM25_B!r} * {length} / {average!r}) AS k FROM ({ranked}) r OFFSET 0"
+    bm25 = " + ".join(f"idf.w[{i + 1}] * t.f{i} / (t.f{i} + t.k)" for i in range(n))
     # Lucene's idf, never negative; a count that drifted is clamped into [0, chunks].
     idf = (
         "(SELECT array_agg(ln(1 + (%s - f.df + 0.5) / (f.df + 0.5)) ORDER BY q.i) AS w"
@@ -166,8 +168,8 @@ def _ranked(source: tuple[str, list], terms: tuple[str, ...], stats: Bm25Scope) 
         " WHERE c.organization_id = %s AND c.lexeme = q.lexeme AND c.agent_id = ANY(%s)) f) idf"
     )
     return (
-        f"SELECT t.id, 1 - 1 / (1 + {' + '.join(parts)}) AS r FROM ({inner}) t, {idf}",
-        [*params, *literals, at_least(terms, 1), *source[1], stats.chunks, list(terms), stats.chunks, stats.org_id, stats.agent_ids],
+        f"SELECT t.id, 1 - 1 / (1 + {BM25_K1 + 1!r} * ({bm25})) AS r FROM ({normalized}) t, {idf}",
+        [*literals, at_least(terms, 1), *source[1], stats.chunks, list(terms), stats.chunks, stats.org_id, stats.agent_ids],
     )
 
 

@@ -217,3 +217,42 @@ def test_another_organizations_and_agents_chunks_do_not_move_an_agents_idf(org_a
     both = keyword(org_a, [agent_a, other], "zebra tiger", k=100)
     assert both[0][0] == "b#0"
     assert [s for _, s in both] == pytest.approx([s for _, s in reference(org_a, [agent_a, other], "zebra tiger")], abs=1e-7)
+
+
+def test_compaction_neither_waits_for_nor_loses_a_writer_in_flight(transactional_db, org_a, agent_a):
+    """A writer's rows are its own until it commits: compaction, running meanwhile, folds
+    only committed rows, takes no lock the writer holds, and the sums stay exact after."""
+    import threading
+
+    from django.db import connections, transaction
+
+    ingest(org_a, agent_a, _random_docs(random.Random(5), 20))
+    written, release, failed = threading.Event(), threading.Event(), []
+
+    def writer():
+        try:
+            with transaction.atomic():
+                ingest(org_a, agent_a, _random_docs(random.Random(6), 10, prefix="w"))
+                written.set()
+                release.wait(10)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            failed.append(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert written.wait(10)
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '2s'")  # a wait on the writer would fail here
+        assert term_counts_compact(org_id=org_a.pk) > 0
+    finally:
+        release.set()
+        thread.join(10)
+    assert not failed
+    assert recorded(org_a, agent_a) == recount(org_a, agent_a)
+    assert TermCount.unscoped.filter(organization=org_a, compacted=False).exists()  # the writer's, still to fold
+    term_counts_compact(org_id=org_a.pk)
+    assert recorded(org_a, agent_a) == recount(org_a, agent_a)
+    assert not TermCount.unscoped.filter(organization=org_a, compacted=False).exists()

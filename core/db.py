@@ -232,6 +232,14 @@ def bypass_every_session() -> None:
         _session_bypass(None, connection)
 
 
+def stop_bypassing_sessions() -> None:
+    connection_created.disconnect(_session_bypass)
+    if connection.connection is not None and connection.lore_session_bypass:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET ROLE")
+    connection.lore_session_bypass = False
+
+
 def _session_bypass(sender, connection, **kwargs):
     with connection.cursor() as cursor:
         cursor.execute(f"SET ROLE {settings.LORE_DB_BYPASS_ROLE}")

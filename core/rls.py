@@ -2,8 +2,9 @@
 
 A migration that creates a tenant table (one with organization_id) adds
 `TenantRowSecurity("<table>")` after it; tests/core/test_row_security.py fails for a
-tenant table without it. A data migration touching tenant rows runs its statements in
-`db.unscoped(...)` (core/db.py): the migration's own connection is subject to the policies.
+tenant table without it. A data migration touching tenant rows is an `UnscopedRunSQL`
+(or runs its statements in `db.unscoped(...)`, core/db.py): the migration's own connection
+is subject to the policies.
 """
 
 from django.conf import settings
@@ -52,3 +53,20 @@ class BypassRolePrivileges(migrations.RunPython):
             f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {role}",
         ):
             schema_editor.execute(statement)
+
+
+class UnscopedRunSQL(migrations.RunPython):
+    """A data migration's SQL over every organization's rows, as the bypass role for the
+    statement only (the migration's transaction goes on as the owner, for its DDL)."""
+
+    def __init__(self, sql: str):
+        self.sql = sql
+        super().__init__(self.run, migrations.RunPython.noop)
+
+    def run(self, apps, schema_editor):
+        schema_editor.execute(f"SET LOCAL ROLE {schema_editor.quote_name(settings.LORE_DB_BYPASS_ROLE)}")
+        try:
+            for statement in filter(None, (part.strip() for part in self.sql.split(";"))):
+                schema_editor.execute(statement)
+        finally:
+            schema_editor.execute("RESET ROLE")

@@ -87,6 +87,9 @@ class AgentStats(models.Model):
     total_chunks = models.BigIntegerField(default=0)
     document_count = models.BigIntegerField(default=0)
     total_size_bytes = models.BigIntegerField(default=0)
+    # The words of its chunks that keyword search indexes (positions in their search_vector,
+    # stop words out): with total_chunks, the average chunk length BM25 normalizes by.
+    total_terms = models.BigIntegerField(default=0, db_default=0)
     data_version = models.BigIntegerField(default=0)
     last_ingested_at = models.DateTimeField(null=True, blank=True)
     last_searched_at = models.DateTimeField(null=True, blank=True)
@@ -198,6 +201,36 @@ class Chunk(models.Model):
             # organization, where search walks them (search/indexes.py).
             GinIndex(fields=["search_vector"], name="chunk_search_vector_gin"),
             GinIndex(fields=["metadata"], name="chunk_metadata_gin", opclasses=["jsonb_path_ops"]),
+        ]
+
+
+class TermCount(models.Model):
+    """How many of an agent's chunks hold a lexeme (their document frequency, for BM25's
+    idf): the sum of its rows. Writers only insert (a delta per lexeme of the chunks a
+    transaction adds or removes, knowledge/services/stats.py), so concurrent ingests and
+    deletions never wait for each other here; compaction (stats.term_counts_compact)
+    folds an agent's rows of a lexeme into one, in one statement that deletes what it
+    sums, so every reader's snapshot sums to the same exact count."""
+
+    # No foreign-key constraints or single-column indexes: a write inserts a row per lexeme,
+    # and each would cost a check and an index entry. The stats service writes rows only
+    # for the agent whose chunks it counts, and an agent's deletion removes them.
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False)
+    lexeme = models.TextField()
+    chunks = models.IntegerField()  # a delta: negative for chunks removed
+    compacted = models.BooleanField(default=False)
+
+    unscoped = UnscopedManager()
+    objects = TenantManager()
+
+    class Meta:
+        indexes = [
+            # A search's document frequencies: its terms' rows, of one agent or of every agent
+            # searched (an organization's of one lexeme are adjacent); index-only with chunks.
+            models.Index(fields=["organization", "lexeme", "agent"], include=["chunks"], name="termcount_org_lexeme_idx"),
+            # What compaction has left to fold: only rows written since it last ran.
+            models.Index(fields=["organization"], condition=models.Q(compacted=False), name="termcount_org_fresh_idx"),
         ]
 
 

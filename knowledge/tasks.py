@@ -10,6 +10,7 @@ from knowledge.models import DeletionJob, IngestionJob
 # (dotted function, minutes between runs): registered by `manage.py sync_schedules`.
 SCHEDULES: list[tuple[str, int]] = [
     ("knowledge.tasks.jobs_sweep", 1),
+    ("knowledge.tasks.term_counts_compact", 1),
 ]
 
 
@@ -24,6 +25,12 @@ def jobs_sweep() -> None:
     then whatever is runnable."""
     services.jobs_requeue_stale()
     run_jobs()
+
+
+def term_counts_compact() -> None:
+    """Every minute: folds the term statistics' rows written since the last run, so a
+    search reads about one row per term and agent."""
+    services.term_counts_compact_all()
 
 
 def ingestion_job_run(job_id: int) -> None:

@@ -1,9 +1,10 @@
 """Keyword candidates: a question's terms in the agent's language (read from PostgreSQL once
-per process per new text), and the statement that ranks chunks by coverage of those terms,
-by GIN-indexed tiers over a large scope."""
+per process per new text), and the statement that ranks the chunks holding them by BM25,
+reading them by GIN-indexed tiers of coverage over a large scope."""
 
 from itertools import combinations
 from math import comb
+from typing import NamedTuple
 
 from django.conf import settings
 
@@ -16,6 +17,19 @@ from search.selection import AgentRef, agent_condition
 KEYWORD_TIER_MAX_CLAUSES = 32
 # Terms of a query beyond these (in query order) are not searched for.
 KEYWORD_MAX_TERMS = 32
+# BM25's term-frequency saturation and length normalization: Lucene's and bm25s' defaults
+# (bm25s's k1; Lucene's is 1.2), which bench/keywords.py measures against.
+BM25_K1 = 1.5
+BM25_B = 0.75
+
+
+class Bm25Scope(NamedTuple):
+    """What BM25 needs of the agents searched in one language: their ids (document
+    frequencies are summed over them), chunks and chunks' length in terms."""
+
+    agent_ids: list[int]
+    chunks: int
+    terms: int
 
 
 # (language, text) -> its terms: texts repeat (a result-cache miss after an ingest, the
@@ -69,12 +83,10 @@ def keyword_statement(
     first. Each agent's chunks were indexed in its own language, so the query is parsed
     per language.
 
-    A question matches chunks holding any of its terms, ranked by how many of them a chunk
-    holds (coverage), then by ts_rank; "quoted phrases" are required and -words excluded.
-    On tldr questions (bench/keywords.py) this found the page asked about in the top 10
-    for 0.46-0.53 of questions, against 0.26-0.33 for ts_rank_cd over the same matches
-    and 0.07-0.12 for requiring every term (websearch_to_tsquery, which left 58-86 % of
-    questions with no result at all)."""
+    A question matches chunks holding any of its terms, ranked by BM25 (_ranked); "quoted
+    phrases" are required and -words excluded. Requiring every term instead
+    (websearch_to_tsquery) left most natural questions with no result at all
+    (bench/keywords.py; docs/benchmarks.md, Keyword ranking)."""
     phrases = [p for p in PHRASE.findall(query) if p.strip()]
     rest = PHRASE.sub(" ", query)
     excluded = EXCLUDED.findall(rest)
@@ -101,16 +113,17 @@ def keyword_statement(
             # A stop word's empty tsquery matches nothing, so excludes nothing.
             scope += " AND NOT c.search_vector @@ plainto_tsquery(%s::regconfig, %s)"
             scope_params += [language, word]
+        stats = Bm25Scope([a.id for a in group], sum(a.total_chunks for a in group), sum(a.total_terms for a in group))
         if chunks[language] >= settings.SEARCH_KEYWORD_TIERS_MIN_CHUNKS:
             terms, present = _terms_present(org_id, language, wanted, scope, scope_params)
             if not present:  # nothing but stop words (or exclusions), or nothing the scope holds
                 continue
-            sql, part_params = _coverage_tiers(f"g{number}", scope, scope_params, terms, present, k)
+            sql, part_params = _coverage_tiers(f"g{number}", scope, scope_params, terms, present, k, stats)
         else:
             terms = query_terms(language, wanted)
             if not terms:
                 continue
-            sql, part_params = _coverage_all(scope, scope_params, terms)
+            sql, part_params = _coverage_all(scope, scope_params, terms, stats)
         parts.append(sql)
         params += part_params
     if not parts:
@@ -118,23 +131,55 @@ def keyword_statement(
     return " UNION ALL ".join(f"({part})" for part in parts) + " ORDER BY r DESC, id LIMIT %s", [*params, k]
 
 
-def _ranked(source: str, terms: tuple[str, ...]) -> tuple[str, list]:
-    """(id, score) of chunks (id, v) from `source`: coverage, then ts_rank within it, in
-    [0, 1): (terms held - 1 + rank / (rank + 1)) / terms."""
-    coverage = " + ".join(["(v @@ %s::tsquery)::int"] * len(terms))
+def _ranked(source: tuple[str, list], terms: tuple[str, ...], stats: Bm25Scope) -> tuple[str, list]:
+    """(id, score) of chunks (id, v) from `source` (a subquery: sql, params), by BM25 over the agents of `stats`:
+    the sum over terms of idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / average
+    length)), as Lucene and bm25s score, returned as bm25 / (bm25 + 1), in [0, 1).
+
+    PostgreSQL has no function for a lexeme's frequency in a tsvector, but ts_rank of a
+    one-lexeme query with every weight 1 is H(tf) / zeta(2), H(n) = sum of 1/j^2 for j <= n
+    (tsrank.c, calc_rank_or), whose inverse is tf = round(1 / (zeta(2) - H) - 1/2): a binary
+    search in the tsvector, no unnest. The chunk's length in terms is ts_rank of the
+    whole query over its rank divided by length (normalization 2), the count
+    AgentStats.total_terms sums. Document frequencies: the sum of the terms' TermCount rows
+    over the agents searched (termcount_org_lexeme_idx), read once per statement."""
+    n = len(terms)
+    literals = _tsquery_literal(terms)
+    average = max(stats.terms, 1) / max(stats.chunks, 1)
+    # Three levels, each computed once per chunk (OFFSET 0 keeps the planner from merging
+    # them): the ranks, then tf and the length normalization, then the sum. Merged, every
+    # use of a level's value would repeat its expression, and planning a statement
+    # quadratic in the terms costs more than ranking a small agent's matches.
+    ranks = ", ".join(f"ts_rank('{{1,1,1,1}}', v, %s::tsquery)::float8 AS r{i}" for i in range(n))
+    ranked = f"SELECT id, {ranks}, ts_rank('{{1,1,1,1}}', v, %s::tsquery, 2)::float8 AS rl FROM {source[0]} OFFSET 0"
+    tfs = ", ".join(
+        f"CASE WHEN r{i} > 0 THEN round(1 / (1.64493406685 * greatest(1 - r{i}, 1e-9)) - 0.5) ELSE 0 END AS f{i}"
+        for i in range(n)
+    )
+    length = f"coalesce(({' + '.join(f'r{i}' for i in range(n))}) / {n} / nullif(rl, 0), {average!r})"
+    normalized = f"SELECT id, {tfs}, {BM25_K1!r} * (1 - {BM25_B!r} + {BM25_B!r} * {length} / {average!r}) AS k FROM ({ranked}) r OFFSET 0"
+    bm25 = " + ".join(f"idf.w[{i + 1}] * t.f{i} / (t.f{i} + t.k)" for i in range(n))
+    # Lucene's idf, never negative; a count that drifted is clamped into [0, chunks].
+    idf = (
+        "(SELECT array_agg(ln(1 + (%s - f.df + 0.5) / (f.df + 0.5)) ORDER BY q.i) AS w"
+        " FROM unnest(%s::text[]) WITH ORDINALITY AS q(lexeme, i),"
+        " LATERAL (SELECT least(greatest(coalesce(sum(c.chunks), 0), 0), %s) AS df FROM knowledge_termcount c"
+        " WHERE c.organization_id = {org} AND c.lexeme = q.lexeme AND c.agent_id = ANY(%s)) f) idf"
+    )
     return (
-        f"SELECT id, ({coverage} - 1 + ts_rank(v, %s::tsquery, 32)) / %s AS r FROM {source}",
-        [*_tsquery_literal(terms), at_least(terms, 1), float(len(terms))],
+        f"SELECT t.id, 1 - 1 / (1 + {BM25_K1 + 1!r} * ({bm25})) AS r FROM ({normalized}) t, {idf}",
+        [*literals, at_least(terms, 1), *source[1], stats.chunks, list(terms), stats.chunks, stats.agent_ids],
     )
 
 
-def _coverage_all(scope: str, scope_params: list, terms: tuple[str, ...]) -> tuple[str, list]:
+def _coverage_all(scope: str, scope_params: list, terms: tuple[str, ...], stats: Bm25Scope) -> tuple[str, list]:
     """Every chunk holding any of `terms`, ranked: in a scope too small for tiers to pay
     (SEARCH_KEYWORD_TIERS_MIN_CHUNKS), one scan is cheaper than several."""
-    sql, params = _ranked(
-        f"(SELECT c.id, c.search_vector AS v FROM knowledge_chunk c WHERE {scope} AND c.search_vector @@ %s::tsquery) t", terms
-    )
-    return sql, [*params, *scope_params, at_least(terms, 1)]
+    return _ranked(
+        (f"(SELECT c.id, c.search_vector AS v FROM knowledge_chunk c WHERE {scope} AND c.search_vector @@ %s::tsquery) t",
+         [*scope_params, at_least(terms, 1)]),
+        terms, stats,
+    )  # fmt: skip
 
 
 def _present(org_id: int, scope: str, scope_params: list, terms: tuple[str, ...]) -> tuple[str, ...]:
@@ -180,7 +225,7 @@ def _terms_present(org_id: int, language: str, query: str, scope: str, scope_par
 
 
 def _coverage_tiers(
-    name: str, scope: str, scope_params: list, terms: tuple[str, ...], present: tuple[str, ...], k: int
+    name: str, scope: str, scope_params: list, terms: tuple[str, ...], present: tuple[str, ...], k: int, stats: Bm25Scope
 ) -> tuple[str, list]:
     """The chunks (id, score) among which are the k holding the most of `terms`, read tier
     by tier: those holding all of them, then at least n-1, ... down to any. Each tier is
@@ -207,5 +252,5 @@ def _coverage_tiers(
                                           for i, below in enumerate(read[j + 1 :]))
         for j, tier in enumerate(read)
     )  # fmt: skip
-    ranked, ranked_params = _ranked(f"({lowest}) t", terms)
+    ranked, ranked_params = _ranked((f"({lowest}) t", []), terms, stats)
     return f"WITH {', '.join(ctes)} {ranked}", [*params, *ranked_params]

@@ -53,6 +53,8 @@ class AgentRef(NamedTuple):
     vector_weight: float
     keyword_weight: float
     embedding_model: str
+    # Its chunks' length in terms (AgentStats.total_terms): BM25's average chunk length.
+    total_terms: int = 0
 
 
 def agent_condition(agents: list[AgentRef], everyone_but: list[int] | None) -> tuple[str, list]:

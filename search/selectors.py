@@ -13,7 +13,7 @@ from tenants.models import Organization
 
 _AGENTS = (
     "SELECT a.id, a.slug, a.status, a.language, s.total_chunks, s.data_version, a.vector_weight, a.keyword_weight,"
-    " a.embedding_model FROM knowledge_agent a JOIN knowledge_agentstats s ON s.agent_id = a.id"
+    " a.embedding_model, s.total_terms FROM knowledge_agent a JOIN knowledge_agentstats s ON s.agent_id = a.id"
     " WHERE a.organization_id = {org} AND s.organization_id = {org} AND a.status <> 'deleted'"
 )
 # One agent: agent_org_slug_live_uniq, then agentstats' primary key.

@@ -18,6 +18,9 @@ def _tests_bypass_row_security(django_db_setup, django_db_blocker):
     to the login role and declare the organization (tests/core/test_row_security.py)."""
     with django_db_blocker.unblock():
         db.bypass_every_session()
+    yield
+    with django_db_blocker.unblock():
+        db.stop_bypassing_sessions()  # the test database is dropped by its owner
 
 
 @pytest.fixture

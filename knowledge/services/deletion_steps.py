@@ -15,8 +15,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from core import cleanup, db, jobs
-from knowledge.models import Agent, AgentStats, DeletionJob, Document
-from knowledge.services.stats import stats_apply
+from knowledge.models import Agent, AgentStats, Chunk, DeletionJob, Document
+from knowledge.services.stats import stats_apply, term_counts_drop, term_stats_apply
 from tenants.models import Organization
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,10 @@ def _agent_step(job: DeletionJob) -> str:
         if ids:
             _documents_remove(cursor, org=org, agent=agent, ids=ids)
             return MORE
+        # Then its term statistics (chunks deleted above were not counted out of them: a
+        # deleted agent is never searched).
+        if term_counts_drop(org=org, agent=agent, limit=job.batch_size):
+            return MORE
         # Then other apps' rows of the agent (search's access data), a batch at a time.
         if cleanup.agent_rows(cursor, agent_id=agent.pk, limit=job.batch_size):
             return MORE
@@ -86,6 +90,9 @@ def _document_step(job: DeletionJob) -> str:
             return DONE  # deleted meanwhile (by a request, or with its agent)
         if row[0] != target["version"]:
             return SUPERSEDED
+        # The batch's chunks, counted out of the term statistics under the lock above.
+        batch = Chunk.objects.for_org(org).filter(document_id=target["document_id"], ordinal__gte=job.cursor)
+        term_stats_apply(org=org, agent=agent, chunks=batch.order_by("ordinal")[: job.batch_size], sign=-1)
         # chunk_org_doc_ord_idx (organization, document, ordinal), from the cursor on.
         cursor.execute(
             "WITH gone AS (DELETE FROM knowledge_chunk WHERE id = ANY(ARRAY(SELECT id FROM knowledge_chunk"
@@ -174,6 +181,8 @@ def documents_delete(*, org: Organization, agent: Agent, keys: list[str]) -> tup
 def _documents_remove(cursor, *, org: Organization, agent: Agent, ids: list[int]) -> tuple[int, int]:
     """Deletes these documents with their chunks and sections; only `ready` documents
     count in the stats, and only the rows this statement actually deleted."""
+    # The caller holds these documents' rows locked, so their chunks are these until the DELETE.
+    term_stats_apply(org=org, agent=agent, chunks=Chunk.objects.for_org(org).filter(document_id__in=ids), sign=-1)
     # Indexes chunk_org_doc_ord_idx, section_org_agent_doc_idx.
     cursor.execute("DELETE FROM knowledge_chunk WHERE organization_id = {org} AND document_id = ANY(%s)", [ids])
     chunks = cursor.rowcount
@@ -207,6 +216,9 @@ def _chunk_keys_remove(cursor, *, org: Organization, agent: Agent, keys: list[st
     doc_ids = [row[0] for row in cursor.fetchall()]
     if not doc_ids:
         return set(), 0
+    # Their documents are locked now: these chunks are what the DELETE below removes.
+    doomed = Chunk.objects.for_org(org).filter(agent_id=agent.pk, key__in=keys, document_id__in=doc_ids)
+    term_stats_apply(org=org, agent=agent, chunks=doomed, sign=-1)
     # Unique index chunk_org_agent_key_uniq.
     cursor.execute(
         "DELETE FROM knowledge_chunk WHERE organization_id = {org} AND agent_id = %s AND key = ANY(%s)"

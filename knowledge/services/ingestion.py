@@ -14,8 +14,8 @@ from core import db, jobs
 from core.validation import contains_nul, json_shape, json_size
 from knowledge.chunking import CONTENT_TYPES, chunk_document, normalize_text
 from knowledge.embeddings import embed_with_cache, halfvecs
-from knowledge.models import Agent, Document, IngestionJob
-from knowledge.services.stats import quota_precheck, stats_apply
+from knowledge.models import Agent, Chunk, Document, IngestionJob
+from knowledge.services.stats import quota_precheck, stats_apply, term_stats_apply
 from tenants.errors import ApiError, conflict, invalid, not_found, too_large
 from tenants.models import Organization
 
@@ -249,6 +249,9 @@ def _apply(*, org: Organization, agent: Agent, todo: list[_Prepared], vectors) -
         locked = _lock_document_rows(cursor, org, agent, keys, now)
         doc_ids = [locked[item.doc.key][0] for item in todo]
 
+        # The documents' rows are locked: their chunks are these until the DELETE below.
+        replaced = Chunk.objects.for_org(org).filter(document_id__in=doc_ids)
+        term_stats_apply(org=org, agent=agent, chunks=replaced, sign=-1)
         # Index chunk_org_doc_ord_idx / section_org_agent_doc_idx.
         cursor.execute("DELETE FROM knowledge_chunk WHERE organization_id = {org} AND document_id = ANY(%s)", [doc_ids])
         chunks_removed = cursor.rowcount
@@ -290,6 +293,7 @@ def _apply(*, org: Organization, agent: Agent, todo: list[_Prepared], vectors) -
                 [agent.pk, agent.language, cols["doc"], cols["section"], cols["ordinal"], cols["key"],
                  cols["text"], halfvecs(vectors), cols["metadata"]],
             )  # fmt: skip
+        term_stats_apply(org=org, agent=agent, chunks=replaced, sign=1)
 
         cursor.execute(
             "UPDATE knowledge_document AS d SET title = x.title, source = x.source, content_type = x.ctype,"

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from django.db.models import F
 
 from core import db, limits
-from knowledge.models import Agent, AgentStats
+from knowledge.models import Agent, AgentStats, TermCount
 from knowledge.selectors import agent_stats_recount
 from tenants.models import Organization, OrganizationUsage
 
@@ -52,6 +52,89 @@ def _usage_apply(*, org: Organization, adding: dict, check: bool = True) -> None
 
 
 USAGE_FIELDS = ("agents", "documents", "chunks", "bytes")
+
+
+def term_stats_apply(*, org: Organization, agent: Agent, chunks, sign: int) -> None:
+    """Counts the chunks of `chunks` (a Chunk queryset of `agent`) into the agent's term
+    statistics, +1 each (just inserted) or -1 (about to be deleted: call it before the
+    DELETE): one new TermCount row per lexeme they hold, and their length in terms on the
+    agent's stats row. Inside the caller's transaction, which must hold the locks that
+    keep these chunks from changing under it (their documents' rows): then the count is
+    exactly what the insert or delete does.
+
+    Writers only insert rows here, so two writers never wait for each other on a term; the
+    stats row they both update is the one stats_apply already locks (same order: after the
+    documents)."""
+    chunk_sql, chunk_params = chunks.values("search_vector").query.sql_with_params()
+    with db.tenant(org) as sql:
+        sql.execute(*_term_stats_statement(agent_id=agent.pk, chunks=(chunk_sql, list(chunk_params)), sign=sign))
+
+
+def _term_stats_statement(*, agent_id: int, chunks: tuple[str, list], sign: int) -> tuple[str, list]:
+    # A term's length is its positions in the search_vector (at least one), the count
+    # ts_rank's length normalization uses, so search can read a chunk's length from it.
+    return (
+        f"WITH c AS MATERIALIZED ({chunks[0]}), l AS MATERIALIZED (SELECT t.lexeme, count(*) AS n,"
+        " sum(greatest(cardinality(t.positions), 1)) AS p FROM c, unnest(c.search_vector) t GROUP BY t.lexeme),"
+        " added AS (INSERT INTO knowledge_termcount (organization_id, agent_id, lexeme, chunks, compacted)"
+        " SELECT {org}, %s, l.lexeme, %s * l.n, false FROM l)"
+        " UPDATE knowledge_agentstats SET total_terms = total_terms + %s * (SELECT coalesce(sum(p), 0) FROM l)"
+        " WHERE organization_id = {org} AND agent_id = %s AND EXISTS (SELECT FROM l)"
+    ), [*chunks[1], agent_id, sign, sign, agent_id]
+
+
+def term_counts_compact(*, org_id: int, limit: int = 20000) -> int:
+    """Folds, for up to `limit` (agent, lexeme) pairs written to since the last run, every
+    row of the pair into one (none where they sum to zero: no chunk holds the lexeme any
+    more); returns how many pairs. One statement: it inserts the sum of exactly the rows it
+    deleted, so rows written meanwhile stay and count, and a reader sees the rows before or
+    after, never between. Writers never wait for it (it deletes only committed rows they
+    no longer touch). Two runs for one organization would only lock each other's rows in
+    any order: an advisory lock lets one run at a time."""
+    with db.tenant(org_id) as sql, sql.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s, {org})", [_COMPACT_LOCK])
+        if not cursor.fetchone()[0]:
+            return 0
+        # termcount_org_fresh_idx finds the pairs, termcount_org_lexeme_idx their rows.
+        cursor.execute(
+            "WITH k AS MATERIALIZED (SELECT DISTINCT agent_id, lexeme FROM knowledge_termcount"
+            " WHERE organization_id = {org} AND NOT compacted LIMIT %s),"
+            " gone AS (DELETE FROM knowledge_termcount t USING k WHERE t.organization_id = {org} AND t.lexeme = k.lexeme"
+            " AND t.agent_id = k.agent_id RETURNING t.agent_id, t.lexeme, t.chunks),"
+            " kept AS (INSERT INTO knowledge_termcount (organization_id, agent_id, lexeme, chunks, compacted)"
+            " SELECT {org}, agent_id, lexeme, sum(chunks), true FROM gone GROUP BY agent_id, lexeme HAVING sum(chunks) <> 0)"
+            " SELECT count(*) FROM k",
+            [limit],
+        )
+        return cursor.fetchone()[0]
+
+
+# pg_try_advisory_xact_lock(key1, key2): key1 names what is locked, key2 the organization.
+_COMPACT_LOCK = 18_0001
+
+
+def term_counts_compact_all(*, limit: int = 20000) -> int:
+    """Compacts every organization with rows written since the last run (a periodic task,
+    across organizations: termcount_org_fresh_idx holds only those rows)."""
+    orgs = TermCount.unscoped.filter(compacted=False).values_list("organization_id", flat=True).distinct()
+    total = 0
+    for org_id in list(orgs):
+        while (done := term_counts_compact(org_id=org_id, limit=limit)) > 0:
+            total += done
+            if done < limit:
+                break
+    return total
+
+
+def term_counts_drop(*, org: Organization, agent: Agent, limit: int) -> int:
+    """Deletes up to `limit` of a deleted agent's TermCount rows (its deletion job, batch
+    by batch); returns how many. termcount_org_lexeme_idx, skipping through its lexemes."""
+    with db.tenant(org) as sql:
+        return sql.rowcount(
+            "DELETE FROM knowledge_termcount WHERE id = ANY(ARRAY(SELECT id FROM knowledge_termcount"
+            " WHERE organization_id = {org} AND agent_id = %s LIMIT %s))",
+            [agent.pk, limit],
+        )
 
 
 def usage_get(*, org: Organization) -> dict:

@@ -10,6 +10,18 @@ DOCS = {
 }
 
 
+def agent_ref(agent):
+    """The agent as search reads it (search.selectors), with its stats row."""
+    from knowledge.models import AgentStats
+    from search.selection import AgentRef
+
+    stats = AgentStats.unscoped.get(agent_id=agent.pk)
+    return AgentRef(
+        agent.pk, agent.slug, agent.language, stats.total_chunks, stats.data_version, agent.vector_weight,
+        agent.keyword_weight, agent.embedding_model, stats.total_terms,
+    )  # fmt: skip
+
+
 def ingest(org, agent, docs=DOCS, **config):
     documents_ingest(
         org=org,

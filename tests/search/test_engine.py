@@ -1,64 +1,21 @@
-import random
-
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from core import db
-from search import keywords, selection
+from search import keywords
 from search.filters import filters_sql
 from tests.factories import AgentFactory
-from tests.search.conftest import ingest
-
-WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf"]
-
+from tests.search.conftest import agent_ref, ingest
 
 def _ref(agent):
-    return selection.AgentRef(agent.pk, agent.slug, agent.language, 0, 0, 1.0, 1.0, agent.embedding_model)
-
-
-def _every_match_ranked(org, agent, query: str, k: int) -> list[tuple[int, float]]:
-    """What the tiers must find: every chunk holding any term, ranked by coverage, then ts_rank."""
-    terms = keywords.query_terms(agent.language, query)
-    coverage = " + ".join(f"(c.search_vector @@ quote_literal(%s)::tsquery)::int" for _ in terms)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT c.id, round((({coverage} - 1 + ts_rank(c.search_vector, %s::tsquery, 32)) / %s)::numeric, 9) AS r"
-            " FROM knowledge_chunk c WHERE c.organization_id = %s AND c.agent_id = %s AND c.search_vector @@ %s::tsquery"
-            " ORDER BY r DESC, c.id LIMIT %s",
-            [*terms, keywords.at_least(terms, 1), len(terms), org.pk, agent.pk, keywords.at_least(terms, 1), k],
-        )
-        return [(cid, float(r)) for cid, r in cursor.fetchall()]
+    return agent_ref(agent)
 
 
 def _keyword(org, agents, query, k, filters=("", [])):
     statement = keywords.keyword_statement(org_id=org.pk, agents=[_ref(a) for a in agents], query=query, k=k, filters=filters)
     with db.tenant(org) as sql:
         return sql.fetchall(*statement, binding=True)
-
-
-QUERIES = [
-    "alpha bravo", "alpha bravo charlie", "delta echo foxtrot golf", " ".join(WORDS), "golf",
-    "alpha bravo zulu yankee xray whiskey victor",  # long, mostly unmatched: tiers of the words present
-]
-
-
-@pytest.mark.parametrize("query", QUERIES)
-@pytest.mark.parametrize("k", [1, 3, 10, 50])
-@pytest.mark.parametrize("tiers", [True, False])
-def test_keyword_search_by_tiers_or_in_one_scan_finds_the_top_k_of_every_match_ranked(org_a, agent_a, settings, query, k, tiers):
-    settings.SEARCH_KEYWORD_TIERS_MIN_CHUNKS = 0 if tiers else 10**9
-    # Chunks holding random subsets of seven words, some repeated: every coverage level
-    # is populated, and a seven-term query skips tiers with too many combinations.
-    rng = random.Random(7)
-    docs = {}
-    for i in range(80):
-        words = rng.sample(WORDS, rng.randint(1, 6)) * rng.randint(1, 3)
-        docs[f"d{i}"] = (" ".join(words) + f" filler{i}", {})
-    ingest(org_a, agent_a, docs)
-    found = [(cid, round(float(r), 9)) for cid, r in _keyword(org_a, [agent_a], query, k)]
-    assert found == _every_match_ranked(org_a, agent_a, query, k)
-    assert len(found) == min(k, len(_every_match_ranked(org_a, agent_a, query, 1000)))
 
 
 def test_keyword_tiers_skip_those_with_more_combinations_than_the_limit():

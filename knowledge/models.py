@@ -349,3 +349,6 @@ class JobTurn(models.Model):
 
     unscoped = models.Manager()
     objects = TenantManager()
+
+
+from knowledge.activity_models import AgentActivity, OrganizationActivity, Period, SiteActivity  # noqa: E402, F401

@@ -34,18 +34,20 @@ def fill_history(org_id: int) -> None:
             "searches, cache_hits, latency_ms_sum, latency_buckets, embedding_calls, embedding_errors,"
             " documents_ingested, chunks_ingested, errors"
         )
+        # A day's rhythm with some noise, so the charts have something to show.
+        wave = "(600 + 300 * sin(extract(epoch FROM m) / 9000) + 80 * random())::bigint"
         values = "{n}, {n} / 3, {n} * 12.5, ARRAY[0, {n} / 10, {n} / 4, {n} / 3, {n} / 5, {n} / 10, 2, 1, 0, 0, 0, 0]::bigint[], 3, 0, 1, 9, 0"
         cursor.execute(
-            f"INSERT INTO knowledge_siteactivity (period, start, {counters}) SELECT 60, m, {values.format(n=600)} FROM {minutes} m"
+            f"INSERT INTO knowledge_siteactivity (period, start, {counters}) SELECT 60, m, {values.format(n=wave)} FROM {minutes} m"
         )
         cursor.execute(
             f"INSERT INTO knowledge_organizationactivity (organization_id, period, start, {counters})"
-            f" SELECT %s, 60, m, {values.format(n=600)} FROM {minutes} m",
+            f" SELECT %s, 60, m, {values.format(n=wave)} FROM {minutes} m",
             [org_id],
         )
         cursor.execute(
             f"INSERT INTO knowledge_agentactivity (organization_id, agent_id, period, start, {counters})"
-            f" SELECT %s, a.id, 60, m, {values.format(n='(1 + a.id % 7)')} FROM knowledge_agent a, {minutes} m"
+            f" SELECT %s, a.id, 60, m, {values.format(n='(1 + mod(a.id, 7))')} FROM knowledge_agent a, {minutes} m"
             " WHERE a.organization_id = %s",
             [org_id, org_id],
         )
@@ -53,7 +55,7 @@ def fill_history(org_id: int) -> None:
         cursor.execute("TRUNCATE search_chunkaccess")
         cursor.execute(
             "INSERT INTO search_chunkaccess (organization_id, agent_id, chunk_id, day, access_count, score_sum, last_accessed_at)"
-            " SELECT c.organization_id, c.agent_id, c.id, d::date, 1 + c.id % 13, (1 + c.id % 13) * 0.5, now()"
+            " SELECT c.organization_id, c.agent_id, c.id, d::date, 1 + mod(c.id, 13), (1 + mod(c.id, 13)) * 0.5, now()"
             " FROM (SELECT id, organization_id, agent_id, row_number() OVER (PARTITION BY agent_id ORDER BY id) AS r"
             "       FROM knowledge_chunk WHERE organization_id = %s) c,"
             " generate_series(current_date - 6, current_date, interval '1 day') d WHERE c.r <= 20",

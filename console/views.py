@@ -4,6 +4,7 @@ the models its page shows; the actions (console/actions.py) check theirs."""
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.http import Http404, JsonResponse
 from django.template.response import TemplateResponse
 
@@ -15,7 +16,10 @@ from search.selectors import hot_chunks, hot_chunks_of_organization
 from tenants.models import Organization
 
 BIN_MINUTES = 10
-DOCUMENTS_SHOWN = 200
+DOCUMENTS_SHOWN = 100
+AGENTS_PER_PAGE = 100
+# The organization page's hot chunks come from its busiest agents (by searches).
+HOT_AGENTS = 20
 
 
 def require(request, *perms: str) -> None:
@@ -62,12 +66,17 @@ def organization(request, org_id: int):
     if org is None:
         raise Http404
     stats = AgentStats.objects.for_org(org).select_related("agent").exclude(agent__status="deleted").order_by("agent__slug")
+    # A page of agents at a time: an organization may have thousands (the stats rows are one
+    # per agent, so counting them is cheap).
+    agents_page = Paginator(stats, AGENTS_PER_PAGE).get_page(request.GET.get("page"))
+    busiest = list(stats.filter(search_count__gt=0).order_by("-search_count").values_list("agent_id", flat=True)[:HOT_AGENTS])
     see_chunks = request.user.has_perm("knowledge.view_chunk")
     see_jobs = request.user.has_perms(["knowledge.view_ingestionjob", "knowledge.view_deletionjob"])
     return page(
-        request, "console/organization.html", f"Organization {org.slug}", org=org, agent_stats=list(stats[:500]),
+        request, "console/organization.html", f"Organization {org.slug}", org=org, agents_page=agents_page,
+        hot_agents=HOT_AGENTS,
         usage=organization_usage(org=org), charts=_charts(org=org), window=_window(request),
-        hot=hot_chunks_of_organization(org=org, days=_window(request), limit=20) if see_chunks else [],
+        hot=hot_chunks_of_organization(org=org, agent_ids=busiest, days=_window(request), limit=20) if see_chunks and busiest else [],
         jobs=selectors.recent_jobs(org=org) if see_jobs else [], see_jobs=see_jobs, jobs_query=f"org={org.pk}",
     )  # fmt: skip
 

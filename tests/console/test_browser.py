@@ -177,6 +177,15 @@ def test_staff_run_the_console(browser, live_server, tenant, no_inline_jobs, tmp
     browser.get(f"{live_server.url}/admin/console/")
     assert "acme" in browser.find_element(By.CSS_SELECTOR, ".columns").text
     _shot(browser, "overview-after")
+    # The admin's dark theme (it follows the system's): the charts draw with its variables.
+    chart_background = "return getComputedStyle(document.querySelector('svg.chart')).backgroundColor"
+    light = browser.execute_script(chart_background)
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+    browser.refresh()
+    dark = browser.execute_script(chart_background)
+    _shot(browser, "overview-dark")
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+    assert dark != light, (light, dark)
     _no_js_errors(browser)
 
 

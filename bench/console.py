@@ -100,20 +100,48 @@ def time_pages(pages: list[tuple[str, str, dict | None]], n: int) -> harness.Tab
     return table
 
 
+def screenshot(env: dict, path: str) -> None:
+    """The overview as a browser shows it (README's picture), served by gunicorn."""
+    from django.core.management import call_command
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    call_command("collectstatic", "--noinput", verbosity=0)
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1500", "--hide-scrollbars"):
+        options.add_argument(arg)
+    with harness.Gunicorn(env, workers=1, threads=2) as server:
+        driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+        try:
+            driver.get(f"{server.url}/admin/login/?next=/admin/console/")
+            driver.find_element(By.ID, "id_username").send_keys("bench-console")
+            driver.find_element(By.ID, "id_password").send_keys("pw")
+            driver.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+            time.sleep(2)
+            driver.save_screenshot(path)
+        finally:
+            driver.quit()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reuse", action="store_true", help="keep the data a previous run loaded, if unchanged")
     parser.add_argument("-n", type=int, default=40, help="requests per page (default 40)")
     parser.add_argument("--keep-server", action="store_true", help="leave the embedded PostgreSQL running")
+    parser.add_argument("--screenshot", metavar="PNG", help="also save the overview as Chromium shows it (needs selenium)")
     args = parser.parse_args()
 
     run = harness.Run()
     run.phase("setup and load")
-    harness.setup("console", dimensions=384, fresh=not args.reuse, ALLOWED_HOSTS="testserver,127.0.0.1")
+    env = harness.setup("console", dimensions=384, fresh=not args.reuse, ALLOWED_HOSTS="testserver,127.0.0.1")
     specs = harness.agent_specs(HEAD_SIZES + harness.zipf_sizes(1000 - len(HEAD_SIZES), 100_000, minimum=1))
     data = harness.load_synthetic(org_slug="bench", specs=specs, topics=harness.Topics(384))
     harness.build_graphs(data.timings)
     run.phase("history")
+    from knowledge.services.stats import usage_reconcile
+
+    usage_reconcile(org=data.org, fix=True)  # the load wrote agents' stats rows only
     fill_history(data.org.pk)
 
     from knowledge.models import Agent, Document
@@ -141,6 +169,9 @@ def main():
         ("agents list", "/admin/knowledge/agent/", None),
     ]
     tables = [time_pages(pages, args.n)]
+    if args.screenshot:
+        run.phase("screenshot")
+        screenshot(env, args.screenshot)
     tables.insert(0, run.table())
     harness.print_tables(tables)
     if not args.keep_server:

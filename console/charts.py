@@ -74,10 +74,13 @@ def line_chart(*, title: str, series: list[Series], labels: list[str], unit: str
     return format_html('<figure class="console-chart"><figcaption>{} <small>{}</small> {}</figcaption>{}</figure>', title, unit, legend, svg)
 
 
-def activity_charts(bins: list[Bin], *, bin_minutes: int) -> list[SafeString]:
+def activity_charts(bins: list[Bin]) -> list[SafeString]:
     """The console's four charts of a series of bins (site, organization or agent)."""
     labels = [b.start.strftime("%H:%M") for b in bins]
-    searches = [b.counts["searches"] / bin_minutes for b in bins]
+    def per_minute(name):
+        return [b.counts[name] / b.minutes for b in bins]
+
+    searches = per_minute("searches")
     return [
         line_chart(title="Searches", unit="per minute", labels=labels, series=[Series("searches/min", searches)]),
         line_chart(title="Latency", unit="ms", labels=labels, series=[
@@ -86,9 +89,8 @@ def activity_charts(bins: list[Bin], *, bin_minutes: int) -> list[SafeString]:
         line_chart(title="Cache hit rate", unit="%", labels=labels, ymax=100, series=[
             Series("hit rate", [None if b.hit_rate is None else 100 * b.hit_rate for b in bins]),
         ]),  # fmt: skip
-        line_chart(title="Embedding calls and errors", unit="per bin", labels=labels, series=[
-            Series("embedding calls", [b.counts["embedding_calls"] for b in bins]),
-            Series("embedding errors", [b.counts["embedding_errors"] for b in bins]),
-            Series("errors", [b.counts["errors"] for b in bins]),
+        line_chart(title="Embedding calls and errors", unit="per minute", labels=labels, series=[
+            Series("embedding calls", per_minute("embedding_calls")), Series("embedding errors", per_minute("embedding_errors")),
+            Series("errors", per_minute("errors")),
         ]),  # fmt: skip
     ]

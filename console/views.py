@@ -17,7 +17,7 @@ from tenants.models import Organization
 
 BIN_MINUTES = 10
 DOCUMENTS_SHOWN = 100
-AGENTS_PER_PAGE = 100
+AGENTS_PER_PAGE = 50
 # The organization page's hot chunks come from its busiest agents (by searches).
 HOT_AGENTS = 20
 
@@ -33,7 +33,7 @@ def page(request, template: str, title: str, **context) -> TemplateResponse:
 
 def _charts(**scope) -> list:
     bins = activity_selectors.activity_series(bin_minutes=BIN_MINUTES, **scope)
-    return charts.activity_charts(bins, bin_minutes=BIN_MINUTES)
+    return charts.activity_charts(bins)
 
 
 def _window(request) -> int:
@@ -54,7 +54,7 @@ def overview(request):
     return page(
         request, "console/overview.html", "Console",
         health=selectors.health(), totals=selectors.totals(), day=activity_selectors.totals(bins),
-        charts=charts.activity_charts(bins, bin_minutes=BIN_MINUTES), busiest_orgs=busiest_orgs,
+        charts=charts.activity_charts(bins), busiest_orgs=busiest_orgs,
         busiest_agents=selectors.busiest_agents() if see_agents else [], see_jobs=see_jobs,
         jobs=selectors.job_rows() if see_jobs else [], cache_backend=selectors.cache_backend(),
     )  # fmt: skip

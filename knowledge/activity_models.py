@@ -35,7 +35,9 @@ class ActivityCounters(models.Model):
 
 class AgentActivity(ActivityCounters):
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
-    agent = models.ForeignKey("knowledge.Agent", on_delete=models.CASCADE, related_name="+")
+    # Deleted with their organization (its index leads with it); an agent row is never deleted
+    # on its own (it stays as `deleted`), and a cascade by agent_id would scan this table.
+    agent = models.ForeignKey("knowledge.Agent", on_delete=models.DO_NOTHING, related_name="+")
 
     unscoped = models.Manager()
     objects = TenantManager()

@@ -4,6 +4,7 @@
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -12,12 +13,10 @@ from knowledge.activity_models import AgentActivity, OrganizationActivity, Perio
 from knowledge.models import Agent
 from tenants.models import Organization
 
-_VALUES = ("start", *activity.COUNTERS, "latency_buckets")
-
-
 @dataclass
 class Bin:
     start: datetime
+    minutes: float = 1.0  # how long the bin is (the one in progress: how much of it has passed)
     counts: dict = field(default_factory=lambda: dict.fromkeys(activity.COUNTERS, 0))
     buckets: list = field(default_factory=lambda: [0] * activity.BUCKETS)
 
@@ -51,25 +50,33 @@ def activity_series(
 ) -> list[Bin]:
     """The last `hours` of activity in bins of `bin_minutes`, oldest first, empty bins
     included: the site's without `org`, the organization's with it, the agent's with both.
-    Reads minute rows (kept LORE_ACTIVITY_MINUTE_DAYS) through the table's unique index."""
+    One statement: a range of the table's unique index (organization, [agent,] period,
+    start) over the minute rows (kept LORE_ACTIVITY_MINUTE_DAYS), summed per bin by
+    PostgreSQL. The last bin is the one in progress: its `minutes` say how much of it has passed."""
     now = now or timezone.now()
     step = timedelta(minutes=bin_minutes)
     first = _floor(now - timedelta(hours=hours), bin_minutes) + step
+    bins = [Bin(first + i * step, minutes=bin_minutes) for i in range(int(timedelta(hours=hours) / step))]
+    bins[-1].minutes = max(1.0, min(bin_minutes, (now - bins[-1].start).total_seconds() / 60))
     if org is None:
-        rows = SiteActivity.objects.all()
+        table, where, params = SiteActivity._meta.db_table, "", []
     elif agent is None:
-        rows = OrganizationActivity.objects.for_org(org)
+        table, where, params = OrganizationActivity._meta.db_table, "organization_id = %s AND ", [org.pk]
     else:
-        rows = AgentActivity.objects.for_org(org).filter(agent_id=agent.pk)
-    bins = [Bin(first + i * step) for i in range(int(timedelta(hours=hours) / step))]
-    for row in rows.filter(period=Period.MINUTE, start__gte=first).values_list(*_VALUES):
-        index = int((row[0] - first) / step)
+        table, where, params = AgentActivity._meta.db_table, "organization_id = %s AND agent_id = %s AND ", [org.pk, agent.pk]
+    sums = ", ".join([f"sum({name})" for name in activity.COUNTERS] + [f"sum(latency_buckets[{i}])" for i in range(1, activity.BUCKETS + 1)])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT floor(extract(epoch FROM start - %s) / %s)::int AS i, {sums} FROM {table}"
+            f" WHERE {where}period = %s AND start >= %s GROUP BY 1",
+            [first, step.total_seconds(), *params, Period.MINUTE, first],
+        )
+        rows = cursor.fetchall()
+    for index, *values in rows:
         if 0 <= index < len(bins):
             target = bins[index]
-            for name, value in zip(activity.COUNTERS, row[1:]):
-                target.counts[name] += value
-            for i, n in enumerate(row[-1][: activity.BUCKETS]):
-                target.buckets[i] += n
+            target.counts = {name: (float if name == "latency_ms_sum" else int)(v or 0) for name, v in zip(activity.COUNTERS, values)}
+            target.buckets = [int(v or 0) for v in values[len(activity.COUNTERS):]]
     return bins
 
 

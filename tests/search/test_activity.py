@@ -129,3 +129,25 @@ def test_old_minutes_roll_up_into_hours_and_old_hours_go(org_a, agent_a, setting
     assert not AgentActivity.unscoped.filter(pk=ancient.pk).exists()
     activity_rollup(now=now)  # again: nothing moves twice
     assert AgentActivity.unscoped.get(period=Period.HOUR, agent=agent_a).searches == 6
+
+
+def test_an_organization_deleted_takes_its_history_along(org_a, agent_a, org_b, agent_b, django_capture_on_commit_callbacks):
+    from knowledge import tasks as knowledge_tasks
+    from knowledge.models import DeletionJob
+    from knowledge.services import activity_write, organization_delete_request
+    from tenants.models import Organization
+
+    minute = int(timezone.now().timestamp() // 60 * 60)
+    row = [1, 0, 1.0, 0, 0, 0, 0, 0, *([0] * activity.BUCKETS)]
+    activity_write({
+        (activity.AGENT, org_a.pk, agent_a.pk, minute): row, (activity.ORG, org_a.pk, 0, minute): row,
+        (activity.AGENT, org_b.pk, agent_b.pk, minute): row, (activity.SITE, 0, 0, minute): row,
+    })  # fmt: skip
+    organization_delete_request(org=org_a)
+    for job in DeletionJob.unscoped.filter(organization=org_a, scope="agent"):
+        with django_capture_on_commit_callbacks(execute=True):
+            knowledge_tasks.deletion_job_run(job.pk)
+    assert not Organization.objects.filter(pk=org_a.pk).exists()
+    assert not AgentActivity.unscoped.filter(organization_id=org_a.pk).exists()
+    assert not OrganizationActivity.unscoped.filter(organization_id=org_a.pk).exists()
+    assert AgentActivity.unscoped.filter(organization=org_b).count() == 1 and SiteActivity.objects.count() == 1

@@ -18,6 +18,7 @@ from tenants.models import Organization
 BIN_MINUTES = 10
 DOCUMENTS_SHOWN = 100
 AGENTS_PER_PAGE = 50
+CHUNKS_SHOWN = 200
 # The organization page's hot chunks come from its busiest agents (by searches).
 HOT_AGENTS = 20
 
@@ -124,11 +125,11 @@ def document(request, document_id: int):
     org = doc.organization
     # Index chunk_org_doc_ord_idx / section_org_agent_doc_idx: this document's rows only.
     chunks = list(Chunk.objects.for_org(org).filter(document_id=doc.pk).order_by("ordinal").only(
-        "key", "ordinal", "text", "char_count", "section_id", "metadata")[:500])  # fmt: skip
+        "key", "ordinal", "text", "char_count", "section_id", "metadata")[:CHUNKS_SHOWN])  # fmt: skip
     sections = list(Section.objects.for_org(org).filter(agent_id=doc.agent_id, document_id=doc.pk).order_by("ordinal"))
     return page(
         request, "console/document.html", f"Document {doc.key}", doc=doc, agent=doc.agent, org=org, chunks=chunks,
-        sections=sections, can_change=request.user.has_perm("knowledge.change_document") and doc.agent.status == "active",
+        sections=sections, chunks_shown=CHUNKS_SHOWN, can_change=request.user.has_perm("knowledge.change_document") and doc.agent.status == "active",
         can_delete=request.user.has_perm("knowledge.delete_document") and doc.agent.status == "active",
     )  # fmt: skip
 

@@ -57,7 +57,8 @@ def activity_series(
     step = timedelta(minutes=bin_minutes)
     first = _floor(now - timedelta(hours=hours), bin_minutes) + step
     bins = [Bin(first + i * step, minutes=bin_minutes) for i in range(int(timedelta(hours=hours) / step))]
-    bins[-1].minutes = max(1.0, min(bin_minutes, (now - bins[-1].start).total_seconds() / 60))
+    # The minute in progress is not flushed yet (the tracking flush runs every minute).
+    bins[-1].minutes = max(1.0, min(bin_minutes, (now - bins[-1].start).total_seconds() / 60 - 1))
     if org is None:
         table, where, params = SiteActivity._meta.db_table, "", []
     elif agent is None:

@@ -39,7 +39,10 @@ def activity_write(rows: dict[tuple, list]) -> int:
             if not items:
                 continue
             table, owners = _TABLES[kind]
-            counters = [[row[3][i] for row in items] for i in range(len(activity.COUNTERS))]
+            # One type per array (rows drained in process hold ints and floats, rows read back from Redis floats).
+            counters = [
+                [(float if name == "latency_ms_sum" else int)(row[3][i]) for row in items] for i, name in enumerate(activity.COUNTERS)
+            ]
             buckets = ["{" + ",".join(str(int(v)) for v in row[3][len(activity.COUNTERS):]) + "}" for row in items]
             columns = [*owners, "period", "start", *activity.COUNTERS, "latency_buckets"]
             selected = [f"x.{c}" for c in owners] + ["60", "to_timestamp(x.minute)"]

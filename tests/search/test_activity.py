@@ -110,7 +110,8 @@ def test_old_minutes_roll_up_into_hours_and_old_hours_go(org_a, agent_a, setting
         for key in ((activity.AGENT, org_a.pk, agent_a.pk, ts), (activity.ORG, org_a.pk, 0, ts), (activity.SITE, 0, 0, ts)):
             rows[key] = [m, 0, 10.0 * m, 0, 0, 0, 0, 0, *buckets]
     recent = int(now.timestamp() // 60 * 60)
-    rows[(activity.AGENT, org_a.pk, agent_a.pk, recent)] = [1, 1, 1.0, 0, 0, 0, 0, 0, *([0] * activity.BUCKETS)]
+    # An int where the other rows hold floats: rows drained in process mix them.
+    rows[(activity.AGENT, org_a.pk, agent_a.pk, recent)] = [1, 1, 1, 0, 0, 0, 0, 0, *([0] * activity.BUCKETS)]
     from knowledge.services import activity_write
 
     activity_write(rows)

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def _unavailable(reason: str):
     if os.environ.get("LORE_REQUIRE_BROWSER"):
         pytest.fail(f"LORE_REQUIRE_BROWSER is set but {reason}")
-    pytest.skip(f"browser tests need {reason.split(' is ')[0]} (apt-get install chromium chromium-driver)")
+    pytest.skip(f"no browser: {reason} (apt-get install chromium chromium-driver; pip install -r requirements/dev.txt)")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def browser():
     binary = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
     driver_path = shutil.which("chromedriver")
     if not binary or not driver_path:
-        _unavailable("chromium and chromedriver are not both on PATH")
+        _unavailable("Chromium or chromedriver is not on PATH")
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1100"):

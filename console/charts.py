@@ -56,6 +56,10 @@ def line_chart(*, title: str, series: list[Series], labels: list[str], unit: str
                 pen = "M"
                 continue
             d.append(f"{pen}{x(i):.1f},{y(v):.1f}")
+            # A point without neighbours draws no line: a dot shows it.
+            alone = (i == 0 or s.values[i - 1] is None) and (i == len(s.values) - 1 or s.values[i + 1] is None)
+            if alone:
+                paths.append(format_html('<circle class="dot s{}" cx="{}" cy="{}" r="2.5"></circle>', k, f"{x(i):.1f}", f"{y(v):.1f}"))
             pen = "L"
         paths.append(format_html('<path class="line s{}" d="{}"><title>{}</title></path>', k, " ".join(d) or "M0,0", s.label))
     grid = format_html_join(

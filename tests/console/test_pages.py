@@ -123,3 +123,14 @@ def test_admin_lists_never_count_documents_or_chunks(staff, org_a, kb):
             assert staff.get(url).status_code == 200
         counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
         assert not [sql for sql in counts if "knowledge_document" in sql or "knowledge_chunk" in sql], counts
+
+
+def test_a_chart_draws_lines_gaps_and_lone_points():
+    from console.charts import Series, line_chart
+
+    svg = str(line_chart(title="T <x>", unit="ms", labels=[str(i) for i in range(5)], series=[
+        Series("a", [1.0, 2.0, None, 4.0, None]), Series("b", [None, None, None, None, None]),
+    ]))  # fmt: skip
+    assert "T &lt;x&gt;" in svg and svg.count("<path") == 2 and svg.count("<circle") == 1
+    line = svg.split('class="line s0" d="')[1].split('"')[0]
+    assert line.startswith("M") and line.count("M") == 2  # a gap starts a new stroke

@@ -14,6 +14,7 @@ api_v1 = [
 ]
 
 urlpatterns = [
+    path("admin/console/", include("console.urls")),  # before the admin's catch-all
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
     path("api/v1/", include(api_v1)),

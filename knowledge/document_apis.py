@@ -7,10 +7,11 @@ from rest_framework.response import Response
 from core.fields import NOT_BLANK, StrictCharField
 from core.parsers import JSONParser
 from knowledge import selectors, services
-from knowledge.chunking import CONTENT_TYPES, FILE_TYPES
+from knowledge.chunking import CONTENT_TYPES
 from knowledge.deletion_apis import ChunksDeleteMixin, DeletedOutput, DocumentDeleteMixin
 from knowledge.models import Agent, Document
 from knowledge.services import DocumentInput
+from knowledge.uploads import file_document
 from tenants.api import PAGE_PARAMETERS, OrgAPIView, paginated
 from tenants.errors import conflict, invalid, not_found, too_large
 
@@ -70,25 +71,12 @@ class AgentScopedAPIView(OrgAPIView):
 
 
 def _file_document(request) -> dict:
-    upload = request.FILES["file"]
-    suffix = "." + upload.name.rsplit(".", 1)[-1].lower() if "." in upload.name else ""
-    if suffix not in FILE_TYPES:
-        raise invalid("file", f"Unsupported file type '{suffix or upload.name}'; use {', '.join(FILE_TYPES)}.")
-    if upload.size > settings.LORE_MAX_DOCUMENT_BYTES:
-        raise too_large("file", f"File is larger than {settings.LORE_MAX_DOCUMENT_BYTES} bytes.")
-    try:
-        text = upload.read().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise invalid("file", "File is not valid UTF-8 text.") from exc
-    if "\x00" in text:
-        raise invalid("file", "File holds NUL characters: not text.")
     return {
-        "key": request.data.get("key") or upload.name,
+        **file_document(request.FILES["file"]),
+        "key": request.data.get("key") or request.FILES["file"].name,
         "title": request.data.get("title", ""),
-        "source": request.data.get("source", upload.name),
-        "content_type": FILE_TYPES[suffix],
+        "source": request.data.get("source", request.FILES["file"].name),
         "metadata": _json_field(request.data.get("metadata")),
-        "text": text,
     }
 
 

@@ -35,6 +35,7 @@ from pgvector import HalfVector
 
 from core import db
 from core.errors import UpstreamFailed, Unavailable
+from knowledge import activity
 
 logger = logging.getLogger(__name__)
 
@@ -332,7 +333,20 @@ def halfvecs(vectors: np.ndarray) -> list[HalfVector]:
     return [HalfVector(v) for v in np.asarray(vectors, dtype=np.float16)]
 
 
-def embed_with_cache(*, org_id: int, model: str, texts: list[str], interactive: bool = False) -> tuple[np.ndarray, int, int]:
+def provider_call(*, org_id: int, agent_id: int | None, call):
+    """Runs one call to the provider, counted in the activity history (calls and failures)."""
+    try:
+        result = call()
+    except Exception:
+        activity.record(org_id=org_id, agent_id=agent_id, embedding_calls=1, embedding_errors=1)
+        raise
+    activity.record(org_id=org_id, agent_id=agent_id, embedding_calls=1)
+    return result
+
+
+def embed_with_cache(
+    *, org_id: int, model: str, texts: list[str], interactive: bool = False, agent_id: int | None = None
+) -> tuple[np.ndarray, int, int]:
     """Embeddings for `texts`: from the organization's cache where present, from the
     provider for the rest (each distinct text once), which are then cached.
     `interactive`: a caller is waiting (provider.embed).
@@ -363,7 +377,10 @@ def embed_with_cache(*, org_id: int, model: str, texts: list[str], interactive: 
         first_text = {}
         for h, t in zip(hashes, texts):
             first_text.setdefault(h, t)
-        vectors = get_provider(model).embed([first_text[h] for h in missing], interactive=interactive)
+        vectors = provider_call(
+            org_id=org_id, agent_id=agent_id,
+            call=lambda: get_provider(model).embed([first_text[h] for h in missing], interactive=interactive),
+        )  # fmt: skip
         fresh = dict(zip(missing, vectors))
         with db.tenant(org_id) as sql, sql.cursor(binding=True) as cursor:
             cursor.execute(

@@ -382,3 +382,6 @@ class JobTurn(models.Model):
 
     unscoped = UnscopedManager()
     objects = TenantManager()
+
+
+from knowledge.activity_models import AgentActivity, OrganizationActivity, Period, SiteActivity  # noqa: E402, F401

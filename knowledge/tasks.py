@@ -11,6 +11,7 @@ from knowledge.models import DeletionJob, IngestionJob
 SCHEDULES: list[tuple[str, int]] = [
     ("knowledge.tasks.jobs_sweep", 1),
     ("knowledge.tasks.term_counts_compact", 1),
+    ("knowledge.tasks.activity_rollup", 60),
 ]
 
 
@@ -18,6 +19,10 @@ def run_jobs() -> None:
     # One claim loop per worker process: while its poller thread runs one (broker down),
     # a wake-up arriving here has nothing to add.
     jobs.run_exclusive(services.jobs_run)
+
+
+def activity_rollup() -> dict:
+    return services.activity_rollup()
 
 
 def jobs_sweep() -> None:

@@ -119,6 +119,12 @@ def _request(data, serializer_class=SearchInputSerializer) -> tuple[SearchReques
     return SearchRequest(**values), agents
 
 
+def search_request_parse(data) -> SearchRequest:
+    """A search request from a body as the agent search endpoint takes it, checked as it
+    checks it (the console's playground)."""
+    return _request(data)[0]
+
+
 # Prefixes of API keys that authenticated in this process: only their bodies are read
 # before authentication (bounded by SEARCH_MAX_BODY_BYTES), so a caller without a key
 # that worked here never gets a body parsed before being refused.

@@ -6,7 +6,12 @@ class SearchConfig(AppConfig):
 
     def ready(self):
         from core import cleanup
+        from knowledge import activity
+        from search import tracking
         from search.cleanup import delete_agent_access, drop_agent_indexes, drop_organization_index
+
+        # Whatever a process counts in the activity history, its tracking flusher pushes.
+        activity.register_pusher(tracking.ensure_flusher)
 
         cleanup.register(
             before_agent=drop_agent_indexes, before_organization=drop_organization_index, agent_rows=delete_agent_access

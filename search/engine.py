@@ -87,6 +87,9 @@ def search_statement(
         ctes.append(f"kw AS MATERIALIZED ({keyword[0]})")
         params += keyword[1]
     # A single list is scored as it is; hybrid fuses its two lists' ranks first.
+    # The ranks behind a hybrid score (in its vector and keyword lists; NULL: not in that
+    # list), for the console's playground; a single list's rank is its result's position.
+    ranks = "NULL::bigint, NULL::bigint"
     if mode == "vector":
         source, score = "v", "round((1 - v.d)::numeric, 6)::float8"
     elif mode == "keyword":
@@ -94,15 +97,17 @@ def search_statement(
     else:
         rrf = settings.SEARCH_RRF_K
         ctes.append(
-            "top AS MATERIALIZED (SELECT id, round(sum(s)::numeric, 6)::float8 AS s FROM ("
-            "SELECT id, %s::float8 / (%s + row_number() OVER (ORDER BY d, id)) AS s FROM v"
-            " UNION ALL SELECT id, %s::float8 / (%s + row_number() OVER (ORDER BY r DESC, id)) FROM kw) x"
+            "top AS MATERIALIZED (SELECT id, round(sum(s)::numeric, 6)::float8 AS s, min(vr) AS vr, min(kr) AS kr FROM ("
+            "SELECT id, %s::float8 / (%s + n) AS s, n AS vr, NULL::bigint AS kr FROM"
+            " (SELECT id, row_number() OVER (ORDER BY d, id) AS n FROM v) vn"
+            " UNION ALL SELECT id, %s::float8 / (%s + n), NULL, n FROM"
+            " (SELECT id, row_number() OVER (ORDER BY r DESC, id) AS n FROM kw) kn) x"
             " GROUP BY id ORDER BY 2 DESC, id LIMIT %s)"
         )
         params += [float(weights["vector"]), rrf, float(weights["keyword"]), rrf, limit]
-        source, score = "top", "top.s"
+        source, score, ranks = "top", "top.s", "top.vr, top.kr"
     sql = (
-        f"WITH {', '.join(ctes)} SELECT {source}.id, {score} AS s, {_row_columns(include_parent)} FROM {source}"
+        f"WITH {', '.join(ctes)} SELECT {source}.id, {score} AS s, {ranks}, {_row_columns(include_parent)} FROM {source}"
         f" JOIN knowledge_chunk c ON c.id = {source}.id AND c.organization_id = {{org}} ORDER BY s DESC, {source}.id LIMIT %s"
     )
     return sql, [*params, limit]
@@ -113,7 +118,10 @@ def fetch_results(*, org_id: int, statement: tuple[str, list]) -> list[tuple[int
     prepared: an unnamed statement is planned with its values."""
     with db.tenant(org_id) as sql:
         rows = sql.fetchall(*statement, binding=True)
-    return [(cid, score, _row(rest)) for cid, score, *rest in rows]
+    return [
+        (cid, score, {**_row(rest), "_ranks": (vector_rank, keyword_rank)})
+        for cid, score, vector_rank, keyword_rank, *rest in rows
+    ]
 
 
 def _row_columns(include_parent: bool) -> str:

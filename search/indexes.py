@@ -133,16 +133,7 @@ def _sync(result: SyncResult) -> None:
                 stale.append(graph)
         else:
             _drop(graph.name)  # under the lock nobody else builds: a dead build's leftover
-    # Every organization's stats rows (one per agent), never chunks: the sync serves all
-    # tenants, hence the unscoped manager.
-    rows = AgentStats.unscoped.values_list("agent_id", "organization_id", "agent__status", "organization__is_active", "total_chunks")
-    agents, orgs = {}, {}
-    for agent_id, org_id, status, org_is_active, total in rows:
-        active = status == Agent.Status.ACTIVE and org_is_active
-        agents[agent_id] = (active, total)
-        org_active, org_total = orgs.get(org_id, (False, 0))
-        orgs[org_id] = (org_active or active, org_total + (total if active else 0))
-
+    agents, orgs = _sizes()
     result.created_agents, result.dropped_agents = _plan(agents, have["agent"], settings.SEARCH_AGENT_INDEX_MIN_CHUNKS)
     result.created_orgs, result.dropped_orgs = _plan(orgs, have["organization"], settings.SEARCH_ORG_INDEX_MIN_CHUNKS)
     # An agent's keyword index comes and goes with its graph (the same sizes, the same line).
@@ -164,6 +155,42 @@ def _sync(result: SyncResult) -> None:
         if graph.name not in dropped:
             _rebuild(graph)
             result.rebuilt.append(graph.name)
+
+
+def _sizes() -> tuple[dict[int, tuple[bool, int]], dict[int, tuple[bool, int]]]:
+    """(active, chunks) per agent and per organization."""
+    # Every organization's stats rows (one per agent), never chunks: the sync serves all
+    # tenants, hence the unscoped manager.
+    rows = AgentStats.unscoped.values_list("agent_id", "organization_id", "agent__status", "organization__is_active", "total_chunks")
+    agents, orgs = {}, {}
+    for agent_id, org_id, status, org_is_active, total in rows:
+        active = status == Agent.Status.ACTIVE and org_is_active
+        agents[agent_id] = (active, total)
+        org_active, org_total = orgs.get(org_id, (False, 0))
+        orgs[org_id] = (org_active or active, org_total + (total if active else 0))
+    return agents, orgs
+
+
+def sync_plan() -> dict[str, int]:
+    """How far the indexes are behind the sizes (what a sync would do now): indexes to
+    build and to drop, being built (not valid yet), in place. Reads the stats rows and the
+    catalog, never chunks."""
+    have: dict[str, dict[int, str]] = {scope: {} for scope in PREFIXES.values()}
+    building = 0
+    for graph in graphs():
+        if graph.valid and not graph.leftover:
+            have[graph.scope][graph.owner_id] = graph.name
+        else:
+            building += 1
+    agents, orgs = _sizes()
+    to_build = to_drop = 0
+    for sizes, scope, threshold in (
+        (agents, "agent", settings.SEARCH_AGENT_INDEX_MIN_CHUNKS), (orgs, "organization", settings.SEARCH_ORG_INDEX_MIN_CHUNKS),
+        (agents, "agent-keyword", settings.SEARCH_AGENT_INDEX_MIN_CHUNKS),
+    ):  # fmt: skip
+        wanted, unwanted = _plan(sizes, have[scope], threshold)
+        to_build, to_drop = to_build + len(wanted), to_drop + len(unwanted)
+    return {"to_build": to_build, "to_drop": to_drop, "building": building, "built": sum(map(len, have.values()))}
 
 
 def _build(name: str, scope: str, predicate: str) -> None:

@@ -94,19 +94,34 @@ def _everyone(org_id: int, digest: str | None) -> AgentSelection:
 def hot_chunks(*, org: Organization, agent_id: int, days: int, limit: int) -> list[dict]:
     """Chunks ranked by accesses within the window (chunkaccess_org_agent_day_chunk_uniq
     serves the range on day). Chunks deleted since are left out."""
+    return [{k: v for k, v in row.items() if k != "agent"} for row in _hot(org, agent_id, days, limit)]
+
+
+def hot_chunks_of_organization(*, org: Organization, agent_ids: list[int], days: int, limit: int) -> list[dict]:
+    """hot_chunks across some of the organization's agents (the console: its busiest), each
+    naming its agent: one range of the same index per agent, not every access row of an
+    organization of 1,000 agents."""
+    return _hot(org, agent_ids, days, limit)
+
+
+def _hot(org: Organization, agent_ids: int | list[int], days: int, limit: int) -> list[dict]:
     since = (timezone.now() - timedelta(days=days - 1)).date()
+    ids = [agent_ids] if isinstance(agent_ids, int) else agent_ids
     with db.tenant(org) as sql:
         rows = sql.fetchall(
-            "SELECT c.key, d.key, c.text, h.n, h.s / h.n, h.t FROM ("
-            "  SELECT chunk_id, sum(access_count) AS n, sum(score_sum) AS s, max(last_accessed_at) AS t"
-            "  FROM search_chunkaccess WHERE organization_id = {org} AND agent_id = %s AND day >= %s"
-            "  GROUP BY chunk_id) h"
+            "SELECT c.key, d.key, c.text, h.n, h.s / h.n, h.t, a.slug FROM ("
+            "  SELECT chunk_id, agent_id, sum(access_count) AS n, sum(score_sum) AS s, max(last_accessed_at) AS t"
+            "  FROM search_chunkaccess WHERE organization_id = {org} AND agent_id = ANY(%s) AND day >= %s"
+            "  GROUP BY chunk_id, agent_id) h"
             " JOIN knowledge_chunk c ON c.id = h.chunk_id AND c.organization_id = {org}"
             " JOIN knowledge_document d ON d.id = c.document_id AND d.organization_id = {org}"
+            " JOIN knowledge_agent a ON a.id = h.agent_id AND a.organization_id = {org}"
             " ORDER BY h.n DESC, h.t DESC LIMIT %s",
-            [agent_id, since, limit],
+            [[int(i) for i in ids], since, limit],
         )
     return [
-        {"chunk_key": r[0], "document_key": r[1], "text": r[2], "access_count": int(r[3]), "avg_score": round(float(r[4]), 6), "last_accessed_at": r[5]}
+        {"chunk_key": r[0], "document_key": r[1], "text": r[2], "access_count": int(r[3]), "avg_score": round(float(r[4]), 6),
+         "last_accessed_at": r[5], "agent": r[6]}
         for r in rows
-    ]
+    ]  # fmt: skip
+

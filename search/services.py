@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from django.conf import settings
 
-from knowledge.embeddings import EmbeddingUnavailable, get_provider
+from knowledge import activity
+from knowledge.embeddings import EmbeddingUnavailable, get_provider, provider_call
 from search import caching, engine, keywords, tracking
 from search.filters import filters_sql
 from search.caching import TwoTierCache
@@ -60,7 +61,7 @@ def _query_vectors(org_id: int, models: list[str], text: str, cached: list) -> d
         if raw is not None:
             vectors[model] = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
         else:
-            vectors[model] = get_provider(model).embed_query(text)
+            vectors[model] = provider_call(org_id=org_id, agent_id=None, call=lambda m=model: get_provider(m).embed_query(text))
             query_vector_put(org_id, model, text, vectors[model])
     return vectors
 
@@ -94,14 +95,16 @@ def search_prefetch(*, caller: str, scope: tuple, request: SearchRequest) -> cac
 
 def search(
     *, org: Organization, selection: AgentSelection, request: SearchRequest, scope: tuple,
-    caller: str | None = None, read: dict | None = None,
+    caller: str | None = None, read: dict | None = None, explain: bool = False,
 ) -> dict:
     """`scope`: the agents as the caller named them (("agent", slug); ("agents", slugs or
     None for all)). `read`: what search_prefetch's read found, for `caller`.
 
     When the query's embedding is unavailable (EmbeddingUnavailable: provider timed out,
     down, or its breaker open), a hybrid search answers by keywords alone, says so in
-    `degraded` and is not cached; a vector search raises it."""
+    `degraded` and is not cached; a vector search raises it. `explain` (the console's
+    playground): each result also has `ranks`, its positions in the vector and keyword
+    lists behind its score."""
     started = time.perf_counter()
     filters = filters_sql(request.filters)  # validates, even when the answer is cached
     key = request.cache_key(org.pk, scope)
@@ -120,6 +123,7 @@ def search(
             vectors = _query_vectors(org.pk, models, request.query, found[1:])
         except EmbeddingUnavailable:
             if request.mode != "hybrid":
+                activity.record(org_id=org.pk, errors=1)
                 raise
             vectors, degraded = None, ["vector"]
             metrics["degraded"] += 1
@@ -137,12 +141,24 @@ def search(
             if len(_seen) > _SEEN_SIZE:
                 _seen.popitem(last=False)
     return {
-        "results": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results],
+        "results": [
+            {k: v for k, v in r.items() if not k.startswith("_")} | ({"ranks": _ranks(r, i, request, degraded)} if explain else {})
+            for i, r in enumerate(results, 1)
+        ],
         "mode": request.mode,
         "took_ms": round(took_ms, 3),
         "cached": cached,
         "degraded": degraded,
     }
+
+
+def _ranks(result: dict, position: int, request, degraded: list) -> dict:
+    vector_rank, keyword_rank = result.get("_ranks", (None, None))
+    if request.mode == "vector":
+        return {"vector": position, "keyword": None}
+    if request.mode == "keyword" or degraded:
+        return {"vector": None, "keyword": position}
+    return {"vector": vector_rank, "keyword": keyword_rank}
 
 
 def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np.ndarray] | None) -> list[dict]:

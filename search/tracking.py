@@ -3,12 +3,12 @@
 Each search adds to this process's buffer (a dict update): per (organization, agent,
 chunk, day) an access count, a score sum and the last access time; per agent the search
 count, cache hits, latency total and last search time. With Redis, a background thread
-pushes the aggregated buffer every SEARCH_TRACK_PUSH_SECONDS as two packed lines of text
+pushes the aggregated buffer every SEARCH_TRACK_PUSH_SECONDS as packed lines of text
 appended to shared Redis lists (one round trip, and O(1) work for Redis, which every
 process and tenant shares: no per-chunk commands), so no search waits on Redis for it;
 without Redis, or while it is unreachable, the process keeps it. Flushed in bulk: the
 flusher sums the pushed lines per key, then one INSERT … ON CONFLICT DO UPDATE for
-accesses and one UPDATE for stats, by a scheduled Django-Q2 task, when the Redis buffer
+accesses, one UPDATE for stats and the activity history's upserts (knowledge/activity.py), by a scheduled Django-Q2 task, when the Redis buffer
 grows past SEARCH_BUFFER_MAX entries (a queued task), and, for what a process keeps, by
 the process itself every SEARCH_FLUSH_SECONDS or when its buffer is full. A process
 killed outright loses at most its last push interval.
@@ -24,25 +24,28 @@ from django.core.cache import cache
 from django.db import connection
 
 from core import db, jobs
+from knowledge import activity
+from knowledge.services.activity import activity_write
 from knowledge.services.stats import stats_record_searches
 from search import caching
 
 logger = logging.getLogger(__name__)
 
 # Moves the buffer aside atomically (a push arriving meanwhile starts new lists), unless
-# a previous flush left one there: then that one is flushed first. KEYS: the access and
-# stats lists, the pushed-entries counter; ARGV: the lists' draining names.
+# a previous flush left one there: then that one is flushed first. KEYS: the access,
+# stats and activity lists, the pushed-entries counter (last); ARGV: the lists' draining names.
 _DRAIN = """
 local moved = 0
-if redis.call('EXISTS', ARGV[1]) == 0 and redis.call('EXISTS', ARGV[2]) == 0 then
-  for i = 1, 2 do
-    if redis.call('EXISTS', KEYS[i]) == 1 then
-      redis.call('RENAME', KEYS[i], ARGV[i])
-      moved = moved + 1
-    end
-  end
-  redis.call('DEL', KEYS[3])
+for i = 1, #ARGV do
+  if redis.call('EXISTS', ARGV[i]) == 1 then return 0 end
 end
+for i = 1, #ARGV do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('RENAME', KEYS[i], ARGV[i])
+    moved = moved + 1
+  end
+end
+redis.call('DEL', KEYS[#KEYS])
 return moved
 """
 
@@ -50,6 +53,10 @@ return moved
 def _keys() -> tuple[str, str, str]:
     """The access list, the stats list, and the count of access entries pushed to them."""
     return cache.make_key("track:access"), cache.make_key("track:stats"), cache.make_key("track:access-count")
+
+
+def _activity_key() -> str:
+    return cache.make_key("track:activity")
 
 
 def _add_access(rows, key: str, count: int, score: float, ts: float) -> None:
@@ -117,7 +124,8 @@ def record(*, org_id: int, results: list[dict], agent_ids: list[int], latency_ms
     if settings.SEARCH_TRACK_ACCESS:
         access_items = [(f"{org_id}:{r['_agent_id']}:{r['_chunk_id']}:{day}", float(r["score"]), now) for r in results]
     size = _local.add(access_items, (org_id, agent_ids, 1 if cache_hit else 0, latency_ms, now))
-    _ensure_flusher()
+    activity.record_search(org_id=org_id, agent_ids=agent_ids, latency_ms=latency_ms, cache_hit=cache_hit)
+    ensure_flusher()
     if size > settings.SEARCH_BUFFER_MAX and push() is None:
         flush_local()  # no Redis to take it: this process's own buffer, only it can drain it
 
@@ -141,24 +149,28 @@ def push() -> int | None:
     if not (caching.uses_redis() and caching.shared_cache_available()):
         return None
     access, stats = _local.drain()
-    if not access and not stats:
+    history = activity.buffer.drain()
+    if not access and not stats and not history:
         return 0
     try:
-        size = _push_redis(access, stats)
+        size = _push_redis(access, stats, history)
     except Exception as exc:  # noqa: BLE001 - tracking must never fail a search
         caching.shared_cache_failed(exc)
         _local.merge(access, stats)
+        activity.buffer.merge(history)
         return None
     if size > settings.SEARCH_BUFFER_MAX:
         _queue_flush()
     return size
 
 
-def _push_redis(access: dict, stats: dict) -> int:
+def _push_redis(access: dict, stats: dict, history: dict) -> int:
     """Appends the rows as one line of text per kind (key and values, tab-separated, one
     row per line); returns the access entries in the Redis buffer."""
     access_key, stats_key, count_key = _keys()
     pipe = caching._redis_client().pipeline(transaction=True)
+    if history:
+        pipe.rpush(_activity_key(), activity.encode(history))
     if access:
         pipe.rpush(access_key, "\n".join(f"{k}\t{n}\t{s!r}\t{t!r}" for k, (n, s, t) in access.items()))
     if stats:
@@ -167,7 +179,7 @@ def _push_redis(access: dict, stats: dict) -> int:
     return int(pipe.execute()[-1])
 
 
-def _ensure_flusher() -> None:
+def ensure_flusher() -> None:
     """One background thread per process: pushes to Redis every SEARCH_TRACK_PUSH_SECONDS,
     and writes what it keeps (no Redis, or Redis down) every SEARCH_FLUSH_SECONDS."""
     if _flusher["thread"] is not None and _flusher["thread"].is_alive():
@@ -203,7 +215,7 @@ def flush() -> tuple[int, int]:
 
 def flush_local() -> tuple[int, int]:
     access, stats = _local.drain()
-    return _write(access, stats)
+    return _write(access, stats, activity.buffer.drain())
 
 
 # One Redis flush at a time, across processes: a second one would read the same
@@ -232,10 +244,10 @@ def flush_redis() -> tuple[int, int]:
 
 def _flush_redis_locked(client) -> tuple[int, int]:
     access_key, stats_key, count_key = _keys()
-    draining = [f"{access_key}:draining", f"{stats_key}:draining"]
+    draining = [f"{access_key}:draining", f"{stats_key}:draining", f"{_activity_key()}:draining"]
     try:
-        client.eval(_DRAIN, 3, access_key, stats_key, count_key, *draining)
-        access_lines, stats_lines = (client.lrange(key, 0, -1) for key in draining)
+        client.eval(_DRAIN, 4, access_key, stats_key, _activity_key(), count_key, *draining)
+        access_lines, stats_lines, activity_lines = (client.lrange(key, 0, -1) for key in draining)
     except Exception as exc:  # noqa: BLE001
         caching.shared_cache_failed(exc)
         return 0, 0
@@ -248,14 +260,17 @@ def _flush_redis_locked(client) -> tuple[int, int]:
         for line in blob.decode().split("\n"):
             key, n, hits, latency, ts = line.split("\t")
             _add_stats(stats, key, int(n), int(hits), float(latency), float(ts))
-    result = _write(dict(access), dict(stats))
+    history = {}
+    for blob in activity_lines:
+        activity.decode_into(history, blob.decode())
+    result = _write(dict(access), dict(stats), history)
     # Only after the rows are committed: a failed write leaves the draining lists to retry.
     client.delete(*draining)
     return result
 
 
-def _write(access: dict, stats: dict) -> tuple[int, int]:
-    if not access and not stats:
+def _write(access: dict, stats: dict, history: dict) -> tuple[int, int]:
+    if not access and not stats and not history:
         return 0, 0
     with db.unscoped("tracking flush: every organization's access rows in one statement") as sql, sql.cursor() as cursor:
         if access:
@@ -281,4 +296,6 @@ def _write(access: dict, stats: dict) -> tuple[int, int]:
             stats_record_searches(
                 [(int(org), int(agent), *values) for (org, agent), values in ((k.split(":"), v) for k, v in stats.items())]
             )
+        if history:
+            activity_write(history)
     return len(access), len(stats)

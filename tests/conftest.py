@@ -41,12 +41,14 @@ def superuser_sql(django_db_blocker):
 @pytest.fixture(autouse=True)
 def _clear_cache():
     from core import throttling
+    from knowledge import activity
     from search import apis, caching, selectors, services, tracking
 
     yield
     caching.flush_writes()
     selectors._everyone.cache_clear()
     tracking._local.drain()
+    activity.buffer.drain()
     services.result_cache.clear_local()
     services.query_embeddings.clear_local()
     services._seen.clear()
@@ -85,6 +87,18 @@ def api_client(raw_key: str | None = None) -> APIClient:
     client = APIClient()
     if raw_key:
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
+    return client
+
+
+@pytest.fixture
+def viewer(client, db):
+    """A staff user with every view permission and nothing else, logged in."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create_user("viewer", "v@example.com", "pw", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__startswith="view_"))
+    client.force_login(user)
     return client
 
 

@@ -27,6 +27,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.postgres",
+    "django.contrib.humanize",
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -35,6 +36,7 @@ INSTALLED_APPS = [
     "tenants",
     "knowledge",
     "search",
+    "console",
 ]
 
 MIDDLEWARE = [
@@ -338,6 +340,10 @@ SEARCH_FLUSH_SECONDS = env.float("SEARCH_FLUSH_SECONDS", default=30.0)
 # Each process pushes its aggregated tracking to Redis this often, never per search.
 SEARCH_TRACK_PUSH_SECONDS = env.float("SEARCH_TRACK_PUSH_SECONDS", default=1.0)
 SEARCH_ACCESS_RETENTION_DAYS = env.int("SEARCH_ACCESS_RETENTION_DAYS", default=90)
+# Activity history (knowledge/activity.py): minutes are kept this many days, then rolled up
+# into hours, which are kept LORE_ACTIVITY_RETENTION_DAYS.
+LORE_ACTIVITY_MINUTE_DAYS = env.int("LORE_ACTIVITY_MINUTE_DAYS", default=7)
+LORE_ACTIVITY_RETENTION_DAYS = env.int("LORE_ACTIVITY_RETENTION_DAYS", default=90)
 
 # Parallel query off for Lore's statements: a search's exact-scan fallback, gated behind
 # its graph scan in the same statement (search/engine.py), was planned as a parallel scan,

@@ -1,6 +1,7 @@
 """Writes for the knowledge app. Every function takes the organization explicitly
 (keyword-only) and is atomic. Modules by subject; import from here."""
 
+from knowledge.services.activity import activity_rollup, activity_write  # noqa: F401
 from knowledge.services.agents import (  # noqa: F401
     CONFIG_KEYS,
     CONFIG_LIMITS,

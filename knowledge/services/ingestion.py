@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from core import db, jobs
 from core.validation import contains_nul, json_shape, json_size
+from knowledge import activity
 from knowledge.chunking import CONTENT_TYPES, chunk_document, normalize_text
 from knowledge.embeddings import embed_with_cache, halfvecs
 from knowledge.models import Agent, Chunk, Document, IngestionJob
@@ -234,9 +235,10 @@ def documents_ingest(*, org: Organization, agent: Agent, docs: list[DocumentInpu
 
     texts = [c.text for item in todo for c in item.chunks]
     vectors, batch.embedded, batch.cache_hits = embed_with_cache(
-        org_id=org.pk, model=agent.embedding_model, texts=texts, interactive=interactive
+        org_id=org.pk, model=agent.embedding_model, texts=texts, interactive=interactive, agent_id=agent.pk
     )
     batch.results.extend(_apply(org=org, agent=agent, todo=todo, vectors=vectors))
+    activity.record(org_id=org.pk, agent_id=agent.pk, documents_ingested=len(todo), chunks_ingested=len(texts))
     return batch
 
 
@@ -467,6 +469,7 @@ def _ingest_one_by_one(org, agent, docs) -> list[IngestResult]:
                 status = document.status if document.status == Document.Status.READY else Document.Status.FAILED
                 Document.objects.for_org(org).filter(pk=document.pk).update(status=status, error=message)
             results.append(IngestResult(doc.key, "failed", document.pk, error=message))
+            activity.record(org_id=org.pk, agent_id=agent.pk, errors=1)
     return results
 
 

@@ -17,14 +17,6 @@ PAGES = {
 }
 
 
-@pytest.fixture
-def viewer(client, db):
-    user = get_user_model().objects.create_user("viewer", "v@example.com", "pw", is_staff=True)
-    user.user_permissions.set(Permission.objects.filter(codename__startswith="view_"))
-    client.force_login(user)
-    return client
-
-
 @pytest.mark.parametrize("page,action", PAGES.items())
 def test_a_view_only_staff_user_is_not_offered_the_action(viewer, agent_a, page, action):
     response = viewer.get(f"/admin/{page}/")

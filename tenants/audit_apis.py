@@ -85,6 +85,9 @@ class AuditEventListApi(OrgAPIView):
 
     @extend_schema(operation_id="audit_events_list", parameters=[InputSerializer], responses=OutputSerializer)
     def get(self, request):
+        for name, value in request.query_params.items():
+            if value == "":  # DRF takes an empty date-time for none; the schema does not
+                raise invalid(name, "Must not be empty.")
         data = self.InputSerializer(data=request.query_params)
         data.is_valid(raise_exception=True)
         filters = dict(data.validated_data)

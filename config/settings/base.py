@@ -4,6 +4,7 @@
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -293,6 +294,8 @@ LORE_API_KEY_TOUCH_SECONDS = env.int("LORE_API_KEY_TOUCH_SECONDS", default=60)
 # `plain` (default) or `json`: one JSON object per line (core/logging.py); both carry the
 # request id of the line's request (X-Request-ID).
 LOG_FORMAT = env("LOG_FORMAT", default="plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

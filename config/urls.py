@@ -6,6 +6,7 @@ from config.health import healthz
 from core.views import api_not_found
 
 api_v1 = [
+    path("", include("tenants.urls")),
     path("", include("knowledge.urls")),
     path("", include("search.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

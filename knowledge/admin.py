@@ -2,6 +2,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
@@ -12,13 +13,17 @@ from knowledge.services import (
     agent_config_validate,
     agent_create,
     agent_delete_request,
+    agent_settings,
     agent_update,
     deletion_job_cancel,
     deletion_job_retry,
+    deletion_job_summary,
     organization_delete_request,
 )
+from tenants.admin import ReadOnlyAdmin, record, record_change
 from tenants.errors import ApiError
 from tenants.models import Organization
+from tenants.services import LIMIT_FIELDS, RETENTION_FIELDS
 
 STATS_FIELDS = [
     "total_chunks", "document_count", "total_size_bytes", "data_version", "last_ingested_at",
@@ -103,9 +108,11 @@ class AgentAdmin(NoBlockingDeleteMixin, admin.ModelAdmin):
         config = {key: form.cleaned_data[key] for key in CONFIG_KEYS if key in form.cleaned_data}
         if change:
             agent_update(org=obj.organization, agent=obj, name=obj.name, config=config)
+            record_change(request, obj.organization, "agent.updated", "agent", obj.slug, form)
         else:
             created = agent_create(org=obj.organization, slug=obj.slug, name=obj.name, config=config)
             obj.pk = created.pk
+            record(request, obj.organization, "agent.created", "agent", obj.slug, {"settings": agent_settings(created)})
 
     def get_inlines(self, request, obj):
         return self.inlines if obj else []
@@ -120,12 +127,15 @@ class AgentAdmin(NoBlockingDeleteMixin, admin.ModelAdmin):
             ]
             intro = "These agents become invisible to search and stop taking documents now; their data is deleted in the background."
             return confirm_deletion_page(self, request, queryset, rows=rows, intro=intro, confirm="Queue the deletion")
-        jobs = [agent_delete_request(org=a.organization, agent=a, user=request.user) for a in agents]
+        jobs = []
+        for agent in agents:
+            jobs.append(agent_delete_request(org=agent.organization, agent=agent, user=request.user))
+            record(request, agent.organization, "agent.delete_requested", "agent", agent.slug, {"deletion_job": jobs[-1].pk})
         self.message_user(request, f"Deletion queued for {len(jobs)} agent(s): job(s) {', '.join(str(j.pk) for j in jobs)}.")
 
 
 @admin.register(DeletionJob)
-class DeletionJobAdmin(admin.ModelAdmin):
+class DeletionJobAdmin(ReadOnlyAdmin):  # jobs change through their worker and the cancel/retry actions
     list_display = [
         "id", "organization", "agent", "scope", "status", "progress_bar", "items", "attempts", "heartbeat_at",
         "created_at", "requested_by",
@@ -143,16 +153,6 @@ class DeletionJobAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return DeletionJob.unscoped.select_related("organization", "agent")
-
-    # Read-only: jobs change through their worker and the cancel/retry actions.
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="progress")
     def progress_bar(self, obj):
@@ -173,17 +173,19 @@ class DeletionJobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel selected deletions", permissions=["run"])
     def cancel(self, request, queryset):
-        self._each(request, queryset, deletion_job_cancel, "Cancelled")
+        self._each(request, queryset, deletion_job_cancel, "Cancelled", "deletion_job.cancelled")
 
     @admin.action(description="Retry selected deletions", permissions=["run"])
     def retry(self, request, queryset):
-        self._each(request, queryset, deletion_job_retry, "Queued again")
+        self._each(request, queryset, deletion_job_retry, "Queued again", "deletion_job.retried")
 
-    def _each(self, request, queryset, service, verb):
+    def _each(self, request, queryset, service, verb, action):
         done = []
         for job in queryset.select_related("organization").order_by("pk"):
             try:
-                service(org=job.organization, job=job)
+                with transaction.atomic():  # one job's change with its event; a refused one has neither
+                    changed = service(org=job.organization, job=job)
+                    record(request, job.organization, action, "deletion_job", job.pk, deletion_job_summary(changed))
                 done.append(str(job.pk))
             except ApiError as exc:
                 self.message_user(request, f"Job {job.pk}: {exc.message}", level=messages.WARNING)
@@ -204,8 +206,16 @@ class OrganizationAdmin(NoBlockingDeleteMixin, admin.ModelAdmin):
             {"fields": ["search_rate", "write_rate", "read_rate", "max_in_flight"]},
         ),
         ("Quotas (empty: the default, 0: none)", {"fields": ["max_agents", "max_documents", "max_chunks", "max_bytes", "max_jobs"]}),
+        ("Retention (days kept; empty: the default, 0: forever)", {"fields": list(RETENTION_FIELDS)}),
     ]
     actions = ["delete_organization"]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if not change:
+            return record(request, obj, "organization.created", "organization", obj.slug, {"name": obj.name})
+        limits = set(form.changed_data) & {*LIMIT_FIELDS, *RETENTION_FIELDS}
+        record_change(request, obj, "organization.limits_changed" if limits else "organization.updated", "organization", obj.slug, form)
 
     @admin.action(description="Delete selected organizations (in the background)", permissions=["queue_deletion"])
     def delete_organization(self, request, queryset):
@@ -219,5 +229,8 @@ class OrganizationAdmin(NoBlockingDeleteMixin, admin.ModelAdmin):
                 "in the background, then the organizations themselves."
             )
             return confirm_deletion_page(self, request, queryset, rows=rows, intro=intro, confirm="Delete the organizations")
-        jobs = [organization_delete_request(org=org, user=request.user) for org in queryset]
+        jobs = []
+        for org in queryset:
+            jobs.append(organization_delete_request(org=org, user=request.user))
+            record(request, org, "organization.delete_requested", "organization", org.slug, {"deletion_job": jobs[-1].pk})
         self.message_user(request, f"Deletion queued for {len(jobs)} organization(s): job(s) {', '.join(str(j.pk) for j in jobs)}.")

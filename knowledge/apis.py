@@ -8,6 +8,7 @@ from knowledge.models import FTS_LANGUAGES
 from knowledge.deletion_apis import AgentDeleteMixin
 from knowledge.services import CONFIG_LIMITS
 from tenants.api import PAGE_PARAMETERS, OrgAPIView, created, not_found, paginated
+from tenants.audit import changes
 
 
 class AgentConfigSerializer(serializers.Serializer):
@@ -91,6 +92,7 @@ class AgentListCreateApi(OrgAPIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         agent = services.agent_create(org=self.org, **data.validated_data)
+        self.audit("agent.created", "agent", agent.slug, {"settings": services.agent_settings(agent)})
         return created(AgentOutput(selectors.agent_get(org=self.org, slug=agent.slug)).data)
 
 
@@ -119,7 +121,8 @@ class AgentDetailApi(AgentDeleteMixin, OrgAPIView):
         agent = self.get_agent(slug)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        services.agent_update(org=self.org, agent=agent, **data.validated_data)
+        updated = services.agent_update(org=self.org, agent=agent, **data.validated_data)
+        self.audit("agent.updated", "agent", slug, {"changes": changes(services.agent_settings(agent), services.agent_settings(updated))})
         return Response(AgentOutput(self.get_agent(slug)).data)
 
 

@@ -42,6 +42,11 @@ class IngestTotals:
     def documents(self) -> int:
         return self.added + self.updated + self.unchanged + self.failed
 
+    def summary(self) -> dict:
+        """The counts an audit event keeps."""
+        fields = ("added", "updated", "unchanged", "failed", "chunks_added", "chunks_removed")
+        return {name: getattr(self, name) for name in fields}
+
     def add(self, batch: BatchResult) -> None:
         for outcome in ("added", "updated", "unchanged", "failed"):
             setattr(self, outcome, getattr(self, outcome) + batch.count(outcome))

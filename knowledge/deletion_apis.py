@@ -9,7 +9,9 @@ from rest_framework.response import Response
 from core.fields import StrictCharField
 from knowledge import selectors, services
 from knowledge.models import DeletionJob
+from knowledge.services import deletion_job_summary
 from tenants.api import PAGE_PARAMETERS, OrgAPIView, paginated
+from tenants.audit import keys_summary
 from tenants.errors import invalid, not_found
 
 
@@ -44,6 +46,14 @@ DeletedOutput = inline_serializer(
 )
 
 
+def _audit_deleted(view, result: services.DeleteResult, *, what: str, slug: str, keys: list[str]) -> None:
+    """`<what>.deleted` with the counts, or `<what>.delete_requested` with the job doing it."""
+    if result.job is not None:
+        view.audit(f"{what}.delete_requested", "agent", slug, {"deletion_job": result.job.pk, **keys_summary(keys)})
+    else:
+        view.audit(f"{what}.deleted", "agent", slug, {"documents": result.documents, "chunks": result.chunks, **keys_summary(keys)})
+
+
 def _deleted_response(result: services.DeleteResult, **extra) -> Response:
     """200 with what was deleted in the request, or 202 with the job doing it."""
     if result.job is not None:
@@ -55,6 +65,7 @@ class AgentDeleteMixin:
     @extend_schema(responses={202: DeletionJobOutput})
     def delete(self, request, slug):
         job = services.agent_delete_request(org=self.org, agent=self.get_agent(slug), api_key=request.auth)
+        self.audit("agent.delete_requested", "agent", slug, {"deletion_job": job.pk, "chunks": job.total_items})
         return Response(DeletionJobOutput(job).data, status=status.HTTP_202_ACCEPTED)
 
 
@@ -63,6 +74,7 @@ class DocumentDeleteMixin:
     def delete(self, request, slug, key):
         agent = self.get_agent(slug, for_write=True)
         result = services.document_delete_request(org=self.org, agent=agent, key=key, api_key=request.auth)
+        _audit_deleted(self, result, what="documents", slug=slug, keys=[key])
         return _deleted_response(result)
 
 
@@ -78,6 +90,7 @@ class ChunksDeleteMixin:
         agent = self.get_agent(slug, for_write=True)
         keys = request.data.get("keys") if isinstance(request.data, dict) else None
         result = services.chunks_delete_request(org=self.org, agent=agent, keys=keys, api_key=request.auth)
+        _audit_deleted(self, result, what="chunks", slug=slug, keys=[k for k in dict.fromkeys(keys) if k not in result.unknown_keys])
         return _deleted_response(result, unknown_keys=result.unknown_keys)
 
 
@@ -121,6 +134,7 @@ class DeletionJobCancelApi(OrgAPIView):
     @extend_schema(request=None, responses=DeletionJobOutput)
     def post(self, request, job_id):
         job = services.deletion_job_cancel(org=self.org, job=_job_or_404(self.org, job_id))
+        self.audit("deletion_job.cancelled", "deletion_job", job.pk, deletion_job_summary(job))
         return Response(DeletionJobOutput(job).data)
 
 
@@ -130,4 +144,5 @@ class DeletionJobRetryApi(OrgAPIView):
     @extend_schema(request=None, responses={202: DeletionJobOutput})
     def post(self, request, job_id):
         job = services.deletion_job_retry(org=self.org, job=_job_or_404(self.org, job_id))
+        self.audit("deletion_job.retried", "deletion_job", job.pk, deletion_job_summary(job))
         return Response(DeletionJobOutput(job).data, status=status.HTTP_202_ACCEPTED)

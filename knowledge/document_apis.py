@@ -13,6 +13,7 @@ from knowledge.models import Agent, Document
 from knowledge.services import DocumentInput
 from knowledge.uploads import file_document
 from tenants.api import PAGE_PARAMETERS, OrgAPIView, paginated
+from tenants.audit import keys_summary
 from tenants.errors import conflict, invalid, not_found, too_large
 
 
@@ -117,9 +118,11 @@ class DocumentListCreateApi(AgentScopedAPIView):
         services.document_input_validate(doc)
         if len(doc.text.encode()) > settings.LORE_SYNC_INGEST_MAX_BYTES:
             job = services.ingestion_job_create(org=self.org, agent=agent, docs=[doc], api_key=request.auth)
+            self.audit("documents.upsert_requested", "agent", slug, {"ingestion_job": job.pk, **keys_summary([doc.key])})
             return Response({"async": True, "ingestion": IngestionJobOutput(job).data}, status=status.HTTP_202_ACCEPTED)
         # Interactive: the embedding call is bounded to answer within the worker's timeout.
         result, batch = services.document_ingest(org=self.org, agent=agent, doc=doc, interactive=True)
+        self.audit("documents.upserted", "agent", slug, {**batch.summary(), **keys_summary([doc.key])})
         document = selectors.document_get(org=self.org, agent=agent, key=doc.key)
         body = {
             **DocumentOutput(document).data,
@@ -166,6 +169,7 @@ class DocumentBatchApi(AgentScopedAPIView):
         if sum(services.document_bytes(d) for d in docs) > settings.LORE_MAX_BATCH_BYTES:
             raise too_large("documents", f"A batch may hold at most {settings.LORE_MAX_BATCH_BYTES} bytes of text and metadata.")
         job = services.ingestion_job_create(org=self.org, agent=agent, docs=docs, api_key=request.auth)
+        self.audit("documents.upsert_requested", "agent", slug, {"ingestion_job": job.pk, **keys_summary(d.key for d in docs)})
         return Response(IngestionJobOutput(job).data, status=status.HTTP_202_ACCEPTED)
 
     # The document whose key is literally "batch", as GET / DELETE /documents/{key}.

@@ -16,3 +16,8 @@ class SearchConfig(AppConfig):
         cleanup.register(
             before_agent=drop_agent_indexes, before_organization=drop_organization_index, agent_rows=delete_agent_access
         )
+        from tenants.retention import Rule, register
+
+        # By day; the longest hot-chunks window is the default. Search history rollups, once
+        # they are a table, register here the same way.
+        register(Rule("access_rows", "search_chunkaccess", "day", "SEARCH_ACCESS_RETENTION_DAYS", "access_retention_days"))

@@ -22,6 +22,7 @@ from core import db, errors, limits, throttling
 from core.errors import ApiError, invalid, not_found  # noqa: F401 - re-exported for views
 from core.permissions import KeyScopePermission
 from core.throttling import OrganizationRateThrottle
+from tenants import audit
 from tenants.auth import claimed_key_prefix
 
 
@@ -229,6 +230,14 @@ class OrgAPIView(APIView):
     @property
     def joined(self):
         return self.request.user.joined
+
+    def audit(self, action: str, target_type: str, target_key="", summary: dict | None = None):
+        """The audit event of this request's change, in the request's transaction
+        (tenants/audit.py): call it once the change is made, so a failed one records none."""
+        return audit.record(
+            org=self.org, actor=audit.Actor.from_request(self.request), action=action, target_type=target_type,
+            target_key=str(target_key), summary=summary,
+        )  # fmt: skip
 
     def paginate(self, queryset, serializer_class):
         paginator = Pagination()

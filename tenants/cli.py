@@ -3,8 +3,15 @@
 from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 
+from tenants import audit
 from tenants.models import Organization
 from tenants.selectors import organization_get_by_slug
+
+
+def record(command: str, org: Organization, action: str, target_type: str, target_key="", summary: dict | None = None):
+    """A command's audit event (actor: the command), in the transaction of its change."""
+    return audit.record(org=org, actor=audit.Actor.command(command), action=action, target_type=target_type,
+                        target_key=str(target_key), summary=summary)  # fmt: skip
 
 
 def command_error(exc: ValidationError) -> CommandError:

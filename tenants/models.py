@@ -2,6 +2,7 @@ import hashlib
 import secrets
 
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
@@ -24,6 +25,12 @@ def _quota_field(what: str):
     return models.PositiveBigIntegerField(null=True, blank=True, help_text=f"most {what}; empty: the default")
 
 
+def _retention_field(what: str):
+    return models.PositiveIntegerField(
+        null=True, blank=True, help_text=f"days {what} are kept; empty: the default, 0: forever"
+    )
+
+
 class Organization(models.Model):
     slug = models.CharField(max_length=64, unique=True, validators=[slug_validator])
     name = models.CharField(max_length=200)
@@ -42,6 +49,10 @@ class Organization(models.Model):
     max_chunks = _quota_field("chunks")
     max_bytes = _quota_field("bytes of document text")
     max_jobs = _quota_field("queued or running background jobs")
+    # Retention overrides (tenants/retention.py): days kept; empty: the setting's default.
+    audit_retention_days = _retention_field("audit events")
+    access_retention_days = _retention_field("search access rows (hot chunks)")
+    job_retention_days = _retention_field("finished ingestion and deletion jobs")
 
     class Meta:
         ordering = ["slug"]
@@ -126,3 +137,52 @@ class OrganizationUsage(models.Model):
 
     unscoped = UnscopedManager()
     objects = TenantManager()
+
+
+class AuditEvent(models.Model):
+    """Who changed what (tenants/audit.py writes it, in the transaction of the change).
+
+    Append-only: a trigger refuses UPDATE and DELETE unless the transaction declared
+    `lore.audit_retention` (the retention task only, tenants/retention.py). The events
+    outlive their organization (no foreign key constraint, nothing cascades): its erasure
+    report is its last event, and each event carries the organization's slug."""
+
+    class ActorKind(models.TextChoices):
+        API_KEY = "api_key"
+        USER = "user"
+        COMMAND = "command"
+        SYSTEM = "system"
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+"
+    )
+    organization_slug = models.CharField(max_length=64)
+    time = models.DateTimeField(default=timezone.now)
+    actor_kind = models.CharField(max_length=8, choices=ActorKind.choices)
+    # No foreign keys: an event names its actor as it was, after the key or user is gone.
+    actor_key_id = models.BigIntegerField(null=True, blank=True)
+    actor_key_prefix = models.CharField(max_length=16, blank=True)
+    actor_user_id = models.BigIntegerField(null=True, blank=True)
+    actor_username = models.CharField(max_length=150, blank=True)
+    actor_name = models.CharField(max_length=100, blank=True, help_text="the command, or what the system did")
+    action = models.CharField(max_length=64)
+    target_type = models.CharField(max_length=32)
+    target_key = models.CharField(max_length=600, blank=True)
+    summary = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+    request_id = models.CharField(max_length=128, blank=True)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=500, blank=True)
+
+    unscoped = UnscopedManager()
+    objects = TenantManager()
+
+    class Meta:
+        indexes = [
+            # The API's keyset pages, newest first, and retention's (organization, time < cutoff).
+            models.Index(fields=["organization", "-time", "-id"], name="audit_org_time_idx"),
+            models.Index(fields=["organization", "target_type", "target_key", "-time", "-id"], name="audit_org_target_idx"),
+            models.Index(fields=["organization", "action", "-time", "-id"], name="audit_org_action_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.time:%Y-%m-%d %H:%M:%S} {self.organization_slug} {self.action} {self.target_type}:{self.target_key}"

@@ -45,9 +45,14 @@ LIMIT_FIELDS = (
 )  # fmt: skip
 
 
+# Days each kind of data is kept (tenants/retention.py); 0: forever.
+RETENTION_FIELDS = ("audit_retention_days", "access_retention_days", "job_retention_days")
+
+
 def organization_limits_set(*, org: Organization, **values) -> Organization:
-    """Sets the organization's own limits (None: back to the settings' default; 0: none)."""
-    unknown = set(values) - set(LIMIT_FIELDS)
+    """Sets the organization's own limits and retention (None: back to the settings'
+    default; 0: none, or kept forever)."""
+    unknown = set(values) - {*LIMIT_FIELDS, *RETENTION_FIELDS}
     if unknown:
         raise ValidationError({name: ["Not a limit."] for name in unknown})
     for name, value in values.items():

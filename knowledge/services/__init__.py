@@ -7,6 +7,7 @@ from knowledge.services.agents import (  # noqa: F401
     CONFIG_LIMITS,
     agent_config_validate,
     agent_create,
+    agent_settings,
     agent_update,
 )
 from knowledge.services.deletion import (  # noqa: F401
@@ -16,6 +17,7 @@ from knowledge.services.deletion import (  # noqa: F401
     chunks_delete_request,
     deletion_job_cancel,
     deletion_job_retry,
+    deletion_job_summary,
     document_delete_request,
     organization_delete_request,
 )

@@ -56,6 +56,11 @@ def agent_config_validate(config: dict, *, current: dict | None = None) -> dict:
     return merged
 
 
+def agent_settings(agent: Agent) -> dict:
+    """Its name and config, as an audit event's before and after compare them."""
+    return {"name": agent.name, **{key: getattr(agent, key) for key in CONFIG_KEYS}}
+
+
 def _default_config() -> dict:
     return {key: Agent._meta.get_field(key).get_default() for key in CONFIG_KEYS}
 

@@ -59,6 +59,12 @@ def _new_job(*, org: Organization, scope: str, total: int, agent=None, target=No
     return job
 
 
+def deletion_job_summary(job: DeletionJob) -> dict:
+    """What an audit event about the job keeps: its scope, agent and progress."""
+    agent = job.agent.slug if job.agent_id else None
+    return {"scope": job.scope, "agent": agent, "status": job.status, "processed_items": job.processed_items, "total_items": job.total_items}
+
+
 # --- Asking ----------------------------------------------------------------------------
 
 

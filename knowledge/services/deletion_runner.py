@@ -21,13 +21,16 @@ from django.utils import timezone
 
 from core import cleanup, db, jobs
 from knowledge.models import DeletionJob
+from knowledge.services.deletion import deletion_job_summary
 from knowledge.services.deletion_steps import DONE, MORE, REMOVED, STEPS, SUPERSEDED, WAIT
+from tenants import audit
 from tenants.models import Organization
 
 logger = logging.getLogger(__name__)
 
 Status = DeletionJob.Status
 Scope = DeletionJob.Scope
+WORKER = audit.Actor.system("deletion worker")
 
 
 # --- Running ---------------------------------------------------------------------------
@@ -100,14 +103,32 @@ def _batch(job: DeletionJob, attempt: int, step) -> bool:
             locked.status, locked.finished_at = Status.CANCELLED, now
             locked.last_error = "The document was ingested again after its deletion was asked for; the new version is kept."
         locked.save(
-            update_fields=["cursor", "processed_items", "heartbeat_at", "retries", "status", "not_before", "finished_at", "last_error"]
-        )
+            update_fields=[
+                "cursor", "processed_items", "heartbeat_at", "retries", "status", "not_before", "finished_at", "last_error", "target",
+            ]
+        )  # fmt: skip
+        if outcome in (DONE, SUPERSEDED):
+            _audit_end(locked, "deletion_job.completed" if outcome == DONE else "deletion_job.cancelled")
     return outcome == MORE
 
 
 def _fail(job: DeletionJob, attempt: int, exc: Exception) -> None:
     # An agent stays `deleting` (partly deleted, invisible to search); retry resumes it.
-    jobs.finish(DeletionJob, job=job, attempt=attempt, status=Status.FAILED, last_error=f"{type(exc).__name__}: {exc}"[:2000])
+    with db.tenant(job.organization):
+        if jobs.finish(DeletionJob, job=job, attempt=attempt, status=Status.FAILED, last_error=f"{type(exc).__name__}: {exc}"[:2000]):
+            job.refresh_from_db(fields=["status", "processed_items", "total_items"])
+            _audit_end(job, "deletion_job.failed", error=type(exc).__name__)
+
+
+def _audit_end(job: DeletionJob, action: str, **extra) -> None:
+    """The job's outcome as an audit event, in the transaction that ended it. An agent's
+    deletion that completes is `agent.deleted`."""
+    if action == "deletion_job.completed" and job.scope == Scope.AGENT:
+        action, target = "agent.deleted", ("agent", job.agent.slug)
+    else:
+        target = ("deletion_job", job.pk)
+    summary = {**deletion_job_summary(job), "deletion_job": job.pk, **extra}
+    audit.record(org=job.organization, actor=WORKER, action=action, target_type=target[0], target_key=target[1], summary=summary)
 
 
 def _reload(job: DeletionJob) -> DeletionJob | None:

@@ -11,12 +11,14 @@ SUPERSEDED (a document ingested again) or REMOVED (the organization and its jobs
 import logging
 from collections import Counter
 
+from django.apps import apps
 from django.db import transaction
 from django.utils import timezone
 
 from core import cleanup, db, jobs
 from knowledge.models import Agent, AgentStats, Chunk, DeletionJob, Document
 from knowledge.services.stats import stats_apply, term_counts_drop, term_stats_apply
+from tenants import audit
 from tenants.models import Organization
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ def _agent_step(job: DeletionJob) -> str:
         )
         chunks, last_id = cursor.fetchone()
         if chunks:
+            _count(job, "knowledge_chunk", chunks)
             stats_apply(org=org, agent=agent, chunks=-chunks)
             job.processed_items += chunks
             job.cursor = last_id
@@ -55,14 +58,14 @@ def _agent_step(job: DeletionJob) -> str:
         )
         ids = [row[0] for row in cursor.fetchall()]
         if ids:
-            _documents_remove(cursor, org=org, agent=agent, ids=ids)
+            _documents_remove(cursor, org=org, agent=agent, ids=ids, job=job)
             return MORE
         # Then its term statistics (chunks deleted above were not counted out of them: a
         # deleted agent is never searched).
         if term_counts_drop(org=org, agent=agent, limit=job.batch_size):
             return MORE
         # Then other apps' rows of the agent (search's access data), a batch at a time.
-        if cleanup.agent_rows(cursor, agent_id=agent.pk, limit=job.batch_size):
+        if _count(job, "other_apps_rows", cleanup.agent_rows(cursor, agent_id=agent.pk, limit=job.batch_size)):
             return MORE
     now = timezone.now()
     Agent.objects.for_org(org).filter(pk=agent.pk).update(status=Agent.Status.DELETED, deleted_at=now, updated_at=now)
@@ -137,18 +140,48 @@ def _organization_step(job: DeletionJob) -> str:
         return WAIT  # the last agent deletion to finish queues this job again
     with db.tenant(org) as sql:
         # embcache_org_model_hash_uniq leads with organization.
-        if sql.rowcount(
+        if _count(job, "knowledge_embeddingcache", sql.rowcount(
             "DELETE FROM knowledge_embeddingcache WHERE id IN (SELECT id FROM knowledge_embeddingcache"
             " WHERE organization_id = {org} LIMIT %s)",
             [job.batch_size],
-        ):
+        )):  # fmt: skip
             return MORE
     # What is left is small: deleted agents with their zeroed stats, jobs, API keys. The
-    # jobs, this one included, go with the organization; the log keeps the record.
+    # jobs, this one included, go with the organization; its audit events stay (no foreign
+    # key), and the last of them is the erasure report (README, "Retention and erasure").
     logger.info("organization %s (id %s) deleted: %s agents, job %s", org.slug, org.pk, job.total_items, job.pk)
     with db.tenant(org):  # its rows in other tables go with it (Django's cascade), under its policy
-        Organization.objects.filter(pk=org.pk).delete()
+        removed = _removed_by_agent_jobs(job)
+        _, cascaded = Organization.objects.filter(pk=org.pk).delete()
+        for label, rows in cascaded.items():
+            _count_into(removed, apps.get_model(label)._meta.db_table, rows)
+        summary = {"organization": {"id": org.pk, "slug": org.slug}, "deletion_job": job.pk, "agents": job.total_items, "removed": removed}
+        audit.record(org=org, actor=audit.Actor.system("deletion worker"), action="organization.erased",
+                     target_type="organization", target_key=org.slug, summary=summary)  # fmt: skip
     return REMOVED
+
+
+def _removed_by_agent_jobs(job: DeletionJob) -> dict:
+    """What the organization's deletion removed before its last step: its own tally and its
+    agents' deletion jobs' (those that finished after it was asked for), by table."""
+    removed = dict(job.target.get("removed", {}))
+    agent_jobs = DeletionJob.objects.for_org(job.organization).filter(scope=Scope.AGENT, finished_at__gte=job.created_at)
+    for target in agent_jobs.values_list("target", flat=True):
+        for table, rows in target.get("removed", {}).items():
+            _count_into(removed, table, rows)
+    return removed
+
+
+def _count(job: DeletionJob | None, table: str, rows: int) -> int:
+    """Adds `rows` to the job's tally of rows removed (target["removed"], saved with the
+    batch; an organization's erasure report sums them). Returns `rows`."""
+    if job is not None and rows:
+        _count_into(job.target.setdefault("removed", {}), table, rows)
+    return rows
+
+
+def _count_into(tally: dict, table: str, rows: int) -> None:
+    tally[table] = tally.get(table, 0) + rows
 
 
 STEPS = {Scope.AGENT: _agent_step, Scope.DOCUMENT: _document_step, Scope.KEYS: _keys_step, Scope.ORGANIZATION: _organization_step}
@@ -178,18 +211,20 @@ def documents_delete(*, org: Organization, agent: Agent, keys: list[str]) -> tup
         return _documents_remove(cursor, org=org, agent=agent, ids=ids) if ids else (0, 0)
 
 
-def _documents_remove(cursor, *, org: Organization, agent: Agent, ids: list[int]) -> tuple[int, int]:
+def _documents_remove(cursor, *, org: Organization, agent: Agent, ids: list[int], job: DeletionJob | None = None) -> tuple[int, int]:
     """Deletes these documents with their chunks and sections; only `ready` documents
-    count in the stats, and only the rows this statement actually deleted."""
+    count in the stats, and only the rows this statement actually deleted. With `job`,
+    the rows go into its tally (`_count`)."""
     # The caller holds these documents' rows locked, so their chunks are these until the DELETE.
     term_stats_apply(org=org, agent=agent, chunks=Chunk.objects.for_org(org).filter(document_id__in=ids), sign=-1)
     # Indexes chunk_org_doc_ord_idx, section_org_agent_doc_idx.
     cursor.execute("DELETE FROM knowledge_chunk WHERE organization_id = {org} AND document_id = ANY(%s)", [ids])
-    chunks = cursor.rowcount
+    chunks = _count(job, "knowledge_chunk", cursor.rowcount)
     cursor.execute(
         "DELETE FROM knowledge_section WHERE organization_id = {org} AND agent_id = %s AND document_id = ANY(%s)",
         [agent.pk, ids],
     )
+    _count(job, "knowledge_section", cursor.rowcount)
     cursor.execute(
         "WITH gone AS (DELETE FROM knowledge_document WHERE organization_id = {org} AND id = ANY(%s)"
         " RETURNING status, size_bytes)"
@@ -198,6 +233,7 @@ def _documents_remove(cursor, *, org: Organization, agent: Agent, ids: list[int]
         [ids, Document.Status.READY, Document.Status.READY],
     )
     documents, ready, size = cursor.fetchone()
+    _count(job, "knowledge_document", documents)
     if documents or chunks:
         stats_apply(org=org, agent=agent, chunks=-chunks, documents=-ready, size_bytes=-int(size))
     return documents, chunks

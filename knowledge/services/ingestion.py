@@ -17,6 +17,7 @@ from knowledge.chunking import CONTENT_TYPES, chunk_document, normalize_text
 from knowledge.embeddings import embed_with_cache, halfvecs
 from knowledge.models import Agent, Chunk, Document, IngestionJob
 from knowledge.services.stats import quota_precheck, stats_apply, term_stats_apply
+from tenants import audit
 from tenants.errors import ApiError, conflict, invalid, not_found, too_large
 from tenants.models import Organization
 
@@ -58,6 +59,11 @@ class BatchResult:
     @property
     def chunks_removed(self) -> int:
         return sum(r.chunks_removed for r in self.results)
+
+    def summary(self) -> dict:
+        """The counts an audit event of this batch keeps."""
+        outcomes = {outcome: self.count(outcome) for outcome in ("added", "updated", "unchanged", "failed")}
+        return {**outcomes, "chunks_added": self.chunks_added, "chunks_removed": self.chunks_removed}
 
 
 @dataclass
@@ -360,6 +366,7 @@ def ingestion_job_create(*, org: Organization, agent: Agent, docs: list[Document
 
 
 INGEST_JOB_BATCH = 50
+WORKER = audit.Actor.system("ingestion worker")
 # Domain errors (by code, never by HTTP status): the agent is gone or going, so is the job;
 # a dependency is unavailable, so the job waits and retries.
 _FATAL = {"not_found", "agent_deleting"}
@@ -474,8 +481,14 @@ def _ingest_one_by_one(org, agent, docs) -> list[IngestResult]:
 
 
 def _ingestion_job_finish(job, attempt, status, counts, errors) -> None:
-    # Every end drops the payload (IngestionJob.FINISHED_FIELDS), failures included.
-    jobs.finish(IngestionJob, job=job, attempt=attempt, status=status, errors=errors, **counts)
+    # Every end drops the payload (IngestionJob.FINISHED_FIELDS), failures included; the
+    # end and its audit event commit together, and only for the run that still held the job.
+    org = job.organization
+    with db.tenant(org):
+        if jobs.finish(IngestionJob, job=job, attempt=attempt, status=status, errors=errors, **counts):
+            agent = Agent.objects.for_org(org).filter(pk=job.agent_id).values_list("slug", flat=True).first()
+            summary = {"agent": agent, **counts, "errors": len(errors)}
+            audit.record(org=org, actor=WORKER, action=f"ingestion_job.{status}", target_type="ingestion_job", target_key=job.pk, summary=summary)
 
 
 def ingestion_jobs_requeue_stale(*, org: Organization | None = None, now=None) -> list[int]:

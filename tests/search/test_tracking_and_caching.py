@@ -9,6 +9,7 @@ from django.utils import timezone
 from knowledge.models import AgentStats
 from search import caching, services, tasks, tracking
 from tenants import auth
+from tenants.tasks import enforce_retention
 from tests.conftest import api_client
 from tests.search.conftest import ingest
 from search.models import ChunkAccess
@@ -55,7 +56,7 @@ def test_hot_chunks_window_excludes_old_days_and_prune_removes_them(client_a, or
     assert _hot(client_a, window="7d") == []
     assert _hot(client_a, window="30d")
     ChunkAccess.objects.for_org(org_a).update(day=old_day - timedelta(days=200))
-    assert tasks.prune_access() >= 1
+    assert enforce_retention()["access_rows"] >= 1
     assert not ChunkAccess.objects.for_org(org_a).exists()
 
 

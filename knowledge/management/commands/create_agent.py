@@ -1,9 +1,11 @@
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from knowledge.services import agent_create
+from django.db import transaction
+
+from knowledge.services import agent_create, agent_settings
 from knowledge.services.agents import AgentExists
-from tenants.cli import command_error, organization_or_error
+from tenants.cli import command_error, organization_or_error, record
 
 
 class Command(BaseCommand):
@@ -17,7 +19,9 @@ class Command(BaseCommand):
     def handle(self, *args, org_slug, agent_slug, name, **options):
         org = organization_or_error(org_slug)
         try:
-            agent = agent_create(org=org, slug=agent_slug, name=name)
+            with transaction.atomic():
+                agent = agent_create(org=org, slug=agent_slug, name=name)
+                record("create_agent", org, "agent.created", "agent", agent.slug, {"settings": agent_settings(agent)})
         except ValidationError as exc:
             raise command_error(exc) from exc
         except AgentExists as exc:

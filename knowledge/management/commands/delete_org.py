@@ -1,8 +1,9 @@
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
 from knowledge.selectors import organization_stats
 from knowledge.services import organization_delete_request
-from tenants.cli import organization_or_error
+from tenants.cli import organization_or_error, record
 
 
 class Command(BaseCommand):
@@ -25,7 +26,9 @@ class Command(BaseCommand):
             )
             if answer.strip() != slug:
                 raise CommandError("Not confirmed; nothing was deleted.")
-        job = organization_delete_request(org=org)
+        with transaction.atomic():
+            job = organization_delete_request(org=org)
+            record("delete_org", org, "organization.delete_requested", "organization", slug, {"deletion_job": job.pk, **totals})
         self.stdout.write(
             f"Organization {slug} deactivated; deleting {job.total_items} agent(s) in the background (job {job.pk}). "
             f"Progress: python manage.py deletions --org {slug}"

@@ -9,7 +9,8 @@ from django.utils import timezone
 from django.conf import settings
 
 from knowledge.models import Agent
-from knowledge.services import DocumentInput, agent_create, documents_ingest
+from knowledge.services import DocumentInput, agent_create, agent_settings, documents_ingest
+from tenants.cli import record
 from tenants.models import ApiKey, Organization
 from tenants.services import api_key_create, organization_create
 
@@ -30,9 +31,14 @@ class Command(BaseCommand):
 
     @transaction.atomic
     def handle(self, *args, url, corpus, **options):
-        org = Organization.objects.filter(slug="demo").first() or organization_create(slug="demo", name="Demo")
+        org = Organization.objects.filter(slug="demo").first()
+        if org is None:
+            org = organization_create(slug="demo", name="Demo")
+            record("demo_setup", org, "organization.created", "organization", org.slug, {"name": org.name})
         agent = Agent.objects.for_org(org).filter(slug="docs").exclude(status=Agent.Status.DELETED).first()
-        agent = agent or agent_create(org=org, slug="docs", name="Demo documentation")
+        if agent is None:
+            agent = agent_create(org=org, slug="docs", name="Demo documentation")
+            record("demo_setup", org, "agent.created", "agent", agent.slug, {"settings": agent_settings(agent)})
         found = corpus.is_dir()
         if found and agent.status == Agent.Status.ACTIVE:
             # Unchanged files cost one indexed read each, so re-running is cheap.
@@ -40,10 +46,15 @@ class Command(BaseCommand):
                 DocumentInput(key=str(p.relative_to(corpus)), text=p.read_text(), title=p.stem, source=str(p))
                 for p in sorted(corpus.rglob("*.md"))
             ]
-            documents_ingest(org=org, agent=agent, docs=docs)
+            batch = documents_ingest(org=org, agent=agent, docs=docs)
+            record("demo_setup", org, "documents.upserted", "agent", agent.slug, batch.summary())
         # The full key is never stored, so each run issues a new one and revokes the last.
-        ApiKey.objects.for_org(org).filter(name=DEMO_KEY_NAME, revoked_at__isnull=True).update(revoked_at=timezone.now())
-        _, raw_key = api_key_create(org=org, name=DEMO_KEY_NAME)
+        old = ApiKey.objects.for_org(org).filter(name=DEMO_KEY_NAME, revoked_at__isnull=True)
+        for prefix in old.values_list("prefix", flat=True):
+            record("demo_setup", org, "api_key.revoked", "api_key", prefix, {"name": DEMO_KEY_NAME})
+        old.update(revoked_at=timezone.now())
+        key, raw_key = api_key_create(org=org, name=DEMO_KEY_NAME)
+        record("demo_setup", org, "api_key.created", "api_key", key.prefix, {"name": key.name, "scope": key.scope})
         password = secrets.token_urlsafe(12)
         user, _ = get_user_model().objects.get_or_create(username="admin", defaults={"is_staff": True, "is_superuser": True})
         user.is_staff = user.is_superuser = True

@@ -8,7 +8,8 @@ from knowledge import selectors
 from knowledge.bulk_ingest import IngestTotals, file_batches, ingest_batches
 from knowledge.models import Document
 from knowledge.services import documents_delete
-from tenants.cli import organization_or_error
+from core import db
+from tenants.cli import organization_or_error, record
 from tenants.errors import ApiError
 
 
@@ -33,6 +34,12 @@ class Command(BaseCommand):
             help="processes ingesting batches in parallel, each with its own database connection (default: 1)",
         )
         parser.add_argument("--no-progress", action="store_true")
+
+    @staticmethod
+    def _audit(org, agent, summary: dict) -> None:
+        # One event for the whole run; its batches commit one by one (several processes).
+        with db.tenant(org):
+            record("ingest", org, "documents.upserted", "agent", agent.slug, summary)
 
     def handle(self, *args, org_slug, agent_slug, path, glob, prune, batch_size, workers, no_progress, **options):
         started = time.perf_counter()
@@ -60,6 +67,8 @@ class Command(BaseCommand):
                     on_batch=lambda _: bar.update(totals.documents - bar.n),
                 )
             except ApiError as exc:
+                # Batches before the failure are committed: their event says how far it got.
+                self._audit(org, agent, {**totals.summary(), "error": exc.code})
                 raise CommandError(exc.message) from exc
         removed = 0
         if prune:
@@ -73,6 +82,7 @@ class Command(BaseCommand):
                 deleted, chunks = documents_delete(org=org, agent=agent, keys=gone[start : start + 1000])
                 removed += deleted
                 totals.chunks_removed += chunks
+        self._audit(org, agent, {**totals.summary(), "removed": removed})
         for key, error in totals.errors:
             self.stderr.write(f"skipped {key}: {error}")
         elapsed = time.perf_counter() - started

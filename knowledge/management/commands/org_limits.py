@@ -1,13 +1,17 @@
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
 from knowledge.selectors import organization_usage
-from tenants.cli import organization_or_error
+from tenants import audit
+from tenants.cli import organization_or_error, record
 from tenants.services import organization_limits_set
 
 OPTIONS = {
     "search_rate": "--search-rate", "write_rate": "--write-rate", "read_rate": "--read-rate", "max_in_flight": "--max-in-flight",
     "max_agents": "--max-agents", "max_documents": "--max-documents", "max_chunks": "--max-chunks",
     "max_bytes": "--max-bytes", "max_jobs": "--max-jobs",
+    "audit_retention_days": "--audit-retention-days", "access_retention_days": "--access-retention-days",
+    "job_retention_days": "--job-retention-days",
 }  # fmt: skip
 
 
@@ -33,7 +37,10 @@ class Command(BaseCommand):
         org = organization_or_error(org_slug)
         changes = {field: options[field] for field in OPTIONS if options[field] is not False}
         if changes:
-            org = organization_limits_set(org=org, **changes)
+            before = {field: getattr(org, field) for field in changes}
+            with transaction.atomic():
+                org = organization_limits_set(org=org, **changes)
+                record("org_limits", org, "organization.limits_changed", "organization", org.slug, {"changes": audit.changes(before, changes)})
             self.stdout.write(f"{org.slug}: set {', '.join(f'{k}={v}' for k, v in changes.items())}")
         usage = organization_usage(org=org)
         self.stdout.write(f"{'quota':<10} {'limit':>16} {'used':>16}  source")

@@ -1,6 +1,8 @@
 from django.core.management.base import BaseCommand
 
-from tenants.cli import organization_or_error
+from django.db import transaction
+
+from tenants.cli import organization_or_error, record
 from tenants.models import ApiKey
 from tenants.services import api_key_create
 
@@ -18,5 +20,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, org_slug, name, scope, **options):
         org = organization_or_error(org_slug)
-        _, raw_key = api_key_create(org=org, name=name, scope=scope)
+        with transaction.atomic():
+            key, raw_key = api_key_create(org=org, name=name, scope=scope)
+            record("create_api_key", org, "api_key.created", "api_key", key.prefix, {"name": name, "scope": scope})
         self.stdout.write(raw_key)

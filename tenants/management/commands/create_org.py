@@ -1,7 +1,9 @@
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand
 
-from tenants.cli import command_error
+from django.db import transaction
+
+from tenants.cli import command_error, record
 from tenants.services import organization_create
 
 
@@ -14,7 +16,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, slug, name, **options):
         try:
-            org = organization_create(slug=slug, name=name)
+            with transaction.atomic():
+                org = organization_create(slug=slug, name=name)
+                record("create_org", org, "organization.created", "organization", org.slug, {"name": org.name})
         except ValidationError as exc:
             raise command_error(exc) from exc
         self.stdout.write(f"Created organization {org.slug}")

@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand
 from django_q.models import Schedule
 
 # Apps whose tasks module declares SCHEDULES = [(dotted function, minutes), ...].
-TASK_MODULES = ["knowledge.tasks", "search.tasks"]
+TASK_MODULES = ["tenants.tasks", "knowledge.tasks", "search.tasks"]
 
 
 def declared_schedules() -> dict[str, int]:

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from core import cleanup, db, jobs
 from knowledge.models import Agent, AgentStats, DeletionJob, Document
+from knowledge.services.export import exports_delete_files
 from knowledge.services.stats import stats_apply
 from tenants.models import Organization
 
@@ -141,6 +142,7 @@ def _organization_step(job: DeletionJob) -> str:
     logger.info("organization %s (id %s) deleted: %s agents, job %s", org.slug, org.pk, job.total_items, job.pk)
     with db.tenant(org):  # its rows in other tables go with it (Django's cascade), under its policy
         Organization.objects.filter(pk=org.pk).delete()
+    exports_delete_files(org_id=org.pk)  # its export jobs went with it; their files go too
     return REMOVED
 
 

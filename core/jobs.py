@@ -38,7 +38,7 @@ PENDING, PROCESSING, COMPLETED, FAILED = "pending", "processing", "completed", "
 UNFINISHED = (PENDING, PROCESSING)
 
 # Every job table the claim loop serves, and the table of organizations' turns.
-JOB_TABLES = ("knowledge_ingestionjob", "knowledge_deletionjob")
+JOB_TABLES = ("knowledge_ingestionjob", "knowledge_deletionjob", "knowledge_exportjob")
 TURN_TABLE = "knowledge_jobturn"
 RUN_TASK = "knowledge.tasks.run_jobs"
 

@@ -382,14 +382,32 @@ def embed_with_cache(
             call=lambda: get_provider(model).embed([first_text[h] for h in missing], interactive=interactive),
         )  # fmt: skip
         fresh = dict(zip(missing, vectors))
-        with db.tenant(org_id) as sql, sql.cursor(binding=True) as cursor:
-            cursor.execute(
-                "INSERT INTO knowledge_embeddingcache (organization_id, model, dimensions, text_hash, embedding, created_at) "
-                "SELECT {org}, %s, %s, h, e, now() FROM unnest(%s::text[], %b::halfvec[]) AS t(h, e) "
-                "ON CONFLICT DO NOTHING",
-                [model, dims, missing, halfvecs(vectors)],
-            )
+        _cache_put(org_id, model, missing, vectors)
         cached.update(fresh)
     for i, h in enumerate(hashes):
         out[i] = cached[h]
     return out, len(missing), len(unique) - len(missing)
+
+
+def cache_prefill(*, org_id: int, model: str, texts: list[str], vectors: list[np.ndarray]) -> int:
+    """Puts known embeddings of `texts` (from an export, stored halfvecs: float16) into the
+    organization's cache, where embed_with_cache finds them: an import with the vectors of
+    the same model and dimensions calls no provider. An entry already there is kept.
+    Returns the distinct texts offered."""
+    pairs = {text_hash(t): v for t, v in zip(texts, vectors)}
+    if not pairs:
+        return 0
+    hashes = sorted(pairs)  # as embed_with_cache: concurrent inserts in one order, no deadlock
+    _cache_put(org_id, model, hashes, np.vstack([pairs[h] for h in hashes]))
+    return len(hashes)
+
+
+def _cache_put(org_id: int, model: str, hashes: list[str], vectors: np.ndarray) -> None:
+    """Cache rows for sorted `hashes`; an entry already there is kept."""
+    with db.tenant(org_id) as sql, sql.cursor(binding=True) as cursor:
+        cursor.execute(
+            "INSERT INTO knowledge_embeddingcache (organization_id, model, dimensions, text_hash, embedding, created_at) "
+            "SELECT {org}, %s, %s, h, e, now() FROM unnest(%s::text[], %b::halfvec[]) AS t(h, e) "
+            "ON CONFLICT DO NOTHING",
+            [model, settings.EMBEDDING_DIMENSIONS, hashes, halfvecs(vectors)],
+        )

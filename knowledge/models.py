@@ -133,6 +133,11 @@ class Document(models.Model):
     size_bytes = models.BigIntegerField(default=0)
     chunk_count = models.IntegerField(default=0)
     metadata = models.JSONField(default=dict, blank=True)
+    # The normalized text as last ingested: what an export carries, so an import re-chunks
+    # exactly what was chunked. Chunks overlap and sections join blocks anew, so neither
+    # gives it back. Empty for documents ingested before it was kept (exports rebuild
+    # theirs from sections or chunks). Large: the selectors that list documents defer it.
+    text = models.TextField(blank=True, default="", db_default="")
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
     error = models.TextField(blank=True)
     version = models.IntegerField(default=0)
@@ -385,3 +390,64 @@ class JobTurn(models.Model):
 
 
 from knowledge.activity_models import AgentActivity, OrganizationActivity, Period, SiteActivity  # noqa: E402, F401
+
+class ExportJob(JobFields):
+    """An organization's export (knowledge/portability.py has the file format), written by
+    the workers as a gzip JSON Lines file under LORE_DATA_DIR/exports/<organization id>/,
+    one gzip member per committed batch, so a run resumes where the last one committed
+    (`cursor`, `bytes_written`). The file is deleted EXPORT_TTL after it completed."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        PROCESSING = "processing"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        EXPIRED = "expired"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    # The agents exported (ids, resolved from the slugs when requested), in export order.
+    agent_ids = models.JSONField(default=list, blank=True)
+    include_vectors = models.BooleanField(default=False)
+    total_documents = models.BigIntegerField(default=0)
+    total_chunks = models.BigIntegerField(default=0)
+    processed_documents = models.BigIntegerField(default=0)
+    processed_chunks = models.BigIntegerField(default=0)
+    # Where the next run resumes, committed with the bytes before it: the agent in progress
+    # (its line written), the last document key written, counts so far; "done" once the
+    # last line is written.
+    cursor = models.JSONField(default=dict, blank=True)
+    bytes_written = models.BigIntegerField(default=0)
+    size_bytes = models.BigIntegerField(default=0)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    requested_by_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    unscoped = UnscopedManager()
+    objects = TenantManager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["organization", "status", "created_at"], name="exportjob_org_status_idx"),
+            # As ingestjob_unfinished_idx: claims, sweeps and quota counts.
+            models.Index(
+                fields=["organization", "status", "created_at"],
+                condition=models.Q(status__in=["pending", "processing"]),
+                name="exportjob_unfinished_idx",
+            ),
+            # The expiry task, across organizations (maintenance): completed exports by expiry.
+            models.Index(
+                fields=["expires_at"], condition=models.Q(status="completed"), name="exportjob_expiry_idx"
+            ),
+        ]
+
+    @property
+    def progress(self) -> float:
+        """0-100: documents, and chunks when vectors are included, written of those counted
+        when the export was requested."""
+        if self.status in (self.Status.COMPLETED, self.Status.EXPIRED):
+            return 100.0
+        total = self.total_documents + (self.total_chunks if self.include_vectors else 0)
+        done = self.processed_documents + (self.processed_chunks if self.include_vectors else 0)
+        return round(min(100.0, 100.0 * done / total), 1) if total else 0.0

@@ -1,10 +1,12 @@
 """Reads for agents, documents and stats. Each takes the organization explicitly."""
 
+import json
+
 from django.db import connection
 from django.db.models import Count, Q, Sum
 
 from core import db, jobs, limits
-from knowledge.models import Agent, AgentStats, DeletionJob, Document, IngestionJob
+from knowledge.models import Agent, AgentStats, DeletionJob, Document, ExportJob, IngestionJob
 from tenants.auth import KeyJoin
 from tenants.models import Organization, OrganizationUsage
 
@@ -91,12 +93,13 @@ def agent_stats_recount(*, org: Organization, agent: Agent) -> tuple[int, int, i
 
 def document_list(*, org: Organization, agent: Agent, status: str | None = None):
     # Index document_org_agent_status_idx (organization, agent, status, key).
-    qs = Document.objects.for_org(org).filter(agent=agent).order_by("key")
+    # The text (up to LORE_MAX_DOCUMENT_BYTES each) only exports read.
+    qs = Document.objects.for_org(org).filter(agent=agent).defer("text").order_by("key")
     return qs.filter(status=status) if status else qs
 
 
 def document_get(*, org: Organization, agent: Agent, key: str) -> Document | None:
-    return Document.objects.for_org(org).filter(agent=agent, key=key).first()
+    return Document.objects.for_org(org).filter(agent=agent, key=key).defer("text").first()
 
 
 def ingestion_job_get(*, org: Organization, job_id: int) -> IngestionJob | None:
@@ -135,3 +138,66 @@ def organization_usage(*, org: Organization) -> dict:
             for scope in limits.RATE_SCOPES
         },
     }
+
+
+# --- Exports ------------------------------------------------------------------------------
+
+
+def export_job_get(*, org: Organization, job_id: int) -> ExportJob | None:
+    return ExportJob.objects.for_org(org).filter(pk=job_id).first()
+
+
+def export_document_page(*, org: Organization, agent_id: int, after_key: str, limit: int) -> list[tuple]:
+    """(key, size_bytes, chunk_count) of the agent's next documents by key after
+    `after_key`: keyset pages, never OFFSET. Index document_org_agent_key_uniq."""
+    with db.tenant(org) as sql:
+        return sql.fetchall(
+            "SELECT key, size_bytes, chunk_count FROM knowledge_document"
+            " WHERE organization_id = {org} AND agent_id = %s AND key > %s ORDER BY key LIMIT %s",
+            [agent_id, after_key, limit],
+        )
+
+
+def export_documents(*, org: Organization, agent_id: int, keys: list[str]) -> list[tuple]:
+    """(id, key, title, source, content_type, metadata, status, text) by key.
+    Index document_org_agent_key_uniq."""
+    with db.tenant(org) as sql:
+        rows = sql.fetchall(
+            "SELECT id, key, title, source, content_type, metadata, status, text FROM knowledge_document"
+            " WHERE organization_id = {org} AND agent_id = %s AND key = ANY(%s) ORDER BY key",
+            [agent_id, keys],
+        )
+    return [(*row[:5], _json(row[5]), *row[6:]) for row in rows]
+
+
+def _json(value):
+    # Django's connections hand jsonb over as text (the ORM decodes it itself).
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def export_chunks(*, org: Organization, document_ids: list[int], vectors: bool) -> list[tuple]:
+    """(document_id, key, ordinal, text, metadata, embedding or None) of these documents, in
+    document and ordinal order; embeddings as float16 arrays (binary results). Index
+    chunk_org_doc_ord_idx."""
+    embedding = "embedding" if vectors else "NULL::halfvec"
+    with db.tenant(org) as sql:
+        rows = sql.fetchall(
+            f"SELECT document_id, key, ordinal, text, metadata, {embedding} FROM knowledge_chunk"
+            " WHERE organization_id = {org} AND document_id = ANY(%s) ORDER BY document_id, ordinal",
+            [document_ids], binary_results=True,
+        )  # fmt: skip
+    return [(*row[:4], _json(row[4]), row[5].to_numpy() if row[5] is not None else None) for row in rows]
+
+
+def export_sections(*, org: Organization, document_ids: list[int]) -> dict[int, list[str]]:
+    """Parent sections' texts by document, in order. Index section_org_agent_doc_idx."""
+    with db.tenant(org) as sql:
+        rows = sql.fetchall(
+            "SELECT document_id, text FROM knowledge_section WHERE organization_id = {org}"
+            " AND document_id = ANY(%s) ORDER BY document_id, ordinal",
+            [document_ids],
+        )
+    out: dict[int, list[str]] = {}
+    for doc_id, text in rows:
+        out.setdefault(doc_id, []).append(text)
+    return out

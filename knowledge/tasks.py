@@ -12,6 +12,7 @@ SCHEDULES: list[tuple[str, int]] = [
     ("knowledge.tasks.jobs_sweep", 1),
     ("knowledge.tasks.term_counts_compact", 1),
     ("knowledge.tasks.activity_rollup", 60),
+    ("knowledge.tasks.exports_expire", 10),
 ]
 
 
@@ -55,3 +56,8 @@ def deletion_job_run(job_id: int) -> None:
 def deletion_jobs_requeue_stale() -> None:
     # The schedule's former name, until `sync_schedules` replaces it with jobs_sweep.
     jobs_sweep()
+
+
+def exports_expire() -> None:
+    """Every ten minutes: export files past EXPORT_TTL are deleted."""
+    services.exports_expire()

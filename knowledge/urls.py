@@ -1,6 +1,6 @@
 from django.urls import path
 
-from knowledge import apis, deletion_apis, document_apis
+from knowledge import apis, deletion_apis, document_apis, export_apis
 
 urlpatterns = [
     path("agents", apis.AgentListCreateApi.as_view(), name="agent-list"),
@@ -16,6 +16,9 @@ urlpatterns = [
     path("deletions/<int:job_id>", deletion_apis.DeletionJobDetailApi.as_view(), name="deletion-detail"),
     path("deletions/<int:job_id>/cancel", deletion_apis.DeletionJobCancelApi.as_view(), name="deletion-cancel"),
     path("deletions/<int:job_id>/retry", deletion_apis.DeletionJobRetryApi.as_view(), name="deletion-retry"),
+    path("exports", export_apis.ExportCreateApi.as_view(), name="export-create"),
+    path("exports/<int:job_id>", export_apis.ExportDetailApi.as_view(), name="export-detail"),
+    path("exports/<int:job_id>/download", export_apis.ExportDownloadApi.as_view(), name="export-download"),
     path("stats", apis.OrganizationStatsApi.as_view(), name="org-stats"),
     path("usage", apis.UsageApi.as_view(), name="org-usage"),
 ]

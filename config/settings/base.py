@@ -241,6 +241,12 @@ LORE_SYNC_DELETE_MAX_CHUNKS = env.int("LORE_SYNC_DELETE_MAX_CHUNKS", default=200
 LORE_MAX_DELETE_KEYS = env.int("LORE_MAX_DELETE_KEYS", default=10_000)
 # Chunks per batch transaction (bench/delete.py measured the choice; docs/benchmarks.md).
 LORE_DELETION_BATCH_SIZE = env.int("LORE_DELETION_BATCH_SIZE", default=5000)
+# Exports (knowledge/portability.py): a finished file is kept EXPORT_TTL seconds, then the
+# scheduled knowledge.tasks.exports_expire deletes it. Files go under LORE_DATA_DIR/exports.
+EXPORT_TTL = env.int("EXPORT_TTL", default=24 * 3600)
+# Chunks (with vectors) or documents per committed batch of an export: one gzip member each.
+LORE_EXPORT_BATCH_CHUNKS = env.int("LORE_EXPORT_BATCH_CHUNKS", default=2000)
+LORE_EXPORT_BATCH_BYTES = env.int("LORE_EXPORT_BATCH_BYTES", default=16 * 1024 * 1024)
 # Background jobs (ingestion and deletion; core/jobs.py). A processing job whose heartbeat
 # is older than LORE_JOB_STALE_SECONDS lost its worker and is requeued. The former names
 # LORE_DELETION_STALE_SECONDS / LORE_DELETION_SLICE_SECONDS are still read.

@@ -28,6 +28,18 @@ from knowledge.services.deletion_runner import (  # noqa: F401
     deletion_jobs_stuck,
 )
 from knowledge.services.deletion_steps import documents_delete  # noqa: F401
+from knowledge.services.export import (  # noqa: F401
+    export_agents_resolve,
+    export_job_create,
+    export_job_run,
+    export_job_slice,
+    export_jobs_requeue_stale,
+    export_path,
+    export_to_file,
+    export_totals,
+    exports_expire,
+)
+from knowledge.services.importing import ImportResult, organization_import  # noqa: F401
 from knowledge.services.ingestion import (  # noqa: F401
     BatchResult,
     DocumentInput,

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from core import cleanup, db, jobs
 from knowledge.models import Agent, AgentStats, Chunk, DeletionJob, Document
+from knowledge.services.export import exports_delete_files
 from knowledge.services.stats import stats_apply, term_counts_drop, term_stats_apply
 from tenants import audit
 from tenants.models import Organization
@@ -158,6 +159,8 @@ def _organization_step(job: DeletionJob) -> str:
         summary = {"organization": {"id": org.pk, "slug": org.slug}, "deletion_job": job.pk, "agents": job.total_items, "removed": removed}
         audit.record(org=org, actor=audit.Actor.system("deletion worker"), action="organization.erased",
                      target_type="organization", target_key=org.slug, summary=summary)  # fmt: skip
+    # Its export jobs went with it; their files go once that is committed.
+    transaction.on_commit(lambda: exports_delete_files(org_id=org.pk))
     return REMOVED
 
 

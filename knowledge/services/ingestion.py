@@ -306,13 +306,14 @@ def _apply(*, org: Organization, agent: Agent, todo: list[_Prepared], vectors) -
         cursor.execute(
             "UPDATE knowledge_document AS d SET title = x.title, source = x.source, content_type = x.ctype,"
             " content_hash = x.chash, ingest_hash = x.ihash, size_bytes = x.size, chunk_count = x.chunks,"
-            " metadata = x.meta::jsonb, status = 'ready', error = '', version = d.version + 1, updated_at = %s"
+            " metadata = x.meta::jsonb, text = x.text, status = 'ready', error = '', version = d.version + 1, updated_at = %s"
             " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[],"
-            " %s::int[], %s::text[]) AS x(id, title, source, ctype, chash, ihash, size, chunks, meta)"
+            " %s::int[], %s::text[], %s::text[]) AS x(id, title, source, ctype, chash, ihash, size, chunks, meta, text)"
             " WHERE d.organization_id = {org} AND d.id = x.id",
             [now, doc_ids, [i.doc.title for i in todo], [i.doc.source for i in todo],
              [i.doc.content_type for i in todo], [i.content_hash for i in todo], [i.ingest_hash for i in todo],
-             [i.size_bytes for i in todo], [len(i.chunks) for i in todo], [json.dumps(i.doc.metadata) for i in todo]],
+             [i.size_bytes for i in todo], [len(i.chunks) for i in todo], [json.dumps(i.doc.metadata) for i in todo],
+             [i.doc.text for i in todo]],
         )  # fmt: skip
 
     results, new_docs, size_delta = [], 0, 0

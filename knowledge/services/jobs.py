@@ -1,4 +1,4 @@
-"""The workers' claim loop over ingestion and deletion jobs (core.jobs has the claim)."""
+"""The workers' claim loop over ingestion, deletion and export jobs (core.jobs has the claim)."""
 
 import logging
 import time
@@ -6,8 +6,9 @@ import time
 from django.conf import settings
 
 from core import jobs
-from knowledge.models import DeletionJob, IngestionJob
+from knowledge.models import DeletionJob, ExportJob, IngestionJob
 from knowledge.services.deletion_runner import deletion_job_slice, deletion_jobs_requeue_stale
+from knowledge.services.export import export_job_slice, export_jobs_requeue_stale
 from knowledge.services.ingestion import ingestion_job_slice, ingestion_jobs_requeue_stale
 
 logger = logging.getLogger(__name__)
@@ -15,6 +16,7 @@ logger = logging.getLogger(__name__)
 KINDS = {
     IngestionJob._meta.db_table: (IngestionJob, ingestion_job_slice),
     DeletionJob._meta.db_table: (DeletionJob, deletion_job_slice),
+    ExportJob._meta.db_table: (ExportJob, export_job_slice),
 }
 assert set(KINDS) == set(jobs.JOB_TABLES)
 
@@ -44,5 +46,9 @@ def jobs_run(*, budget_seconds: float | None = None) -> int:
 
 
 def jobs_requeue_stale(*, now=None) -> dict[str, list[int]]:
-    """Both kinds' stuck jobs back to pending (core.jobs.requeue_stale); the sweeper's part."""
-    return {"ingestion": ingestion_jobs_requeue_stale(now=now), "deletion": deletion_jobs_requeue_stale(now=now)}
+    """Every kind's stuck jobs back to pending (core.jobs.requeue_stale); the sweeper's part."""
+    return {
+        "ingestion": ingestion_jobs_requeue_stale(now=now),
+        "deletion": deletion_jobs_requeue_stale(now=now),
+        "export": export_jobs_requeue_stale(now=now),
+    }

@@ -11,6 +11,7 @@ from django.utils.html import format_html
 from console.selectors import estimated_count
 from knowledge.chunking import CONTENT_TYPES
 from knowledge.models import Document, IngestionJob
+from tenants import admin as tenants_admin
 
 
 class EstimatedCountPaginator(Paginator):
@@ -31,19 +32,12 @@ class ContentTypeFilter(admin.SimpleListFilter):
         return queryset.filter(content_type=self.value()) if self.value() else queryset
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(tenants_admin.ReadOnlyAdmin):
+    """Read-only lists of tables too large to count: the planner's estimate instead."""
+
     paginator = EstimatedCountPaginator
     show_full_result_count = False
     list_per_page = 50
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Document)

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import connection
 
+from core import metrics
 from knowledge.models import Agent, AgentStats
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ def sync_indexes() -> SyncResult:
             return result
     try:
         _sync(result)
+        metrics.index_synced()
     finally:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [SYNC_LOCK])
@@ -138,16 +140,7 @@ def _sync(result: SyncResult) -> None:
                 stale.append(graph)
         else:
             _drop(graph.name)  # under the lock nobody else builds: a dead build's leftover
-    # Every organization's stats rows (one per agent), never chunks: the sync serves all
-    # tenants, hence the unscoped manager.
-    rows = AgentStats.unscoped.values_list("agent_id", "organization_id", "agent__status", "organization__is_active", "total_chunks")
-    agents, orgs = {}, {}
-    for agent_id, org_id, status, org_is_active, total in rows:
-        active = status == Agent.Status.ACTIVE and org_is_active
-        agents[agent_id] = (active, total)
-        org_active, org_total = orgs.get(org_id, (False, 0))
-        orgs[org_id] = (org_active or active, org_total + (total if active else 0))
-
+    agents, orgs = _sizes()
     result.created_agents, result.dropped_agents = _plan(agents, have["agent"], settings.SEARCH_AGENT_INDEX_MIN_CHUNKS)
     result.created_orgs, result.dropped_orgs = _plan(orgs, have["organization"], settings.SEARCH_ORG_INDEX_MIN_CHUNKS)
     # An agent's keyword index comes and goes with its graph (the same sizes, the same line).
@@ -169,6 +162,36 @@ def _sync(result: SyncResult) -> None:
         if graph.name not in dropped:
             _rebuild(graph)
             result.rebuilt.append(graph.name)
+
+
+def _sizes() -> tuple[dict[int, tuple[bool, int]], dict[int, tuple[bool, int]]]:
+    """(agent id -> (searchable, chunks), organization id -> (has a searchable agent, their
+    chunks)). Every organization's stats rows (one per agent), never chunks: the sync serves
+    all tenants, hence the unscoped manager."""
+    rows = AgentStats.unscoped.values_list("agent_id", "organization_id", "agent__status", "organization__is_active", "total_chunks")
+    agents, orgs = {}, {}
+    for agent_id, org_id, status, org_is_active, total in rows:
+        active = status == Agent.Status.ACTIVE and org_is_active
+        agents[agent_id] = (active, total)
+        org_active, org_total = orgs.get(org_id, (False, 0))
+        orgs[org_id] = (org_active or active, org_total + (total if active else 0))
+    return agents, orgs
+
+
+def sync_backlog() -> dict[str, int]:
+    """Per scope, the indexes the sync would build now: what it lags behind by (one being
+    built counts until it is valid). Read when /metrics is scraped (search.apps)."""
+    have: dict[str, dict[int, str]] = {scope: {} for scope in PREFIXES.values()}
+    for graph in graphs():
+        if graph.valid and not graph.leftover:
+            have[graph.scope][graph.owner_id] = graph.name
+    agents, orgs = _sizes()
+    agent_min, org_min = settings.SEARCH_AGENT_INDEX_MIN_CHUNKS, settings.SEARCH_ORG_INDEX_MIN_CHUNKS
+    return {
+        "agent": len(_plan(agents, have["agent"], agent_min)[0]),
+        "organization": len(_plan(orgs, have["organization"], org_min)[0]),
+        "agent-keyword": len(_plan(agents, have["agent-keyword"], agent_min)[0]),
+    }
 
 
 def _build(name: str, scope: str, predicate: str) -> None:

@@ -38,6 +38,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: a request's duration includes every other middleware's part of it.
+    "config.metrics.HttpMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -281,6 +283,21 @@ SEARCH_MAX_PHRASES = env.int("SEARCH_MAX_PHRASES", default=10)
 SEARCH_MAX_BODY_BYTES = env.int("SEARCH_MAX_BODY_BYTES", default=64 * 1024)
 # API keys are throttled: last_used_at is written at most once per this many seconds.
 LORE_API_KEY_TOUCH_SECONDS = env.int("LORE_API_KEY_TOUCH_SECONDS", default=60)
+
+# --- Metrics (GET /metrics, Prometheus; core/metrics.py, config/metrics.py) ----------
+# Off: nothing is recorded and /metrics answers 404.
+LORE_METRICS = env.bool("LORE_METRICS", default=True)
+# Where gunicorn's workers and the Django-Q2 cluster write their metrics (a folder each,
+# wiped when that server starts), for the process answering /metrics to add up.
+# config/multiproc.py reads the same two variables before Django starts.
+LORE_METRICS_DIR = Path(env("LORE_METRICS_DIR", default=str(LORE_DATA_DIR / "metrics"))).resolve()
+# Who may read /metrics: a caller sending `Authorization: Bearer <METRICS_TOKEN>`, or one
+# whose address is in METRICS_ALLOWED_IPS (addresses or CIDR networks). With neither set,
+# loopback only; with only a token, the token only.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+METRICS_ALLOWED_IPS = [
+    ip for ip in env.list("METRICS_ALLOWED_IPS", default=[] if METRICS_TOKEN else ["127.0.0.0/8", "::1"]) if ip
+]
 
 LOGGING = {
     "version": 1,

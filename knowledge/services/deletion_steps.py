@@ -14,7 +14,7 @@ from collections import Counter
 from django.db import connection, transaction
 from django.utils import timezone
 
-from core import cleanup, jobs
+from core import cleanup, jobs, metrics
 from knowledge.models import Agent, AgentStats, DeletionJob, Document
 from knowledge.services.stats import stats_apply
 from tenants.models import Organization
@@ -44,6 +44,7 @@ def _agent_step(job: DeletionJob) -> str:
         chunks, last_id = cursor.fetchone()
         if chunks:
             stats_apply(org=org, agent=agent, chunks=-chunks)
+            metrics.chunks_deleted(chunks)
             job.processed_items += chunks
             job.cursor = last_id
             return MORE
@@ -103,6 +104,7 @@ def _document_step(job: DeletionJob) -> str:
                 [chunks, target["document_id"]],
             )
             stats_apply(org=org, agent=agent, chunks=-chunks)
+            metrics.chunks_deleted(chunks)
             job.processed_items += chunks
             job.cursor = last_ordinal + 1
             return MORE
@@ -190,6 +192,7 @@ def _documents_remove(cursor, *, org: Organization, agent: Agent, ids: list[int]
     documents, ready, size = cursor.fetchone()
     if documents or chunks:
         stats_apply(org=org, agent=agent, chunks=-chunks, documents=-ready, size_bytes=-int(size))
+        metrics.chunks_deleted(chunks)
     return documents, chunks
 
 
@@ -226,6 +229,7 @@ def _chunk_keys_remove(cursor, *, org: Organization, agent: Agent, keys: list[st
     )
     emptied = [doc_id for doc_id, left in cursor.fetchall() if left <= 0]
     stats_apply(org=org, agent=agent, chunks=-len(rows))
+    metrics.chunks_deleted(len(rows))
     documents = 0
     if emptied:
         # A document left without chunks goes too: nothing of it can be found any more,

@@ -10,7 +10,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from core import jobs
+from core import jobs, metrics
 from core.validation import contains_nul, json_shape, json_size
 from knowledge.chunking import CONTENT_TYPES, chunk_document, normalize_text
 from knowledge.embeddings import embed_with_cache, halfvecs
@@ -173,6 +173,7 @@ def _lock_document_rows(cursor, org: Organization, agent: Agent, keys: list[str]
     raise conflict("concurrent_delete", "Documents were deleted concurrently too often; try again.")
 
 
+@metrics.ingest_counted
 def documents_ingest(*, org: Organization, agent: Agent, docs: list[DocumentInput], interactive: bool = False) -> BatchResult:
     """Upserts documents by key: unchanged ones cost one indexed read and no embedding
     call; changed ones have their chunks replaced atomically, with AgentStats moved
@@ -464,6 +465,7 @@ def _ingest_one_by_one(org, agent, docs) -> list[IngestResult]:
                 status = document.status if document.status == Document.Status.READY else Document.Status.FAILED
                 Document.objects.for_org(org).filter(pk=document.pk).update(status=status, error=message)
             results.append(IngestResult(doc.key, "failed", document.pk, error=message))
+            metrics.document_failed()
     return results
 
 

@@ -10,7 +10,9 @@ is set here, before Django: by gunicorn's master (config/gunicorn.conf.py) and b
 Each server writes to a folder of its own under LORE_METRICS_DIR, `web` or `worker`, wiped
 when that server starts: counters start again from zero with the server (Prometheus sees a
 reset), and one server's start never deletes the files the other is writing. One gunicorn
-and one cluster per LORE_METRICS_DIR.
+and one cluster per LORE_METRICS_DIR. A process that exits leaves its file (its counts stay
+in the totals): gunicorn's child_exit and Django-Q2's reincarnation of a worker only drop
+live gauges' files, so each recycled worker adds a file until the server restarts.
 
 Nothing here imports Django or prometheus_client.
 """

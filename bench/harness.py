@@ -552,6 +552,9 @@ class Gunicorn:
             "--workers", str(self.workers), "--threads", str(self.threads), "--worker-class", "gthread",
             "--keep-alive", "30", "--log-level", "warning",
         ]  # fmt: skip
+        if (self.root / "config" / "gunicorn.conf.py").exists():
+            # As ./dev up serves: its hooks (the metrics' multiprocess mode); the options above win.
+            command[1:1] = ["-c", "config/gunicorn.conf.py"]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60

@@ -3,6 +3,7 @@
     .venv/bin/python bench/search_ab.py --base HEAD~1            # after bench/search.py loaded the data
     .venv/bin/python bench/search_ab.py --base 082b7c4 --mode hybrid
     .venv/bin/python bench/search_ab.py --base-env LORE_SEARCH_RATE=0   # a setting off against on
+    .venv/bin/python bench/search_ab.py --base-env LORE_METRICS=0 --throughput 8   # and throughput
 
 On a shared VM the same request costs up to twice as much from one run to the next
 (docs/benchmarks.md), so a change worth a fraction of a millisecond is measured against
@@ -12,6 +13,11 @@ once), the base served from a git worktree of `--base`. Each query is asked of b
 order alternating, each under its own text (so neither answers from the other's cached
 result; both find the query's embedding in Redis, as in bench/search.py). Only this
 checkout's code differs, not the database's schema: the base must share its migrations.
+
+`--throughput SECONDS`: then concurrent load (`--clients` keep-alive clients) on each server
+in turn, `--slices` times, alternating which goes first, every request a new text: requests
+per second, latency under load and the servers' CPU time per request (which the neighbours
+of a shared machine move less than wall-clock figures).
 """
 
 import argparse
@@ -36,13 +42,20 @@ def main():
     parser.add_argument("--rounds", type=int, default=2, help="passes over the queries, each with new texts (default 2)")
     parser.add_argument("--base-env", nargs="*", default=[], metavar="NAME=VALUE", help="settings of the base's server only")
     parser.add_argument("--this-env", nargs="*", default=[], metavar="NAME=VALUE", help="settings of this checkout's server only")
+    parser.add_argument("--throughput", type=float, default=0, metavar="SECONDS", help="length of each load slice (0: none)")
+    parser.add_argument("--slices", type=int, default=6, help="load slices per server (default 6)")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent clients of a load slice (default 4)")
+    parser.add_argument(
+        "--redis-db", type=int, default=search_bench.REDIS_DB,
+        help=f"the Redis database to flush and use (default {search_bench.REDIS_DB}, bench/search.py's: not while it runs)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     run = harness.Run()
     run.phase("setup")
     if not harness.data_dir("search").exists():
         raise SystemExit("no bench data: run bench/search.py once (it loads bench/.data-search)")
-    env = harness.setup("search", dimensions=384, redis_db=search_bench.REDIS_DB, fresh=False)
+    env = harness.setup("search", dimensions=384, redis_db=args.redis_db, fresh=False)
     specs = harness.agent_specs(search_bench.HEAD_SIZES + harness.zipf_sizes(1000 - len(search_bench.HEAD_SIZES), 100_000, minimum=1))
     topics = harness.Topics(384)
     data = harness.load_synthetic(org_slug="bench", specs=specs, topics=topics)
@@ -52,7 +65,7 @@ def main():
     by_slug = {s.slug: s for s in specs}
     base = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=harness.ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
-    seconds = {}
+    seconds, loads = {}, {}
     with tempfile.TemporaryDirectory(prefix="lore-ab-") as tmp:
         worktree = Path(tmp) / "base"
         subprocess.run(["git", "worktree", "add", "--detach", str(worktree), base], cwd=harness.ROOT, check=True, capture_output=True)
@@ -83,6 +96,9 @@ def main():
                             seconds.setdefault((q.size_class.name, name), []).append(elapsed)
                 for client in clients.values():
                     client.close()
+                if args.throughput:
+                    run.phase("throughput")
+                    loads = _throughput(args, servers, data.api_key, queries, specs, topics)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=harness.ROOT, check=False)
 
@@ -102,8 +118,66 @@ def main():
     all_b = harness.percentiles([s for (c, n), v in seconds.items() if n == "this" for s in v])
     table.add("all", sum(len(v) for (c, n), v in seconds.items() if n == "base"), *map(harness.ms, all_a), *map(harness.ms, all_b),
               harness.ratio(all_b[0], all_a[0]), harness.ratio(all_b[1], all_a[1]))  # fmt: skip
-    harness.print_tables([run.table(), table])
+    tables = [run.table(), table]
+    if loads:
+        tables.append(_load_table(args, base, loads, settings_note))
+    harness.print_tables(tables)
     harness.stop_database("search")
+
+
+def _throughput(args, servers, api_key, queries, specs, topics) -> dict:
+    """Each server under the same concurrent load in turn, slice by slice, the first of
+    each pair alternating; every request a text neither server has seen (no cached result)."""
+    by_slug = {s.slug: s for s in specs}
+    per_slice = int(args.throughput * 400)  # more than a slice can send: it ends by time
+    loads: dict[str, list] = {name: [] for name in servers}
+    for n in range(args.slices):
+        order = list(servers) if n % 2 == 0 else list(reversed(servers))
+        for name in order:
+            requests, vectors = [], []
+            for i in range(per_slice):
+                q = queries[i % len(queries)]
+                words = harness.topic_words(by_slug[q.slug], topics, q.vector, 3, i) + " " if args.mode != "vector" else ""
+                text = f"{words}{q.text} load {n} {name} {i}"
+                path = "/api/v1/search" if q.size_class.org_wide else f"/api/v1/agents/{q.slug}/search"
+                requests.append(("POST", path, {"query": text, "mode": args.mode, "limit": search_bench.K}))
+                vectors.append((text, q.vector))
+            _put_vectors(vectors)
+            server = servers[name]
+            loads[name].append(
+                harness.run_load(server.url, api_key, requests, clients=args.clients, seconds=args.throughput, server_pids=[server.pid])
+            )
+    return loads
+
+
+def _load_table(args, base: str, loads: dict, settings_note: str) -> "harness.Table":
+    table = harness.Table(
+        f"Search throughput A/B, mode {args.mode}: this checkout against {base}{f' ({settings_note})' if settings_note else ''},"
+        f" {args.clients} clients, {args.slices} slices of {args.throughput:g} s each, alternating",
+        ["server", "requests", "errors", "req/s", "p50 ms", "p95 ms", "server CPU ms/request"],
+        notes=["req/s and CPU per request per slice, then all slices together; the ratio row is this/base"],
+    )
+    combined = {}
+    for name in ("base", "this"):
+        for i, part in enumerate(loads[name]):
+            p50, p95 = harness.percentiles(part.latencies)
+            table.add(f"{name} slice {i + 1}", part.requests, part.errors, f"{part.rps:.1f}", harness.ms(p50), harness.ms(p95),
+                      f"{part.cpu_per_request * 1000:.2f}")  # fmt: skip
+        combined[name] = harness.LoadResult.combine(loads[name])
+    for name, result in combined.items():
+        p50, p95 = harness.percentiles(result.latencies)
+        table.add(f"{name} all", result.requests, result.errors, f"{result.rps:.1f}", harness.ms(p50), harness.ms(p95),
+                  f"{result.cpu_per_request * 1000:.2f}")  # fmt: skip
+    a, b = combined["base"], combined["this"]
+    (a50, a95), (b50, b95) = harness.percentiles(a.latencies), harness.percentiles(b.latencies)
+    table.add("this/base", "", "", _ratio(b.rps, a.rps), _ratio(b50, a50), _ratio(b95, a95),
+              _ratio(b.cpu_per_request, a.cpu_per_request))  # fmt: skip
+    return table
+
+
+def _ratio(value: float, baseline: float) -> str:
+    # Three decimals: what is asked of a setting's cost is often a few per cent.
+    return f"{value / baseline:.3f}x" if baseline and value == value and baseline == baseline else "-"
 
 
 def _put_vectors(items) -> None:

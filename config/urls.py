@@ -3,6 +3,7 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config.health import healthz
+from config.metrics import metrics_view
 from core.views import api_not_found
 
 api_v1 = [
@@ -18,6 +19,7 @@ urlpatterns = [
     path("admin/console/", include("console.urls")),  # before the admin's catch-all
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
     path("api/v1/", include(api_v1)),
 ]
 

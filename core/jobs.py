@@ -31,6 +31,7 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from core import db, limits
+from core import metrics as lore_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def wake(func: str = RUN_TASK, *args) -> bool:
         async_task(func, *args)
     except Exception as exc:  # the broker's own errors (redis.ConnectionError, OperationalError, ...)
         metrics["wake_failures"] += 1
+        lore_metrics.job_wake_failed()
         if not _broker_failing.is_set():
             _broker_failing.set()
             logger.warning("task broker unavailable, %s not queued (the job is recorded; workers poll): %r", func, exc)
@@ -299,6 +301,33 @@ def requeue_stale(model, *, org=None, now=None, failed_fields: dict) -> list[int
     if requeued or failed:
         logger.warning("%s: requeued stuck jobs %s, failed %s", model._meta.db_table, requeued, failed)
     return requeued
+
+
+# --- Queue state (read when /metrics is scraped) -------------------------------------------
+
+
+def queue_state(*, now=None) -> dict[str, dict[str, float]]:
+    """Per kind ("ingestion", "deletion"): jobs queued (pending) and running (processing),
+    across organizations, and the seconds the runnable queued job that has waited longest
+    has waited (since it was queued, handed back or its backoff ended; 0: none). Reads the
+    partial indexes *_unfinished_idx: only unfinished rows."""
+    now = now or timezone.now()
+    since = "greatest(coalesce(heartbeat_at, created_at), coalesce(not_before, created_at))"
+    sql = " UNION ALL ".join(
+        f"SELECT '{t}', count(*) FILTER (WHERE status = %(pending)s), count(*) FILTER (WHERE status = %(processing)s),"
+        f" coalesce(extract(epoch FROM %(now)s - min({since}) FILTER (WHERE status = %(pending)s"
+        f" AND (not_before IS NULL OR not_before <= %(now)s))), 0)"
+        f" FROM {t} WHERE status IN (%(pending)s, %(processing)s)"
+        for t in JOB_TABLES
+    )
+    with db.unscoped("the job queues of every organization, for /metrics") as scoped:
+        rows = scoped.fetchall(sql, {"pending": PENDING, "processing": PROCESSING, "now": now})
+    kinds = {}
+    for table, queued, running, oldest in rows:
+        kinds[table.removeprefix("knowledge_").removesuffix("job")] = {
+            "queued": queued, "running": running, "oldest": max(0.0, float(oldest)),
+        }  # fmt: skip
+    return kinds
 
 
 # --- The poller: a lost wake-up is found within seconds ----------------------------------

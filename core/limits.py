@@ -5,6 +5,7 @@ Reads only the organization row the request already holds: no query."""
 
 from django.conf import settings
 
+from core import metrics
 from core.errors import quota_exceeded
 
 RATE_SCOPES = ("search", "write", "read")
@@ -53,4 +54,5 @@ def quota_check(org, *, usage: dict, adding: dict) -> None:
     for name, delta in adding.items():
         limit = quota(org, name)
         if delta > 0 and limit and usage[name] + delta > limit:
+            metrics.quota_refused(name)
             raise quota_exceeded(name, limit, usage[name], delta)

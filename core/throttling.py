@@ -26,6 +26,7 @@ from django.core.cache import cache
 from rest_framework.throttling import BaseThrottle
 
 from core import limits
+from core import metrics as lore_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ def check(limiters: list[tuple[str, int]]) -> float:
             return _check_redis(keys, intervals, windows)
         except Exception as exc:  # noqa: BLE001 - any Redis failure: limit per process instead
             metrics["redis_errors"] += 1
+            lore_metrics.rate_limit_redis_error()
             if time.monotonic() >= _outage["until"]:
                 logger.warning("rate limits: Redis unavailable, limiting per process: %s", exc)
             _outage["until"] = time.monotonic() + settings.LORE_RATE_LIMIT_RETRY_SECONDS
@@ -175,6 +177,7 @@ class OrganizationRateThrottle(BaseThrottle):
         )
         if self.wait_seconds:
             metrics["limited"][scope] += 1
+            lore_metrics.rate_limited(scope)
             _tell_to_wait(request.META.get("HTTP_AUTHORIZATION", ""), scope, self.wait_seconds, org_limit, key_limit)
             return False
         return True
@@ -196,6 +199,7 @@ def enter(org_id: int, limit: int) -> bool:
     with _in_flight_lock:
         if limit and _in_flight[org_id] >= limit:
             metrics["limited"]["in_flight"] += 1
+            lore_metrics.rate_limited("in_flight")
             return False
         _in_flight[org_id] += 1
     return True

@@ -34,6 +34,7 @@ from django.conf import settings
 from pgvector import HalfVector
 
 from core import db
+from core import metrics as lore_metrics
 from core.errors import UpstreamFailed, Unavailable
 from knowledge import activity
 
@@ -122,6 +123,7 @@ class CircuitBreaker:
                 self.open_until = now + settings.EMBEDDING_BREAKER_SECONDS
                 self.trial_until = 0.0
                 metrics["breaker_openings"] += 1
+                lore_metrics.embedding_breaker_opened(self.name)
                 logger.warning(
                     "embeddings: provider %s unavailable (%d consecutive failures, last: %s); circuit open for %gs",
                     self.name, self.failures, exc, settings.EMBEDDING_BREAKER_SECONDS,
@@ -164,6 +166,7 @@ class HashingProvider:
         norm = np.linalg.norm(vector)
         return vector / norm if norm else vector
 
+    @lore_metrics.embedding_request
     def embed(self, texts: list[str], *, interactive: bool = False) -> np.ndarray:
         self.calls += 1
         if not texts:
@@ -224,6 +227,7 @@ class OpenAIProvider:
             batches.append((start, texts[start:]))
         return batches
 
+    @lore_metrics.embedding_request
     def _request(self, batch: list[str], client) -> np.ndarray:
         import openai
 
@@ -384,6 +388,7 @@ def embed_with_cache(
         fresh = dict(zip(missing, vectors))
         _cache_put(org_id, model, missing, vectors)
         cached.update(fresh)
+    lore_metrics.cache_lookups("embeddings", "database", hits=len(unique) - len(missing), misses=len(missing))
     for i, h in enumerate(hashes):
         out[i] = cached[h]
     return out, len(missing), len(unique) - len(missing)

@@ -24,6 +24,8 @@ from collections import OrderedDict
 from django.conf import settings
 from django.core.cache import cache
 
+from core import metrics as lore_metrics
+
 logger = logging.getLogger(__name__)
 
 metrics = {"redis_errors": 0, "lru_hits": 0, "shared_hits": 0, "misses": 0}
@@ -38,6 +40,7 @@ def shared_cache_available() -> bool:
 def shared_cache_failed(exc: Exception) -> None:
     with _breaker_lock:
         metrics["redis_errors"] += 1
+        lore_metrics.cache_redis_error()
         if shared_cache_available():
             logger.warning("search: shared cache unavailable, using in-process cache only: %s", exc)
         _breaker["open_until"] = time.monotonic() + settings.SEARCH_REDIS_RETRY_SECONDS
@@ -176,6 +179,7 @@ def get_many(entries: list[tuple["TwoTierCache", str]], read: dict | None = None
     read = read or {}
     for index, (tier, key) in enumerate(entries):
         value = tier.get_local(key)
+        lore_metrics.cache_lookup(tier.name, "process", value is not None)
         out.append(value)
         if value is None:
             (answered if tier.full_key(key) in read else missing).append(index)
@@ -183,8 +187,10 @@ def get_many(entries: list[tuple["TwoTierCache", str]], read: dict | None = None
     if missing:
         values += shared_get_many([entries[i][0].full_key(entries[i][1]) for i in missing])
     if answered or missing:
+        shared = "redis" if uses_redis() else "locmem"
         for index, value in zip(answered + missing, values):
             tier, key = entries[index]
+            lore_metrics.cache_lookup(tier.name, shared, value is not None)
             if value is not None:
                 metrics["shared_hits"] += 1
                 tier.remember(key, value)

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import connection
 
-from core import db
+from core import db, metrics
 from knowledge.models import Agent, AgentStats
 
 logger = logging.getLogger(__name__)
@@ -117,6 +117,7 @@ def sync_indexes() -> SyncResult:
             return result
     try:
         _sync(result)
+        metrics.index_synced()
     finally:
         with db.untenanted("a session advisory lock") as sql:
             sql.execute("SELECT pg_advisory_unlock(%s)", [SYNC_LOCK])
@@ -158,9 +159,9 @@ def _sync(result: SyncResult) -> None:
 
 
 def _sizes() -> tuple[dict[int, tuple[bool, int]], dict[int, tuple[bool, int]]]:
-    """(active, chunks) per agent and per organization."""
-    # Every organization's stats rows (one per agent), never chunks: the sync serves all
-    # tenants, hence the unscoped manager.
+    """(agent id -> (searchable, chunks), organization id -> (has a searchable agent, their
+    chunks)). Every organization's stats rows (one per agent), never chunks: the sync serves
+    all tenants, hence the unscoped manager."""
     rows = AgentStats.unscoped.values_list("agent_id", "organization_id", "agent__status", "organization__is_active", "total_chunks")
     agents, orgs = {}, {}
     for agent_id, org_id, status, org_is_active, total in rows:
@@ -171,10 +172,10 @@ def _sizes() -> tuple[dict[int, tuple[bool, int]], dict[int, tuple[bool, int]]]:
     return agents, orgs
 
 
-def sync_plan() -> dict[str, int]:
+def sync_plan() -> dict:
     """How far the indexes are behind the sizes (what a sync would do now): indexes to
-    build and to drop, being built (not valid yet), in place. Reads the stats rows and the
-    catalog, never chunks."""
+    build (in all and by scope) and to drop, being built (not valid yet), in place. Reads
+    the stats rows and the catalog, never chunks."""
     have: dict[str, dict[int, str]] = {scope: {} for scope in PREFIXES.values()}
     building = 0
     for graph in graphs():
@@ -183,14 +184,23 @@ def sync_plan() -> dict[str, int]:
         else:
             building += 1
     agents, orgs = _sizes()
-    to_build = to_drop = 0
+    by_scope, to_drop = {}, 0
     for sizes, scope, threshold in (
         (agents, "agent", settings.SEARCH_AGENT_INDEX_MIN_CHUNKS), (orgs, "organization", settings.SEARCH_ORG_INDEX_MIN_CHUNKS),
         (agents, "agent-keyword", settings.SEARCH_AGENT_INDEX_MIN_CHUNKS),
     ):  # fmt: skip
         wanted, unwanted = _plan(sizes, have[scope], threshold)
-        to_build, to_drop = to_build + len(wanted), to_drop + len(unwanted)
-    return {"to_build": to_build, "to_drop": to_drop, "building": building, "built": sum(map(len, have.values()))}
+        by_scope[scope], to_drop = len(wanted), to_drop + len(unwanted)
+    return {
+        "to_build": sum(by_scope.values()), "to_drop": to_drop, "building": building,
+        "built": sum(map(len, have.values())), "by_scope": by_scope,
+    }  # fmt: skip
+
+
+def sync_backlog() -> dict[str, int]:
+    """Per scope, the indexes the sync would build now: what it lags behind by (one being
+    built counts until it is valid). Read when /metrics is scraped (search.apps)."""
+    return sync_plan()["by_scope"]
 
 
 def _build(name: str, scope: str, predicate: str) -> None:

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
+from django.conf import settings
+
 
 @dataclass(frozen=True)
 class AgentSelection:
@@ -32,6 +34,18 @@ class AgentSelection:
     @cached_property
     def slug_by_id(self) -> dict[int, str]:
         return {a.id: a.slug for a in self.agents}
+
+    @cached_property
+    def strategy(self) -> str:
+        """How a vector search of these agents runs, for metrics (search/engine.py decides it
+        per embedding model; agents of several models are rare): "exact" up to
+        SEARCH_EXACT_MAX_CHUNKS chunks, else the graph its statement is written for, the
+        agent's own ("agent_graph") or the organization's ("org_graph"). Until that graph
+        is built the statement scans exactly (core.metrics: lore_index_sync_backlog)."""
+        total = sum(a.total_chunks for a in self.agents)
+        if total <= settings.SEARCH_EXACT_MAX_CHUNKS:
+            return "exact"
+        return "agent_graph" if len(self.agents) == 1 and total >= settings.SEARCH_AGENT_INDEX_MIN_CHUNKS else "org_graph"
 
     @cached_property
     def by_model(self) -> dict[str, list["AgentRef"]]:

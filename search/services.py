@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from django.conf import settings
 
+from core import metrics as lore_metrics
 from knowledge import activity
 from knowledge.embeddings import EmbeddingUnavailable, get_provider, provider_call
 from search import caching, engine, keywords, tracking
@@ -127,11 +128,14 @@ def search(
                 raise
             vectors, degraded = None, ["vector"]
             metrics["degraded"] += 1
+            lore_metrics.search_degraded()
         results = _run(org, selection, request, filters, vectors)
         if not degraded:
             # A degraded result would be served on after the provider is back.
             result_cache.set(key, (selection.versions, results))
     took_ms = (time.perf_counter() - started) * 1000
+    strategy = "none" if cached or degraded or request.mode == "keyword" else selection.strategy
+    lore_metrics.search_done(request.mode, strategy, cached, took_ms / 1000)
     tracking.record(org_id=org.pk, results=results, agent_ids=selection.ids, latency_ms=took_ms, cache_hit=cached)
     if caller is not None:
         with _seen_lock:

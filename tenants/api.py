@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from core import db, errors, limits, throttling
+from core import db, errors, limits, metrics, throttling
 from core.errors import ApiError, invalid, not_found  # noqa: F401 - re-exported for views
 from core.permissions import KeyScopePermission
 from core.throttling import OrganizationRateThrottle
@@ -187,10 +187,12 @@ class OrgAPIView(APIView):
         waiting = throttling.told_to_wait(request.META.get("HTTP_AUTHORIZATION", ""), scope)
         if waiting is not None:
             throttling.metrics["limited"][scope] += 1
+            metrics.rate_limited(scope)
             raise _rate_limited(scope, *waiting)
         limit = throttling.saturated(claimed_key_prefix(request))
         if limit is not None:
             throttling.metrics["limited"]["in_flight"] += 1
+            metrics.rate_limited("in_flight")
             raise _too_many_in_flight(limit)
 
     def dispatch(self, request, *args, **kwargs):

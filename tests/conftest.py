@@ -149,3 +149,16 @@ def fake():
     server = FakeOpenAI().start()
     yield server
     server.stop()
+
+
+def metric(name: str, **labels) -> float:
+    """One series' value in what GET /metrics would answer now in this process (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from core import metrics
+
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0

@@ -41,6 +41,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: a request's duration includes every other middleware's part of it.
+    "config.metrics.HttpMetricsMiddleware",
     # First: every response has an X-Request-ID, every log line of its request the same id.
     "core.request_id.RequestId",
     "django.middleware.security.SecurityMiddleware",
@@ -304,6 +306,22 @@ LORE_API_KEY_TOUCH_SECONDS = env.int("LORE_API_KEY_TOUCH_SECONDS", default=60)
 LOG_FORMAT = env("LOG_FORMAT", default="plain")
 if LOG_FORMAT not in ("plain", "json"):
     raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {LOG_FORMAT!r}")
+
+# --- Metrics (GET /metrics, Prometheus; core/metrics.py, config/metrics.py) ----------
+# Off: nothing is recorded and /metrics answers 404.
+LORE_METRICS = env.bool("LORE_METRICS", default=True)
+# Where gunicorn's workers and the Django-Q2 cluster write their metrics (a folder each,
+# wiped when that server starts), for the process answering /metrics to add up.
+# config/multiproc.py reads the same two variables before Django starts.
+LORE_METRICS_DIR = Path(env("LORE_METRICS_DIR", default=str(LORE_DATA_DIR / "metrics"))).resolve()
+# Who may read /metrics: a caller sending `Authorization: Bearer <METRICS_TOKEN>`, or one
+# whose address is in METRICS_ALLOWED_IPS (addresses or CIDR networks). With neither set,
+# loopback only; with only a token, the token only.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+METRICS_ALLOWED_IPS = [
+    ip for ip in env.list("METRICS_ALLOWED_IPS", default=[] if METRICS_TOKEN else ["127.0.0.0/8", "::1"]) if ip
+]
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -15,7 +15,7 @@ from django.apps import apps
 from django.db import transaction
 from django.utils import timezone
 
-from core import cleanup, db, jobs
+from core import cleanup, db, jobs, metrics
 from knowledge.models import Agent, AgentStats, Chunk, DeletionJob, Document
 from knowledge.services.export import exports_delete_files
 from knowledge.services.stats import stats_apply, term_counts_drop, term_stats_apply
@@ -48,6 +48,7 @@ def _agent_step(job: DeletionJob) -> str:
         if chunks:
             _count(job, "knowledge_chunk", chunks)
             stats_apply(org=org, agent=agent, chunks=-chunks)
+            metrics.chunks_deleted(chunks)
             job.processed_items += chunks
             job.cursor = last_id
             return MORE
@@ -115,6 +116,7 @@ def _document_step(job: DeletionJob) -> str:
                 [chunks, target["document_id"]],
             )
             stats_apply(org=org, agent=agent, chunks=-chunks)
+            metrics.chunks_deleted(chunks)
             job.processed_items += chunks
             job.cursor = last_ordinal + 1
             return MORE
@@ -239,6 +241,7 @@ def _documents_remove(cursor, *, org: Organization, agent: Agent, ids: list[int]
     _count(job, "knowledge_document", documents)
     if documents or chunks:
         stats_apply(org=org, agent=agent, chunks=-chunks, documents=-ready, size_bytes=-int(size))
+        metrics.chunks_deleted(chunks)
     return documents, chunks
 
 
@@ -278,6 +281,7 @@ def _chunk_keys_remove(cursor, *, org: Organization, agent: Agent, keys: list[st
     )
     emptied = [doc_id for doc_id, left in cursor.fetchall() if left <= 0]
     stats_apply(org=org, agent=agent, chunks=-len(rows))
+    metrics.chunks_deleted(len(rows))
     documents = 0
     if emptied:
         # A document left without chunks goes too: nothing of it can be found any more,

@@ -10,7 +10,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from core import db, jobs
+from core import db, jobs, metrics
 from core.validation import contains_nul, json_shape, json_size
 from knowledge import activity
 from knowledge.chunking import CONTENT_TYPES, chunk_document, normalize_text
@@ -178,6 +178,7 @@ def _lock_document_rows(cursor, org: Organization, agent: Agent, keys: list[str]
     raise conflict("concurrent_delete", "Documents were deleted concurrently too often; try again.")
 
 
+@metrics.ingest_counted
 def documents_ingest(*, org: Organization, agent: Agent, docs: list[DocumentInput], interactive: bool = False) -> BatchResult:
     """Upserts documents by key: unchanged ones cost one indexed read and no embedding
     call; changed ones have their chunks replaced atomically, with AgentStats moved
@@ -478,6 +479,7 @@ def _ingest_one_by_one(org, agent, docs) -> list[IngestResult]:
                 Document.objects.for_org(org).filter(pk=document.pk).update(status=status, error=message)
             results.append(IngestResult(doc.key, "failed", document.pk, error=message))
             activity.record(org_id=org.pk, agent_id=agent.pk, errors=1)
+            metrics.document_failed()
     return results
 
 

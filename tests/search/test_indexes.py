@@ -315,3 +315,18 @@ def test_deleting_an_organization_drops_its_graph_before_its_rows(settings):
 
 def _org_graphs() -> dict[int, str]:
     return {g.owner_id: g.name for g in indexes.graphs() if g.scope == "organization" and not g.leftover}
+
+
+def test_the_sync_backlog_counts_what_the_next_sync_would_build_and_the_sync_its_time(org_a, settings):
+    from tests.conftest import metric
+
+    big = AgentFactory(organization=org_a, slug="big")
+    ingest(org_a, big)
+    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 5
+    settings.SEARCH_ORG_INDEX_MIN_CHUNKS = 10**9
+    assert indexes.sync_backlog() == {"agent": 1, "organization": 0, "agent-keyword": 1}
+    assert metric("lore_index_sync_backlog", scope="agent") == 1
+    before = metric("lore_index_sync_last_success_timestamp_seconds")
+    indexes.sync_indexes()
+    assert indexes.sync_backlog() == {"agent": 0, "organization": 0, "agent-keyword": 0}
+    assert metric("lore_index_sync_last_success_timestamp_seconds") > before

@@ -189,20 +189,15 @@ def untenanted(reason: str):
 def declaring_lookup(reason: str, text: str, params, *, org_column: str, prepared: bool = False):
     """The one lookup that decides the tenant (an API key): runs the SELECT `text`
     bypassing row-level security, and with the same statement declares the organization
-    of the row it finds (`org_column`) for the rest of the transaction. No round trip
-    more than the lookup alone: the bypass is pipelined with it, and the declaration
-    travels with the row.
+    of the row it finds (`org_column`) for the rest of the transaction. One round trip
+    more than the lookup alone, not three: the declaration travels with the row.
     The row, or None (then nothing is declared)."""
     if not reason:
         raise UnscopedSQLError("db.declaring_lookup() needs a reason")
+    apply(BYPASS)
     declare = f"SELECT {org_column}, set_config('role', 'none', true), set_config('{ORG_SETTING}', {org_column}::text, true), "
     with connection.binding_cursor(prepared=prepared) as cursor:
-        # The bypass and the lookup in one round trip (psycopg's pipeline): the server
-        # still runs them in order, so the lookup is planned as the bypass role. The
-        # transaction's BEGIN, if it is the first statement, is a round trip of its own.
-        with connection.connection.pipeline():
-            apply(BYPASS)
-            cursor.execute(declare + text.removeprefix("SELECT "), params)
+        cursor.execute(declare + text.removeprefix("SELECT "), params)
         row = cursor.fetchone()
     if row is None:
         apply(None)

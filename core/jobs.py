@@ -23,6 +23,7 @@ import logging
 import multiprocessing
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -69,6 +70,29 @@ class JobFields(models.Model):
 
     class Meta:
         abstract = True
+
+
+# --- Outcomes: the ends decided here, told to the apps (their audit events) --------------
+
+FAILED_OUTCOME, REQUEUED_OUTCOME = "failed", "requeued"
+WORKER, SWEEPER = "worker", "sweeper"
+_outcome_callbacks: list[Callable] = []
+
+
+def on_outcome(callback: Callable) -> None:
+    """Registers `callback(model, job_id, organization_id, outcome, reason, by="")`, called
+    for each job this module fails (retries exhausted, worker lost too often: "failed") or
+    puts back to pending (stale: "requeued"), inside the transaction of that status change:
+    what it writes commits or rolls back with it. `by`: who decided: WORKER (a run's
+    retries exhausted), SWEEPER (stale jobs), or the name of the command that asked. Apps register from their AppConfig.ready (knowledge: the audit
+    events; core imports no app)."""
+    if callback not in _outcome_callbacks:
+        _outcome_callbacks.append(callback)
+
+
+def _told(model, job_id: int, organization_id: int, outcome: str, reason: str, by: str) -> None:
+    for callback in _outcome_callbacks:
+        callback(model, job_id, organization_id, outcome, reason, by=by)
 
 
 # --- Waking ----------------------------------------------------------------------------
@@ -253,7 +277,11 @@ def retry_later(model, *, job, attempt: int, error: str, retry_after: float = 0,
     progress. True when it will run again. `job` as loaded for this run."""
     retries = job.retries + 1
     if retries > settings.LORE_JOB_MAX_RETRIES:
-        finish(model, job=job, attempt=attempt, status=FAILED, **failed_fields)
+        # The end and what the apps record of it (on_outcome) commit together.
+        with db.tenant(job.organization_id):
+            if finish(model, job=job, attempt=attempt, status=FAILED, **failed_fields):
+                reason = f"{error}: {retries - 1} retries without progress"
+                _told(model, job.pk, job.organization_id, FAILED_OUTCOME, reason, WORKER)
         return False
     not_before = timezone.now() + timedelta(seconds=backoff_seconds(retries, at_least=retry_after or 0))
     logger.info("job %s.%s: %s; retry %s at %s", model._meta.db_table, job.pk, error, retries, not_before)
@@ -278,23 +306,27 @@ def stuck(model, *, org=None, now=None):
     return jobs.filter(organization=org) if org is not None else jobs
 
 
-def requeue_stale(model, *, org=None, now=None, failed_fields: dict) -> list[int]:
+def requeue_stale(model, *, org=None, now=None, failed_fields: dict, by: str = SWEEPER) -> list[int]:
     """Puts stuck jobs back to pending (the next run resumes from what the last committed);
     a job whose worker was lost more than LORE_JOB_MAX_RETRIES times in a row fails
-    instead. A worker that was only slow finds the job no longer its own at its next step."""
+    instead. A worker that was only slow finds the job no longer its own at its next step.
+    Each job's outcome is told to on_outcome's callbacks in this transaction (`by`: the
+    command that asked, else SWEEPER)."""
     requeued, failed = [], []
     with transaction.atomic():
         # SKIP LOCKED: a job row locked now belongs to a step in flight, so it is alive.
         rows = stuck(model, org=org, now=now).select_for_update(skip_locked=True).order_by("pk")
-        for pk, status, retries in rows.values_list("pk", "status", "retries"):
+        for pk, org_id, status, retries in rows.values_list("pk", "organization_id", "status", "retries"):
             lost = status == PROCESSING
             mine = model.unscoped.filter(pk=pk)
             if lost and retries + 1 > settings.LORE_JOB_MAX_RETRIES:
                 t = timezone.now()
                 mine.update(status=FAILED, finished_at=t, heartbeat_at=t, **model.FINISHED_FIELDS, **failed_fields)
+                _told(model, pk, org_id, FAILED_OUTCOME, f"worker lost {retries + 1} times in a row", by)
                 failed.append(pk)
                 continue
             mine.update(status=PENDING, heartbeat_at=timezone.now(), retries=retries + int(lost))
+            _told(model, pk, org_id, REQUEUED_OUTCOME, "worker lost" if lost else "pending, not taken by any worker", by)
             requeued.append(pk)
         if requeued:
             wake_on_commit()

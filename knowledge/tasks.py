@@ -12,7 +12,6 @@ SCHEDULES: list[tuple[str, int]] = [
     ("knowledge.tasks.jobs_sweep", 1),
     ("knowledge.tasks.term_counts_compact", 1),
     ("knowledge.tasks.activity_rollup", 60),
-    ("knowledge.tasks.exports_expire", 10),
 ]
 
 
@@ -59,5 +58,6 @@ def deletion_jobs_requeue_stale() -> None:
 
 
 def exports_expire() -> None:
-    """Every ten minutes: export files past EXPORT_TTL are deleted."""
+    # The schedule's former task, until `sync_schedules` removes it: export files past
+    # EXPORT_TTL now go with the retention task (tenants.tasks.enforce_retention).
     services.exports_expire()

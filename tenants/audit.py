@@ -27,8 +27,9 @@ ACTIONS = (
     "agent.created", "agent.updated", "agent.delete_requested", "agent.deleted",
     "documents.upserted", "documents.upsert_requested", "documents.deleted", "documents.delete_requested",
     "chunks.deleted", "chunks.delete_requested",
-    "ingestion_job.completed", "ingestion_job.failed",
+    "ingestion_job.completed", "ingestion_job.failed", "ingestion_job.requeued",
     "deletion_job.completed", "deletion_job.failed", "deletion_job.cancelled", "deletion_job.retried", "deletion_job.requeued",
+    "export_job.failed", "export_job.requeued",
     "stats.reconciled",
     "export.requested", "export.completed", "import.completed",
 )  # fmt: skip

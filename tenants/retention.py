@@ -2,10 +2,12 @@
 
 Each kind of data is a `Rule`: a tenant table, the column its age is read from, a default
 number of days (a setting) and the Organization column that overrides it per organization
-(empty: the default; 0: kept forever). Apps register their rules at startup (their
-AppConfig.ready), as they register their deletion steps in core.cleanup: tenants the audit
-events, knowledge finished jobs, search access rows. What is not a table row (export files
-on disk, another helper's) registers a `hook`, called once per run with the time.
+(empty: the default; 0: kept forever), or none (the activity history's hours: the setting
+for every organization, and the site's rows name none). Apps register their rules at
+startup (their AppConfig.ready), as they register their deletion steps in core.cleanup:
+tenants the audit events, knowledge finished jobs and activity hours, search access rows.
+What is not a table row (knowledge's export files on disk) registers a `hook`, called once
+per run with the time. No other schedule removes data for its age.
 
 Rows go in batches, cross-tenant (db.unscoped("retention")), one transaction each:
 
@@ -38,7 +40,7 @@ class Rule:
     table: str
     time_column: str
     setting: str  # the settings' name of the default days
-    org_field: str  # the Organization column that overrides it
+    org_field: str  # the Organization column that overrides it; "": none (the setting for all)
     where: str = ""  # a further condition on the table's rows (alias t), e.g. finished jobs only
     append_only: bool = False  # the audit table: its DELETE needs AUDIT_SETTING
 
@@ -79,11 +81,13 @@ def enforce(*, now=None, batch_size: int | None = None, max_batches: int | None 
 
 def _batch(rule: Rule, *, now, batch_size: int) -> int:
     default = getattr(settings, rule.setting)
-    days = f"coalesce(o.{rule.org_field}, %s)"
+    if rule.org_field:
+        days, join = f"coalesce(o.{rule.org_field}, %s)", " LEFT JOIN tenants_organization o ON o.id = t.organization_id"
+    else:  # no override (or no organization: the site's rows): the setting
+        days, join = "%s::int", ""
     # Each table's (organization, ..., time) index: per organization, its rows older than its cutoff.
     statement = (
-        f"DELETE FROM {rule.table} WHERE id = ANY(ARRAY(SELECT t.id FROM {rule.table} t"
-        f" LEFT JOIN tenants_organization o ON o.id = t.organization_id"
+        f"DELETE FROM {rule.table} WHERE id = ANY(ARRAY(SELECT t.id FROM {rule.table} t{join}"
         f" WHERE {days} > 0 AND t.{rule.time_column} < %s::timestamptz - make_interval(days => {days})"
         + (f" AND {rule.where}" if rule.where else "")
         + " LIMIT %s))"
@@ -97,5 +101,5 @@ def _batch(rule: Rule, *, now, batch_size: int) -> int:
 def retention_days(org, rule_name: str) -> int:
     """The days `org` keeps a rule's rows (0: forever)."""
     rule = _rules[rule_name]
-    own = getattr(org, rule.org_field)
+    own = getattr(org, rule.org_field) if rule.org_field else None
     return getattr(settings, rule.setting) if own is None else own

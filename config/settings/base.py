@@ -244,7 +244,7 @@ LORE_MAX_DELETE_KEYS = env.int("LORE_MAX_DELETE_KEYS", default=10_000)
 # Chunks per batch transaction (bench/delete.py measured the choice; docs/benchmarks.md).
 LORE_DELETION_BATCH_SIZE = env.int("LORE_DELETION_BATCH_SIZE", default=5000)
 # Exports (knowledge/portability.py): a finished file is kept EXPORT_TTL seconds, then the
-# scheduled knowledge.tasks.exports_expire deletes it. Files go under LORE_DATA_DIR/exports.
+# retention task (tenants.tasks.enforce_retention) deletes it. Files go under LORE_DATA_DIR/exports.
 EXPORT_TTL = env.int("EXPORT_TTL", default=24 * 3600)
 # Chunks (with vectors) or documents per committed batch of an export: one gzip member each.
 LORE_EXPORT_BATCH_CHUNKS = env.int("LORE_EXPORT_BATCH_CHUNKS", default=2000)
@@ -381,13 +381,14 @@ SEARCH_FLUSH_SECONDS = env.float("SEARCH_FLUSH_SECONDS", default=30.0)
 SEARCH_TRACK_PUSH_SECONDS = env.float("SEARCH_TRACK_PUSH_SECONDS", default=1.0)
 SEARCH_ACCESS_RETENTION_DAYS = env.int("SEARCH_ACCESS_RETENTION_DAYS", default=90)
 # Activity history (knowledge/activity.py): minutes are kept this many days, then rolled up
-# into hours, which are kept LORE_ACTIVITY_RETENTION_DAYS.
+# into hours, which are kept LORE_ACTIVITY_RETENTION_DAYS (then the retention task removes them).
 LORE_ACTIVITY_MINUTE_DAYS = env.int("LORE_ACTIVITY_MINUTE_DAYS", default=7)
 LORE_ACTIVITY_RETENTION_DAYS = env.int("LORE_ACTIVITY_RETENTION_DAYS", default=90)
 
 # --- Retention (tenants/retention.py; per-organization overrides on Organization) ------
 # Days kept (0: forever): audit events (erased organizations' too), finished ingestion and
-# deletion jobs; access rows keep SEARCH_ACCESS_RETENTION_DAYS. One task enforces them,
+# deletion jobs, expired or failed exports; access rows keep SEARCH_ACCESS_RETENTION_DAYS,
+# activity hours LORE_ACTIVITY_RETENTION_DAYS, export files EXPORT_TTL. One task enforces them,
 # hourly, in batches of LORE_RETENTION_BATCH_SIZE rows, at most LORE_RETENTION_MAX_BATCHES
 # per kind and run.
 LORE_AUDIT_RETENTION_DAYS = env.int("LORE_AUDIT_RETENTION_DAYS", default=365)

@@ -53,7 +53,7 @@ from knowledge.services.ingestion import (  # noqa: F401
     ingestion_job_slice,
     ingestion_jobs_requeue_stale,
 )
-from knowledge.services.jobs import jobs_requeue_stale, jobs_run  # noqa: F401
+from knowledge.services.jobs import jobs_audit_outcome, jobs_requeue_stale, jobs_run  # noqa: F401
 from knowledge.services.stats import (  # noqa: F401
     Drift, stats_apply, stats_reconcile, term_counts_compact_all, usage_reconcile,
 )

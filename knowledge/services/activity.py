@@ -1,5 +1,6 @@
 """Writing the activity history (knowledge/activity.py counts it in memory): the bulk write
-the tracking flush calls, and the rollup of old minutes into hours."""
+the tracking flush calls, and the rollup of old minutes into hours (old hours go with the
+retention task)."""
 
 from datetime import timedelta
 
@@ -83,28 +84,21 @@ def _rollup_sql(table: str, owners: list[str], where: str) -> str:
 
 
 def activity_rollup(*, now=None) -> dict[str, int]:
-    """Minutes older than LORE_ACTIVITY_MINUTE_DAYS become hours; hours older than
-    LORE_ACTIVITY_RETENTION_DAYS go. Organization by organization (each a transaction; its
-    index ranges on (organization, period, start)), then the site's rows."""
+    """Minutes older than LORE_ACTIVITY_MINUTE_DAYS become hours. Organization by
+    organization (each a transaction; its index ranges on (organization, period, start)),
+    then the site's rows. Hours older than LORE_ACTIVITY_RETENTION_DAYS are removed by the
+    retention task (knowledge.apps registers them: tenants/retention.py)."""
     now = now or timezone.now()
     minutes_before = (now - timedelta(days=settings.LORE_ACTIVITY_MINUTE_DAYS)).replace(minute=0, second=0, microsecond=0)
-    hours_before = now - timedelta(days=settings.LORE_ACTIVITY_RETENTION_DAYS)
-    done = {"organizations": 0, "pruned": 0}
+    done = {"organizations": 0}
     # Every organization: the rollup serves all tenants (maintenance), like the index sync.
     for org_id in Organization.objects.values_list("pk", flat=True).order_by("pk"):
         with db.tenant(org_id) as sql, sql.cursor() as cursor:
             for kind in (activity.AGENT, activity.ORG):
                 table, owners = _TABLES[kind]
                 cursor.execute(_rollup_sql(table, owners, "organization_id = {org} AND period = 60 AND start < %s"), [minutes_before])
-                cursor.execute(
-                    f"DELETE FROM {table} WHERE organization_id = {{org}} AND period = %s AND start < %s",
-                    [Period.HOUR, hours_before],
-                )
-                done["pruned"] += cursor.rowcount
         done["organizations"] += 1
     with transaction.atomic(), db.untenanted("the site's activity names no organization") as sql, sql.cursor() as cursor:
         table, owners = _TABLES[activity.SITE]
         cursor.execute(_rollup_sql(table, owners, "period = 60 AND start < %s"), [minutes_before])
-        cursor.execute(f"DELETE FROM {table} WHERE period = %s AND start < %s", [Period.HOUR, hours_before])
-        done["pruned"] += cursor.rowcount
     return done

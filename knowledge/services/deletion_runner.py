@@ -144,8 +144,8 @@ def deletion_jobs_stuck(*, org: Organization | None = None, now=None):
     return jobs.stuck(DeletionJob, org=org, now=now)
 
 
-def deletion_jobs_requeue_stale(*, org: Organization | None = None, now=None) -> list[int]:
+def deletion_jobs_requeue_stale(*, org: Organization | None = None, now=None, by: str = jobs.SWEEPER) -> list[int]:
     """Puts stuck deletion jobs back to pending (core.jobs.requeue_stale); the next run
-    continues from the job's cursor."""
+    continues from the job's cursor. `by`: the command that asked (its audit events' actor)."""
     lost = {"last_error": "Its worker was lost too many times."}
-    return jobs.requeue_stale(DeletionJob, org=org, now=now, failed_fields=lost)
+    return jobs.requeue_stale(DeletionJob, org=org, now=now, failed_fields=lost, by=by)

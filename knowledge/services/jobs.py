@@ -5,11 +5,13 @@ import time
 
 from django.conf import settings
 
-from core import jobs
+from core import db, jobs
 from knowledge.models import DeletionJob, ExportJob, IngestionJob
 from knowledge.services.deletion_runner import deletion_job_slice, deletion_jobs_requeue_stale
 from knowledge.services.export import export_job_slice, export_jobs_requeue_stale
 from knowledge.services.ingestion import ingestion_job_slice, ingestion_jobs_requeue_stale
+from tenants import audit
+from tenants.models import Organization
 
 logger = logging.getLogger(__name__)
 
@@ -52,3 +54,22 @@ def jobs_requeue_stale(*, now=None) -> dict[str, list[int]]:
         "deletion": deletion_jobs_requeue_stale(now=now),
         "export": export_jobs_requeue_stale(now=now),
     }
+
+
+def jobs_audit_outcome(model, job_id: int, organization_id: int, outcome: str, reason: str, *, by: str) -> None:
+    """core.jobs.on_outcome's callback (knowledge.apps): a job core failed (retries
+    exhausted, worker lost too often) or requeued (stale) is one audit event,
+    `<kind>_job.failed` / `.requeued`, in the transaction of the change."""
+    kind = model._meta.db_table.removeprefix("knowledge_").removesuffix("job")
+    if by == jobs.WORKER:
+        actor = audit.Actor.system(f"{kind} worker")
+    elif by == jobs.SWEEPER:
+        actor = audit.Actor.system("job sweeper")
+    else:
+        actor = audit.Actor.command(by)
+    with db.tenant(organization_id):
+        org = Organization.objects.get(pk=organization_id)
+        audit.record(
+            org=org, actor=actor, action=f"{kind}_job.{outcome}", target_type=f"{kind}_job", target_key=job_id,
+            summary={"reason": reason},
+        )

@@ -12,6 +12,7 @@ from knowledge.activity_models import AgentActivity, OrganizationActivity, Perio
 from knowledge.activity_selectors import activity_series, percentile, totals
 from knowledge.services import activity_rollup
 from search import tasks, tracking
+from tenants import retention
 from tests.factories import AgentFactory
 from tests.search.conftest import ingest
 
@@ -98,7 +99,7 @@ def test_a_chart_reads_bins_with_percentiles_and_hit_rates(org_a, agent_a):
     assert percentile([0] * activity.BUCKETS, 0.5) is None
 
 
-def test_old_minutes_roll_up_into_hours_and_old_hours_go(org_a, agent_a, settings):
+def test_old_minutes_roll_up_into_hours_and_old_hours_go_with_the_retention_task(org_a, agent_a, settings):
     now = timezone.now()
     old = now - timedelta(days=settings.LORE_ACTIVITY_MINUTE_DAYS + 1)
     hour = old.replace(minute=0, second=0, microsecond=0)
@@ -123,12 +124,15 @@ def test_old_minutes_roll_up_into_hours_and_old_hours_go(org_a, agent_a, setting
 
     for model, filters in ((AgentActivity, {"agent": agent_a}), (OrganizationActivity, {"organization": org_a}), (SiteActivity, {})):
         manager = model.objects if model is SiteActivity else model.unscoped
-        [hourly] = manager.filter(period=Period.HOUR, **filters)
+        [hourly] = manager.filter(period=Period.HOUR, start__gt=ancient.start, **filters)
         assert hourly.start == hour and hourly.searches == 6 and hourly.latency_ms_sum == 60
         assert hourly.latency_buckets[1:4] == [1, 2, 3]
     assert [r.start.timestamp() for r in _minutes(AgentActivity, agent=agent_a)] == [recent]
-    assert not AgentActivity.unscoped.filter(pk=ancient.pk).exists()
+    assert AgentActivity.unscoped.filter(pk=ancient.pk).exists()  # the rollup removes nothing
     activity_rollup(now=now)  # again: nothing moves twice
+    assert AgentActivity.unscoped.get(period=Period.HOUR, agent=agent_a, start=hour).searches == 6
+    assert retention.enforce(now=now)["agent_activity_hours"] == 1
+    assert not AgentActivity.unscoped.filter(pk=ancient.pk).exists()
     assert AgentActivity.unscoped.get(period=Period.HOUR, agent=agent_a).searches == 6
 
 

@@ -1,10 +1,9 @@
 from django.core.management.base import BaseCommand
-from django.db import transaction
 from django.utils import timezone
 
 from knowledge.models import DeletionJob
-from knowledge.services import deletion_job_summary, deletion_jobs_requeue_stale, deletion_jobs_stuck
-from tenants.cli import organization_or_error, record
+from knowledge.services import deletion_jobs_requeue_stale, deletion_jobs_stuck
+from tenants.cli import organization_or_error
 
 COLUMNS = "{:>7}  {:<20} {:<20} {:<12} {:<10} {:>6}  {:>23}  {:>3}  {:>10}  {}"
 
@@ -24,10 +23,9 @@ class Command(BaseCommand):
     def handle(self, *args, org_slug, stuck, requeue, limit, **options):
         org = organization_or_error(org_slug) if org_slug else None
         if requeue:
-            with transaction.atomic():
-                ids = deletion_jobs_requeue_stale(org=org)
-                for job in DeletionJob.unscoped.filter(pk__in=ids).select_related("organization", "agent"):
-                    record("deletions", job.organization, "deletion_job.requeued", "deletion_job", job.pk, deletion_job_summary(job))
+            # One deletion_job.requeued (or .failed) event per job, actor this command
+            # (knowledge.services.jobs_audit_outcome), in the transaction of the change.
+            ids = deletion_jobs_requeue_stale(org=org, by="deletions")
             self.stdout.write(f"{len(ids)} stuck job(s) requeued" + (f": {', '.join(map(str, ids))}" if ids else ""))
             return
         jobs = deletion_jobs_stuck(org=org) if stuck else DeletionJob.unscoped.all()

@@ -21,13 +21,14 @@ class KnowledgeConfig(AppConfig):
         ):
             register(Rule(name, table, "created_at", "LORE_JOB_RETENTION_DAYS", "job_retention_days", where=f"t.status IN ({ended})"))
         # The activity history's hours (minutes are folded into hours by activity_rollup, not
-        # removed): LORE_ACTIVITY_RETENTION_DAYS for every organization, and the site's rows.
-        for name, table in (
-            ("agent_activity_hours", "knowledge_agentactivity"),
-            ("organization_activity_hours", "knowledge_organizationactivity"),
-            ("site_activity_hours", "knowledge_siteactivity"),
+        # removed): LORE_ACTIVITY_RETENTION_DAYS or the organization's own; the site's rows
+        # (no organization) by the setting.
+        for name, table, override in (
+            ("agent_activity_hours", "knowledge_agentactivity", "activity_retention_days"),
+            ("organization_activity_hours", "knowledge_organizationactivity", "activity_retention_days"),
+            ("site_activity_hours", "knowledge_siteactivity", ""),
         ):
-            register(Rule(name, table, "start", "LORE_ACTIVITY_RETENTION_DAYS", "", where=f"t.period = {int(Period.HOUR)}"))
+            register(Rule(name, table, "start", "LORE_ACTIVITY_RETENTION_DAYS", override, where=f"t.period = {int(Period.HOUR)}"))
         # Export files past EXPORT_TTL (the job row stays, `expired`, until the jobs' retention).
         register_hook("export_files", lambda *, now: len(exports_expire(now=now)))
         # Jobs core failed or requeued: their audit events.

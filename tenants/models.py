@@ -53,6 +53,8 @@ class Organization(models.Model):
     audit_retention_days = _retention_field("audit events")
     access_retention_days = _retention_field("search access rows (hot chunks)")
     job_retention_days = _retention_field("finished ingestion and deletion jobs")
+    activity_retention_days = _retention_field("activity history hours (the console's charts)")
+    export_retention_days = _retention_field("export files (EXPORT_TTL by default)")
 
     class Meta:
         ordering = ["slug"]

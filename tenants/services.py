@@ -46,7 +46,9 @@ LIMIT_FIELDS = (
 
 
 # Days each kind of data is kept (tenants/retention.py); 0: forever.
-RETENTION_FIELDS = ("audit_retention_days", "access_retention_days", "job_retention_days")
+RETENTION_FIELDS = (
+    "audit_retention_days", "access_retention_days", "job_retention_days", "activity_retention_days", "export_retention_days",
+)  # fmt: skip
 
 
 def organization_limits_set(*, org: Organization, **values) -> Organization:

@@ -323,7 +323,7 @@ def export_job_slice(*, job: ExportJob, attempt: int, deadline: float) -> bool:
         size = final.stat().st_size
         finished = jobs.finish(
             ExportJob, job=job, attempt=attempt, status=ExportJob.Status.COMPLETED, size_bytes=size,
-            expires_at=timezone.now() + timedelta(seconds=settings.EXPORT_TTL),
+            expires_at=_expiry(org),
         )  # fmt: skip
         if finished:
             audit.record(
@@ -371,3 +371,11 @@ def exports_expire(*, now=None) -> list[int]:
                 status=ExportJob.Status.EXPIRED
             )
     return [pk for pk, _ in due]
+
+
+def _expiry(org):
+    """When a file completed now expires: EXPORT_TTL, or the organization's own days (0: never)."""
+    days = org.export_retention_days
+    if days is None:
+        return timezone.now() + timedelta(seconds=settings.EXPORT_TTL)
+    return None if days == 0 else timezone.now() + timedelta(days=days)

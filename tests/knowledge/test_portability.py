@@ -260,3 +260,24 @@ def test_the_reader_reads_a_stream_of_several_gzip_members(db, tmp_path):
         list(ExportReader(io.BytesIO(gzip.compress((json.dumps(header) + "\n" + json.dumps(
             {"type": "document", "key": "k", "title": "", "source": "", "content_type": "markdown", "metadata": {},
              "status": "ready", "text": "t"}) + "\n").encode()))).items())  # fmt: skip
+
+
+def test_exports_and_imports_write_their_audit_events(client_a, org_a, tmp_path, monkeypatch):
+    from core import jobs
+    from knowledge.services import jobs_run
+    from tenants.models import AuditEvent
+
+    monkeypatch.setattr(jobs, "wake_on_commit", lambda: None)
+    agent = AgentFactory(organization=org_a, slug="small")
+    documents_ingest(org=org_a, agent=agent, docs=[DocumentInput(key="a", text="Words to take along.")])
+    response = client_a.post("/api/v1/exports", {"include_vectors": True}, format="json")
+    assert response.status_code == 202
+    requested = AuditEvent.objects.for_org(org_a).get(request_id=response["X-Request-ID"])
+    assert (requested.action, requested.actor_kind, requested.target_key) == ("export.requested", "api_key", str(response.json()["id"]))
+    jobs_run()
+    assert AuditEvent.objects.for_org(org_a).filter(action="export.completed", target_key=requested.target_key).count() == 1
+    output = tmp_path / "cmd.jsonl.gz"
+    call_command("export_org", "org-a", "--include-vectors", "--output", str(output), "--no-progress")
+    call_command("import_org", str(output), "--into", "org-a", "--agent-prefix", "copy-", "--no-progress")
+    actions = list(AuditEvent.objects.for_org(org_a).order_by("id").values_list("action", "actor_kind"))
+    assert actions[-2:] == [("export.completed", "command"), ("import.completed", "command")]

@@ -71,6 +71,24 @@ def test_activity_hours_kept_forever_with_zero_days(org_a, settings):
     assert OrganizationActivity.unscoped.filter(pk=row.pk).exists()
 
 
+def test_an_organization_keeps_its_activity_and_exports_as_long_as_it_says(org_a, org_b, agent_a, settings):
+    settings.LORE_ACTIVITY_RETENTION_DAYS = 30
+    org_a.activity_retention_days, org_a.export_retention_days = 60, 0  # 0: forever
+    org_a.save()
+    org_b.export_retention_days = 2
+    org_b.save()
+    mine, theirs = _hour(OrganizationActivity, 45, organization=org_a), _hour(OrganizationActivity, 45, organization=org_b)
+    assert tenant_tasks.enforce_retention()["organization_activity_hours"] == 1
+    assert OrganizationActivity.unscoped.filter(pk=mine.pk).exists() and not OrganizationActivity.unscoped.filter(pk=theirs.pk).exists()
+    for org, slug in ((org_a, "ea"), (org_b, "eb")):
+        agent = AgentFactory(organization=org, slug=slug, config=SMALL_CHUNKS)
+        fill_agent(org, agent, documents=1, paragraphs=1, prefix=slug)
+    forever = export_job_run(job=export_job_create(org=org_a, agents=["ea"], include_vectors=False))
+    two_days = export_job_run(job=export_job_create(org=org_b, agents=["eb"], include_vectors=False))
+    assert forever.expires_at is None
+    assert timedelta(days=1, hours=23) < two_days.expires_at - timezone.now() <= timedelta(days=2)
+
+
 # --- Job outcomes decided in core.jobs -------------------------------------------------
 
 

@@ -11,7 +11,8 @@ OPTIONS = {
     "max_agents": "--max-agents", "max_documents": "--max-documents", "max_chunks": "--max-chunks",
     "max_bytes": "--max-bytes", "max_jobs": "--max-jobs",
     "audit_retention_days": "--audit-retention-days", "access_retention_days": "--access-retention-days",
-    "job_retention_days": "--job-retention-days",
+    "job_retention_days": "--job-retention-days", "activity_retention_days": "--activity-retention-days",
+    "export_retention_days": "--export-retention-days",
 }  # fmt: skip
 
 

@@ -149,7 +149,7 @@ def _ranked(source: tuple[str, list], terms: tuple[str, ...], stats: Bm25Scope) 
     (normalization 2), rounded: one more one-lexeme lookup, where ranking the whole query
     for it cost as much as all its terms together. Document frequencies: the sum of the
     terms' TermCount rows over the agents searched (termcount_org_lexeme_idx), read once per
-    statement."""
+    statement by lore_bm25_idf."""
     n = len(terms)
     literals = _tsquery_literal(terms)
     average = max(stats.terms, 1) / max(stats.chunks, 1)
@@ -170,24 +170,13 @@ def _ranked(source: tuple[str, list], terms: tuple[str, ...], stats: Bm25Scope) 
     length = f"coalesce(round({held} / nullif(ts_rank('{{1,1,1,1}}', v, {held_query}, 2), 0)), {average!r})"
     normalized = f"SELECT id, {tfs}, {BM25_K1!r} * (1 - {BM25_B!r} + {BM25_B!r} * {length} / {average!r}) AS k FROM ({ranked}) r OFFSET 0"
     bm25 = " + ".join(f"idf.w[{i + 1}] * t.f{i} / (t.f{i} + t.k)" for i in range(n))
-    # Lucene's idf, never negative; a count that drifted is clamped into [0, chunks]. As
-    # float8 once here: a numeric array element would be converted on every chunk's use.
-    # Across every searchable agent of the organization, the lexeme's rows of all agents but
-    # those being deleted (whose rows stay until their deletion job drops them): a range of
-    # termcount_org_lexeme_idx instead of a lookup of every agent id in it.
-    if stats.everyone_but is not None:
-        agents_sql, agents_params = "NOT (c.agent_id = ANY(%s))", [stats.everyone_but]
-    else:
-        agents_sql, agents_params = "c.agent_id = ANY(%s)", [stats.agent_ids]
-    idf = (
-        "(SELECT array_agg(ln(1 + (%s - f.df + 0.5) / (f.df + 0.5)) ORDER BY q.i)::float8[] AS w"
-        " FROM unnest(%s::text[]) WITH ORDINALITY AS q(lexeme, i),"
-        " LATERAL (SELECT least(greatest(coalesce(sum(c.chunks), 0), 0), %s) AS df FROM knowledge_termcount c"
-        f" WHERE c.organization_id = {{org}} AND c.lexeme = q.lexeme AND {agents_sql}) f) idf"
-    )
+    # Lucene's idf of each term over the agents searched, computed once per statement by
+    # lore_bm25_idf (knowledge/migrations/0009): its lookup is planned once per connection,
+    # not with every search. OFFSET 0: evaluated once, not inlined into every use of w.
+    idf = "(SELECT lore_bm25_idf({org}, %s::text[], %s::bigint[], %s::bigint[], %s) AS w OFFSET 0) idf"
     return (
         f"SELECT t.id, 1 - 1 / (1 + {BM25_K1 + 1!r} * ({bm25})) AS r FROM ({normalized}) t, {idf}",
-        [*literals, *literals, *source[1], stats.chunks, list(terms), stats.chunks, *agents_params],
+        [*literals, *literals, *source[1], list(terms), stats.agent_ids, stats.everyone_but, stats.chunks],
     )
 
 

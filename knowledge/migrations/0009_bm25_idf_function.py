@@ -1,7 +1,7 @@
 """BM25's inverse document frequencies as a function (issue 18): the keyword statement
 calls it once instead of holding its lookup, which PostgreSQL planned again with every
-search (a fifth of a small agent's keyword statement's planning, bench/search.py). A
-PL/pgSQL function's statements are planned once per connection. It runs as its caller,
+search (docs/benchmarks.md, Search speed on real text). A PL/pgSQL function's statements
+are planned once per connection. It runs as its caller,
 under the caller's row-level-security policy, like the statement it was part of."""
 
 from django.db import migrations

@@ -194,10 +194,15 @@ def declaring_lookup(reason: str, text: str, params, *, org_column: str, prepare
     The row, or None (then nothing is declared)."""
     if not reason:
         raise UnscopedSQLError("db.declaring_lookup() needs a reason")
-    apply(BYPASS)
     declare = f"SELECT {org_column}, set_config('role', 'none', true), set_config('{ORG_SETTING}', {org_column}::text, true), "
+    # The bypass and the lookup in one round trip (libpq's pipeline mode): the lookup needs
+    # nothing the bypass returns, and PostgreSQL runs them in order. Both results are read
+    # when the pipeline ends (one Sync): a fetch inside it would cost a round trip more.
+    # The transaction's BEGIN is still one of its own (psycopg waits for it).
     with connection.binding_cursor(prepared=prepared) as cursor:
-        cursor.execute(declare + text.removeprefix("SELECT "), params)
+        with connection.wrap_database_errors, connection.connection.pipeline():
+            apply(BYPASS)
+            cursor.execute(declare + text.removeprefix("SELECT "), params)
         row = cursor.fetchone()
     if row is None:
         apply(None)

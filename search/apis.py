@@ -1,4 +1,5 @@
 import json
+import re
 from collections import OrderedDict
 
 from django.conf import settings
@@ -104,8 +105,34 @@ class SearchOutput(serializers.Serializer):
     )
 
 
+# The body most searches send: a query and perhaps a limit and a mode.
+_PLAIN_KEYS = frozenset(("query", "limit", "mode"))
+
+
+def _plain_request(data) -> SearchRequest | None:
+    """A body of _PLAIN_KEYS only, each valid as SearchInputSerializer reads it (the query
+    trimmed as its CharField trims it), without the serializer, whose field machinery
+    costs more than the rest of a cached search's Python; None for anything else, which
+    the serializer then validates (and words the errors of)."""
+    if type(data) is not dict or not data.keys() <= _PLAIN_KEYS:
+        return None
+    query, limit, mode = data.get("query"), data.get("limit", 10), data.get("mode", "hybrid")
+    if type(query) is not str or type(limit) is not int or not 1 <= limit <= 100 or type(mode) is not str or mode not in MODES:
+        return None
+    query = query.strip()
+    if len(query) > settings.SEARCH_MAX_QUERY_CHARS or not NOT_BLANK.regex.search(query) or _SURROGATE.search(query):
+        return None
+    return SearchRequest(query=query, limit=limit, mode=mode)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")  # DRF's CharField refuses them
+
+
 def _request(data, serializer_class=SearchInputSerializer) -> tuple[SearchRequest, list[str] | None]:
     """The validated search request, and the `agents` the body names (None if it names none)."""
+    plain = _plain_request(data)
+    if plain is not None and filters.query_operators(plain.query) <= settings.SEARCH_MAX_PHRASES:
+        return plain, None
     serializer = serializer_class(data=data)
     serializer.is_valid(raise_exception=True)
     values = dict(serializer.validated_data)

@@ -25,11 +25,13 @@ BM25_B = 0.75
 
 class Bm25Scope(NamedTuple):
     """What BM25 needs of the agents searched in one language: their ids (document
-    frequencies are summed over them), chunks and chunks' length in terms."""
+    frequencies are summed over them), chunks and chunks' length in terms. `everyone_but`:
+    set when they are all the organization's searchable agents (AgentSelection.everyone_but)."""
 
     agent_ids: list[int]
     chunks: int
     terms: int
+    everyone_but: list[int] | None = None
 
 
 # (language, text) -> its terms: texts repeat (a result-cache miss after an ingest, the
@@ -113,7 +115,10 @@ def keyword_statement(
             # A stop word's empty tsquery matches nothing, so excludes nothing.
             scope += " AND NOT c.search_vector @@ plainto_tsquery(%s::regconfig, %s)"
             scope_params += [language, word]
-        stats = Bm25Scope([a.id for a in group], sum(a.total_chunks for a in group), sum(a.total_terms for a in group))
+        stats = Bm25Scope(
+            [a.id for a in group], sum(a.total_chunks for a in group), sum(a.total_terms for a in group),
+            everyone_but if len(group) == len(agents) else None,
+        )  # fmt: skip
         if chunks[language] >= settings.SEARCH_KEYWORD_TIERS_MIN_CHUNKS:
             terms, present = _terms_present(org_id, language, wanted, scope, scope_params)
             if not present:  # nothing but stop words (or exclusions), or nothing the scope holds
@@ -139,10 +144,12 @@ def _ranked(source: tuple[str, list], terms: tuple[str, ...], stats: Bm25Scope) 
     PostgreSQL has no function for a lexeme's frequency in a tsvector, but ts_rank of a
     one-lexeme query with every weight 1 is H(tf) / zeta(2), H(n) = sum of 1/j^2 for j <= n
     (tsrank.c, calc_rank_or), whose inverse is tf = round(1 / (zeta(2) - H) - 1/2): a binary
-    search in the tsvector, no unnest. The chunk's length in terms is ts_rank of the
-    whole query over its rank divided by length (normalization 2), the count
-    AgentStats.total_terms sums. Document frequencies: the sum of the terms' TermCount rows
-    over the agents searched (termcount_org_lexeme_idx), read once per statement."""
+    search in the tsvector, no unnest. The chunk's length in terms (the count
+    AgentStats.total_terms sums) is a held term's rank over the same rank divided by length
+    (normalization 2), rounded: one more one-lexeme lookup, where ranking the whole query
+    for it cost as much as all its terms together. Document frequencies: the sum of the
+    terms' TermCount rows over the agents searched (termcount_org_lexeme_idx), read once per
+    statement by lore_bm25_idf."""
     n = len(terms)
     literals = _tsquery_literal(terms)
     average = max(stats.terms, 1) / max(stats.chunks, 1)
@@ -151,24 +158,25 @@ def _ranked(source: tuple[str, list], terms: tuple[str, ...], stats: Bm25Scope) 
     # use of a level's value would repeat its expression, and planning a statement
     # quadratic in the terms costs more than ranking a small agent's matches.
     ranks = ", ".join(f"ts_rank('{{1,1,1,1}}', v, %s::tsquery)::float8 AS r{i}" for i in range(n))
-    ranked = f"SELECT id, {ranks}, ts_rank('{{1,1,1,1}}', v, %s::tsquery, 2)::float8 AS rl FROM {source[0]} OFFSET 0"
+    ranked = f"SELECT id, v, {ranks} FROM {source[0]} OFFSET 0"
     tfs = ", ".join(
         f"CASE WHEN r{i} > 0 THEN round(1 / (1.64493406685 * greatest(1 - r{i}, 1e-9)) - 0.5) ELSE 0 END AS f{i}"
         for i in range(n)
     )
-    length = f"coalesce(({' + '.join(f'r{i}' for i in range(n))}) / {n} / nullif(rl, 0), {average!r})"
+    # The first term the chunk holds (every candidate holds one), its rank, and its query.
+    # (In the statement's text the select list, and its queries, come before `ranked`.)
+    held = "CASE " + " ".join(f"WHEN r{i} > 0 THEN r{i}" for i in range(n)) + " END"
+    held_query = "CASE " + " ".join(f"WHEN r{i} > 0 THEN %s::tsquery" for i in range(n)) + " END"
+    length = f"coalesce(round({held} / nullif(ts_rank('{{1,1,1,1}}', v, {held_query}, 2), 0)), {average!r})"
     normalized = f"SELECT id, {tfs}, {BM25_K1!r} * (1 - {BM25_B!r} + {BM25_B!r} * {length} / {average!r}) AS k FROM ({ranked}) r OFFSET 0"
     bm25 = " + ".join(f"idf.w[{i + 1}] * t.f{i} / (t.f{i} + t.k)" for i in range(n))
-    # Lucene's idf, never negative; a count that drifted is clamped into [0, chunks].
-    idf = (
-        "(SELECT array_agg(ln(1 + (%s - f.df + 0.5) / (f.df + 0.5)) ORDER BY q.i) AS w"
-        " FROM unnest(%s::text[]) WITH ORDINALITY AS q(lexeme, i),"
-        " LATERAL (SELECT least(greatest(coalesce(sum(c.chunks), 0), 0), %s) AS df FROM knowledge_termcount c"
-        " WHERE c.organization_id = {org} AND c.lexeme = q.lexeme AND c.agent_id = ANY(%s)) f) idf"
-    )
+    # Lucene's idf of each term over the agents searched, computed once per statement by
+    # lore_bm25_idf (knowledge/migrations/0009): its lookup is planned once per connection,
+    # not with every search. OFFSET 0: evaluated once, not inlined into every use of w.
+    idf = "(SELECT lore_bm25_idf({org}, %s::text[], %s::bigint[], %s::bigint[], %s) AS w OFFSET 0) idf"
     return (
         f"SELECT t.id, 1 - 1 / (1 + {BM25_K1 + 1!r} * ({bm25})) AS r FROM ({normalized}) t, {idf}",
-        [*literals, at_least(terms, 1), *source[1], stats.chunks, list(terms), stats.chunks, stats.agent_ids],
+        [*literals, *literals, *source[1], list(terms), stats.agent_ids, stats.everyone_but, stats.chunks],
     )
 
 

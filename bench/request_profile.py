@@ -1,0 +1,99 @@
+"""Where the fixed cost of an API request goes (issue 18): bench/http_urls.py's search request
+without the search, called in process through Django's WSGI handler (what gunicorn calls),
+timed and profiled with cProfile. Uses bench/search_text.py's data (run it once first), on
+its own Redis database.
+
+    .venv/bin/python bench/request_profile.py                 # timings, then the profile's top functions
+    .venv/bin/python bench/request_profile.py --n 3000 --sort tottime
+"""
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import sys
+import time
+
+import harness  # first: sets up sys.path and the environment
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--sort", default="cumulative")
+    parser.add_argument("--top", type=int, default=60)
+    parser.add_argument("--path", default="/bench/no-search/agents/common/search")
+    parser.add_argument("--mode", default="hybrid")
+    parser.add_argument("--org", default="tldr-en")
+    parser.add_argument("--query", default="compress a directory into a tar archive")
+    parser.add_argument("--uncached", action="store_true", help="a search: forget its cached result before each call (no Redis then)")
+    args = parser.parse_args()
+    directory = harness.data_dir("searchtext")
+    if not directory.exists():
+        raise SystemExit("no data: run bench/search_text.py once")
+    os.environ.update({
+        "DATABASE_URL": "", "REDIS_URL": "" if args.uncached else "redis://127.0.0.1:6379/10", "LORE_DATA_DIR": str(directory),
+        "EMBEDDING_DIMENSIONS": "384", "EMBEDDING_PROVIDER": "hashing", "DJANGO_SETTINGS_MODULE": "bench.http_settings",
+        "SECRET_KEY": "x" * 40, "LOG_LEVEL": "WARNING", "SECURE_SSL_REDIRECT": "false", **harness.UNBINDING_RATES,
+    })  # fmt: skip
+    import django
+
+    django.setup()
+    from django.core.handlers.wsgi import WSGIHandler
+
+    from core import db
+    from tenants.models import Organization
+    from tenants.services import api_key_create
+
+    with db.unscoped("bench: a key for the profile"):
+        org = Organization.objects.get(slug=args.org)
+        _, key = api_key_create(org=org, name="profile", scope="read")
+    handler = WSGIHandler()
+    body = json.dumps({"query": args.query, "mode": args.mode, "limit": 10}).encode()
+    from search import services
+
+    def call():
+        if args.uncached:
+            services.result_cache.clear_local()
+        return _call()
+
+    def _call():
+        environ = {
+            "REQUEST_METHOD": "POST", "PATH_INFO": args.path, "SCRIPT_NAME": "", "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
+            "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
+            "HTTP_AUTHORIZATION": f"Bearer {key}", "HTTP_HOST": "127.0.0.1",
+            "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False, "wsgi.version": (1, 0),
+        }  # fmt: skip
+        statuses = []
+        out = handler(environ, lambda status, headers: statuses.append(status))
+        data = b"".join(out)
+        if hasattr(out, "close"):
+            out.close()
+        assert statuses[0].startswith("200"), (statuses, data)
+        return data
+
+    for _ in range(200):
+        call()
+    seconds = []
+    for _ in range(args.n):
+        started = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - started)
+    p50, p95 = harness.percentiles(seconds)
+    print(f"{args.path}: in process p50 {p50 * 1000:.3f} ms, p95 {p95 * 1000:.3f} ms over {args.n}; {harness.machine()}")
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(args.n):
+        call()
+    profile.disable()
+    stream = io.StringIO()
+    pstats.Stats(profile, stream=stream).sort_stats(args.sort).print_stats(args.top)
+    print(stream.getvalue())
+
+
+if __name__ == "__main__":
+    main()

@@ -25,3 +25,4 @@ urlpatterns = [
 
 admin.site.site_header = "Lore administration"
 admin.site.site_title = "Lore"
+handler500 = "core.views.server_error"

@@ -29,6 +29,7 @@ transaction mode before 1.21).
 
 import functools
 import select
+import threading
 from pathlib import Path
 
 import psycopg
@@ -128,8 +129,18 @@ class DatabaseWrapper(base.DatabaseWrapper):
             return self._prepare_cursor(cursor)
 
 
-@functools.cache
+_starting = threading.Lock()
+
+
 def _embedded(data_dir: str) -> dict:
+    # A threaded worker's first requests connect at once: pgserver's start is not safe
+    # to run twice concurrently in one process (its process lock is not a thread lock).
+    with _starting:
+        return _start_embedded(data_dir)
+
+
+@functools.cache
+def _start_embedded(data_dir: str) -> dict:
     from config import embedded_db
 
     return embedded_db.start(Path(data_dir))

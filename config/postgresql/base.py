@@ -91,8 +91,11 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def get_connection_params(self):
         # Without DATABASE_URL: the embedded server, started (or found running) by the first
         # connection a process opens; its socket directory is known only then.
+        # Only its socket directory: the database's name stays the one configured, which the
+        # test runner has changed to the test database's by now (taking the server's would
+        # run the tests in, then drop, the development database).
         if self.settings_dict.get("EMBEDDED_DATA_DIR") and not self.settings_dict["HOST"]:
-            self.settings_dict.update(_embedded(self.settings_dict["EMBEDDED_DATA_DIR"]))
+            self.settings_dict["HOST"] = _embedded(self.settings_dict["EMBEDDED_DATA_DIR"])["HOST"]
         return super().get_connection_params()
 
     def close_if_health_check_failed(self):

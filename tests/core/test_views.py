@@ -1,11 +1,7 @@
-import threading
-import time
-
 import pytest
 from django.test import Client, override_settings
 from django.urls import path
 
-from config.postgresql import base as backend
 from core.views import server_error
 
 
@@ -40,29 +36,3 @@ def test_an_unknown_path_under_the_api_is_a_json_404(client, db):
     response = client.post("/api/v1/deletions/null,null/retry")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
-
-
-def test_threads_connecting_first_at_once_start_the_embedded_server_once(monkeypatch):
-    calls, running, most = [], [0], [0]
-
-    def start(data_dir):
-        running[0] += 1
-        most[0] = max(most[0], running[0])
-        time.sleep(0.05)
-        calls.append(data_dir)
-        running[0] -= 1
-        return {"HOST": "/tmp"}
-
-    from config import embedded_db
-
-    monkeypatch.setattr(embedded_db, "start", start)
-    backend._start_embedded.cache_clear()
-    try:
-        threads = [threading.Thread(target=backend._embedded, args=("/nowhere",)) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        backend._start_embedded.cache_clear()
-    assert (len(calls), most[0]) == (1, 1)

@@ -26,7 +26,9 @@ claiming jobs fairly across organizations, admin pages, management commands, sch
 maintenance. Its `reason` says why, and `grep -rn "db.unscoped("` lists every one.
 
 Both open a transaction (or a savepoint inside one) and leave the connection's scope as
-they found it. Inside a transaction already declared for the same organization (an API
+they found it. `tenant(org, atomic=False)` outside a transaction opens none: each statement
+carries its declaration with it, in one round trip (search, which has no request
+transaction: tenants.api.OrgAPIView.request_transaction). Inside a transaction already declared for the same organization (an API
 request, see core.views) `tenant(org)` adds nothing: no savepoint, no statement. Which
 scope the current transaction holds is tracked on the connection (config/postgresql/base.py)
 and forgotten when the transaction ends.
@@ -35,6 +37,7 @@ and forgotten when the transaction ends.
 import re
 from contextlib import contextmanager
 
+import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.backends.signals import connection_created
@@ -75,13 +78,25 @@ def bind(text: str, params, org_id: int | None) -> tuple[str, list]:
 
 
 class BoundCursor:
-    """A cursor whose statements are bound to the scope's organization ({org})."""
+    """A cursor whose statements are bound to the scope's organization ({org}). With
+    `declaring`, each statement carries its organization's declaration itself (tenant(org,
+    atomic=False) outside a transaction)."""
 
-    def __init__(self, cursor, org_id: int | None):
-        self._cursor, self.org_id = cursor, org_id
+    def __init__(self, cursor, org_id: int | None, declaring: bool = False):
+        self._cursor, self.org_id, self._declaring = cursor, org_id, declaring
 
     def execute(self, text, params=()):
-        return self._cursor.execute(*bind(text, params, self.org_id))
+        if not self._declaring:
+            return self._cursor.execute(*bind(text, params, self.org_id))
+        # The declaration and the statement in one pipeline, up to one Sync: PostgreSQL runs
+        # what the extended protocol sends before a Sync as one implicit transaction, so the
+        # transaction-local declaration holds for this statement and ends with it. One round
+        # trip, no BEGIN or COMMIT; both results are read when the pipeline ends.
+        conn = connection
+        with conn.wrap_database_errors, conn.connection.pipeline():
+            _declare(conn.connection, self.org_id)
+            result = self._cursor.execute(*bind(text, params, self.org_id))
+        return result
 
     def __getattr__(self, name):  # fetchone, fetchall, rowcount, description, ...
         return getattr(self._cursor, name)
@@ -90,19 +105,19 @@ class BoundCursor:
 class Scope:
     """What a `with db.tenant(...)` / `db.unscoped(...)` block yields: cursors bound to it."""
 
-    def __init__(self, org_id: int | None):
-        self.org_id = org_id
+    def __init__(self, org_id: int | None, declaring: bool = False):
+        self.org_id, self.declaring = org_id, declaring
 
     @contextmanager
     def cursor(self, *, binding: bool = False, prepared: bool = False, binary_results: bool = False):
         """Django's cursor, or with `binding` a server-binding one (config/postgresql/base.py)."""
         raw = (
             connection.binding_cursor(prepared=prepared, binary_results=binary_results)
-            if binding or prepared or binary_results
+            if binding or prepared or binary_results or self.declaring  # a pipeline binds on the server
             else connection.cursor()
         )
         with raw as cursor:
-            yield BoundCursor(cursor, self.org_id)
+            yield BoundCursor(cursor, self.org_id, self.declaring)
 
     def execute(self, text, params=()) -> None:
         with self.cursor() as cursor:
@@ -131,9 +146,31 @@ def _org_id(org) -> int:
     return org_id
 
 
-def tenant(org):
-    """A transaction (or savepoint) declared for `org`; see the module docstring."""
-    return _scoped(_org_id(org))
+def tenant(org, *, atomic: bool = True):
+    """A transaction (or savepoint) declared for `org`; see the module docstring.
+
+    `atomic=False`, for reads on a request path that has no transaction (search): outside
+    a transaction every statement carries the declaration with it instead (BoundCursor),
+    one round trip each and no BEGIN or COMMIT, so statements of the block do not share a
+    transaction. Inside one it is tenant(org)."""
+    org_id = _org_id(org)
+    if atomic or connection.in_atomic_block:
+        return _scoped(org_id)
+    return _each_statement(org_id)
+
+
+@contextmanager
+def _each_statement(org_id: int):
+    yield Scope(org_id, declaring=True)
+
+
+def _declare(raw_connection, org_id: int) -> None:
+    # Under the policies whatever the session's role (a test session bypasses them).
+    # Prepared (where a pooler allows it): the same two calls on every statement of a search.
+    psycopg.Cursor(raw_connection).execute(
+        "SELECT set_config('role', 'none', true), set_config(%s, %s, true)", [ORG_SETTING, str(org_id)],
+        prepare=settings.DB_PREPARED_LOOKUPS,
+    )
 
 
 def unscoped(reason: str):
@@ -187,28 +224,23 @@ def untenanted(reason: str):
 
 
 def declaring_lookup(reason: str, text: str, params, *, org_column: str, prepared: bool = False):
-    """The one lookup that decides the tenant (an API key): runs the SELECT `text`
-    bypassing row-level security, and with the same statement declares the organization
-    of the row it finds (`org_column`) for the rest of the transaction. One round trip
-    more than the lookup alone, not three: the declaration travels with the row.
-    The row, or None (then nothing is declared)."""
+    """The one lookup that decides the tenant (an API key): `text` reads the row through a
+    SECURITY DEFINER function owned by the bypass role that declares the row's
+    organization (tenants/migrations/0007), so the lookup needs no bypass of its own: one
+    statement, one round trip. Inside a transaction (an API request that has one) the
+    declaration holds for the rest of it, and the statement also ends a test session's
+    bypass for it (`role`); outside one it ends with the statement. The row, or None."""
     if not reason:
         raise UnscopedSQLError("db.declaring_lookup() needs a reason")
-    declare = f"SELECT {org_column}, set_config('role', 'none', true), set_config('{ORG_SETTING}', {org_column}::text, true), "
-    # The bypass and the lookup in one round trip (libpq's pipeline mode): the lookup needs
-    # nothing the bypass returns, and PostgreSQL runs them in order. Both results are read
-    # when the pipeline ends (one Sync): a fetch inside it would cost a round trip more.
-    # The transaction's BEGIN is still one of its own (psycopg waits for it).
+    declare = f"SELECT {org_column}, set_config('role', 'none', true), "
     with connection.binding_cursor(prepared=prepared) as cursor:
-        with connection.wrap_database_errors, connection.connection.pipeline():
-            apply(BYPASS)
-            cursor.execute(declare + text.removeprefix("SELECT "), params)
+        cursor.execute(declare + text.removeprefix("SELECT "), params)
         row = cursor.fetchone()
     if row is None:
-        apply(None)
         return None
-    connection.lore_scope = row[0]
-    return row[3:]
+    if connection.in_atomic_block:
+        connection.lore_scope = row[0]
+    return row[2:]
 
 
 def apply(target) -> None:

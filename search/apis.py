@@ -189,6 +189,9 @@ class SearchApi(OrgAPIView):
     InputSerializer = SearchInputSerializer
     key_scopes = {"POST": "read"}
     rate_scopes = {"POST": "search"}
+    # Reads only: the key's statement and the search's each declare the organization
+    # themselves, two round trips as without row-level security (docs/benchmarks.md).
+    request_transaction = False
 
     def scope(self, slugs: list[str] | None, **url_kwargs) -> tuple:
         raise NotImplementedError

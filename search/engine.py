@@ -116,7 +116,7 @@ def search_statement(
 def fetch_results(*, org_id: int, statement: tuple[str, list]) -> list[tuple[int, float, dict]]:
     """(chunk id, score, result row) of a search_statement. Bound on the server, never
     prepared: an unnamed statement is planned with its values."""
-    with db.tenant(org_id) as sql:
+    with db.tenant(org_id, atomic=False) as sql:
         rows = sql.fetchall(*statement, binding=True)
     return [
         (cid, score, {**_row(rest), "_ranks": (vector_rank, keyword_rank)})
@@ -164,5 +164,5 @@ def fetch_neighbours(*, org_id: int, spans: list[tuple[int, int, int]]) -> list[
         " ON c.organization_id = {org} AND c.document_id = s.doc AND c.ordinal BETWEEN s.lo AND s.hi"
         " ORDER BY c.document_id, c.ordinal"
     )
-    with db.tenant(org_id) as scoped:
+    with db.tenant(org_id, atomic=False) as scoped:
         return scoped.fetchall(sql, [docs, lows, highs])

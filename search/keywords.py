@@ -196,7 +196,7 @@ def _present(org_id: int, scope: str, scope_params: list, terms: tuple[str, ...]
     every chunk holding any word (docs/benchmarks.md, session 5: the p95 of long questions
     org-wide). Each test is a GIN lookup that stops at the first chunk in scope."""
     literals = _tsquery_literal(terms)
-    with db.tenant(org_id) as sql:
+    with db.tenant(org_id, atomic=False) as sql:
         rows = sql.fetchall(
             "SELECT t FROM unnest(%s::text[]) AS t WHERE EXISTS"
             f" (SELECT FROM knowledge_chunk c WHERE {scope} AND c.search_vector @@ t::tsquery)",
@@ -226,7 +226,7 @@ def _terms_present(org_id: int, language: str, query: str, scope: str, scope_par
         f" (SELECT FROM knowledge_chunk c WHERE {scope} AND c.search_vector @@ ({_LEXEME_LITERAL})::tsquery)"
         " FROM t ORDER BY t.p"
     )
-    with db.tenant(org_id) as scoped:
+    with db.tenant(org_id, atomic=False) as scoped:
         rows = scoped.fetchall(sql, [language, query, KEYWORD_MAX_TERMS, PRESENCE_MIN_TERMS, *scope_params], binding=True)
     terms = _remember_terms(language, query, tuple(lexeme for lexeme, _ in rows))
     return terms, tuple(lexeme for lexeme, held in rows if held)

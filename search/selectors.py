@@ -61,7 +61,7 @@ _DIGEST_SQL = (
 
 def search_agents_get(*, org: Organization, slugs: list[str] | None) -> AgentSelection:
     """The named agents, or all active ones by default, ordered by slug."""
-    with db.tenant(org) as sql:
+    with db.tenant(org, atomic=False) as sql:
         if not slugs:
             digest = sql.fetchone(_DIGEST_SQL, prepared=True)[0]
             return _everyone(org.pk, digest)
@@ -82,7 +82,7 @@ def _everyone(org_id: int, digest: str | None) -> AgentSelection:
     digest stands: a search across 1,000 agents then reads one row, not 1,000, and derives
     nothing again. The rows are read after the digest, so they are never older than it
     (a digest never comes back: versions only grow, statuses only move forward)."""
-    with db.tenant(org_id) as sql:
+    with db.tenant(org_id, atomic=False) as sql:
         rows = sql.fetchall(_AGENTS + " ORDER BY a.slug")
     # Deleting agents' chunks are still in the table: the one thing to leave out.
     active = [r for r in rows if r[2] == Agent.Status.ACTIVE]

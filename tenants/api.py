@@ -8,6 +8,7 @@ import copy
 import math
 from contextlib import ExitStack
 
+from django.db import connection
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, inline_serializer
@@ -153,6 +154,11 @@ class OrgAPIView(APIView):
     defaults)."""
 
     key_join = None
+    # False for read-only views on the hot path (search): no request transaction, so no
+    # BEGIN and COMMIT; each statement declares its organization itself (db.tenant(org,
+    # atomic=False), ORM querysets open their own). Related managers and raw Django
+    # cursors would then run with nothing declared, and see nothing.
+    request_transaction = True
     # The query parameters each method takes; any other is a 400 naming it (a typo is not
     # silently ignored).
     query_parameters: dict[str, tuple[str, ...]] = {}
@@ -208,8 +214,10 @@ class OrgAPIView(APIView):
         # One transaction per request from here on: the API key's statement declares its
         # organization in it (core/db.py), so every statement after it, ORM or raw, runs
         # under that organization's row-level-security policy. A request refused before
-        # authentication (or without a key) never reaches the database.
-        if request.META.get("HTTP_AUTHORIZATION"):
+        # authentication (or without a key) never reaches the database. A view with
+        # `request_transaction = False` has none, unless it runs inside a caller's
+        # transaction (a test's): then its declarations end with a savepoint of its own.
+        if request.META.get("HTTP_AUTHORIZATION") and (self.request_transaction or connection.in_atomic_block):
             self.transaction.enter_context(db.transaction_declared_later())
         super().perform_authentication(request)
 

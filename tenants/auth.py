@@ -48,35 +48,38 @@ _WIDTH = len(_KEY_FIELDS) + len(_ORG_FIELDS)
 
 @functools.cache
 def _key_sql(join_sql: str | None) -> str:
-    """ApiKey.unscoped.usable() as one statement through the unique prefix index, with
-    its organization and the joined row. Written out because it runs on every request:
-    compiling the ORM query cost a large share of a cached search's CPU (bench/search.py). tests/tenants/test_auth.py holds both to the same rules (revoked,
-    expired, inactive organization)."""
+    """The usable key with `prefix` and `hash`, its organization and the joined row, in one
+    statement. The key is read by `lore_api_key` (tenants/migrations/0007): as the bypass
+    role, only if usable (hash, not revoked or expired, organization active), and it
+    declares the key's organization, so the joined row is read under that organization's
+    policy (a LEFT JOIN LATERAL runs after the key's row exists). Written out because it
+    runs on every request: compiling the ORM query cost a large share of a cached search's
+    CPU (bench/search.py). tests/tenants/test_auth.py holds it to ApiKey.usable()'s rules
+    (revoked, expired, inactive organization)."""
     columns = [f"k.{c}" for c in _KEY_FIELDS] + [f"o.{c}" for c in _ORG_FIELDS] + (["j.*"] if join_sql else [])
     return (
         "SELECT " + ", ".join(columns)
-        + f" FROM {ApiKey._meta.db_table} k JOIN {Organization._meta.db_table} o ON o.id = k.organization_id"
-        + (f" LEFT JOIN LATERAL ({join_sql.replace('{org}', 'o.id')}) j ON TRUE" if join_sql else "")
-        + " WHERE k.prefix = %s AND k.revoked_at IS NULL AND o.is_active AND (k.expires_at IS NULL OR k.expires_at > %s)"
+        + f" FROM lore_api_key(%s, %s, %s) k JOIN {Organization._meta.db_table} o ON o.id = k.organization_id"
+        + (f" LEFT JOIN LATERAL ({join_sql.replace('{org}', 'k.organization_id')}) j ON TRUE" if join_sql else "")
     )  # fmt: skip
 
 
 def api_key_authenticate(raw_key: str, *, join: KeyJoin | None = None) -> ApiPrincipal | None:
     """The principal of the usable key `raw_key` (its organization loaded, and the
-    `join` row), or None. One indexed lookup by prefix, a prepared statement."""
+    `join` row), or None. One prepared statement: the key by its unique prefix."""
     if not raw_key.startswith(API_KEY_PREFIX):
         return None
-    prefix = _prefix(raw_key)
+    key_hash = hash_api_key(raw_key)
     row = db.declaring_lookup(
         "the API key decides the organization",
-        _key_sql(join.sql if join else None), [*(join.params if join else ()), prefix, timezone.now()],
+        _key_sql(join.sql if join else None), [_prefix(raw_key), key_hash, timezone.now(), *(join.params if join else ())],
         org_column="k.organization_id", prepared=True,
     )  # fmt: skip
     if row is None:
         return None
     key = ApiKey.from_db(connection.alias, _KEY_FIELDS, row[: len(_KEY_FIELDS)])
     key.organization = Organization.from_db(connection.alias, _ORG_FIELDS, row[len(_KEY_FIELDS) : _WIDTH])
-    if not hmac.compare_digest(key.key_hash, hash_api_key(raw_key)):
+    if not hmac.compare_digest(key.key_hash, key_hash):  # compared in the statement too
         return None
     _touch(key)
     joined = row[_WIDTH:] if join and row[_WIDTH] is not None else None

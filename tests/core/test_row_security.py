@@ -134,7 +134,27 @@ def test_every_api_request_runs_under_its_organizations_policy(client_a, org_a, 
     assert client_a.get("/api/v1/agents").status_code == 200
     assert client_a.get(f"/api/v1/agents/{agent_a.slug}/stats").status_code == 200
     assert client_a.post(f"/api/v1/agents/{agent_a.slug}/search", {"query": "words"}, format="json").status_code == 200
+    # Search, too, in a test's transaction; outside one it has no request transaction
+    # (the next test).
     assert seen == [(connection.settings_dict["USER"], str(org_a.pk))] * 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_search_without_a_transaction_reads_only_its_organizations_rows(strict, org_a, agent_a, org_b, agent_b, client_a):
+    # As a server runs it: autocommit, no request transaction. The key's statement declares
+    # its organization for itself; each search statement carries its own declaration.
+    for org, agent in ((org_a, agent_a), (org_b, agent_b)):
+        documents_ingest(org=org, agent=agent, docs=[DocumentInput(key=f"{org.slug}-doc", text="Archive files with tar.")])
+    for mode in ("vector", "keyword", "hybrid"):
+        for path in (f"/api/v1/agents/{agent_a.slug}/search", "/api/v1/search"):
+            body = client_a.post(path, {"query": "archive files tar", "mode": mode}, format="json").json()
+            assert [r["document_key"] for r in body["results"]] == ["org-a-doc"], (mode, path)
+    with db.tenant(org_b):
+        AgentFactory(organization=org_b, slug="org-b-only")
+    assert client_a.post("/api/v1/agents/org-b-only/search", {"query": "tar"}, format="json").status_code == 404
+    with connection.cursor() as cursor:  # nothing left declared on the connection
+        cursor.execute("SELECT current_setting('lore.organization_id', true), current_user")
+        assert cursor.fetchone() in (("", connection.settings_dict["USER"]), (None, connection.settings_dict["USER"]))
 
 
 def test_ingestion_and_search_work_with_nothing_bypassed(strict, org_a, agent_a, org_b, agent_b, client_a):

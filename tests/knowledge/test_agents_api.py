@@ -144,13 +144,13 @@ def test_agent_rows_read_with_the_api_key_go_through_the_org_slug_index(org_a, m
     from tenants.auth import _key_sql
     from tenants.models import ApiKey
 
-    prefix = ApiKey.unscoped.filter(organization=org_a).values_list("prefix", flat=True).first()
+    prefix, key_hash = ApiKey.unscoped.filter(organization=org_a).values_list("prefix", "key_hash").first()
     for join in (selectors.agent_stats_key_join(slug="support"), search_agent_key_join(slug="support")):
         with db.unscoped("as the API key's statement runs") as scoped, scoped.cursor(binding=True) as cursor:
             cursor.execute("SET LOCAL enable_seqscan = off")
-            cursor.execute("EXPLAIN " + _key_sql(join.sql), [*join.params, prefix, timezone.now()])
+            cursor.execute("EXPLAIN " + _key_sql(join.sql), [prefix, key_hash, timezone.now(), *join.params])
             plan = "\n".join(row[0] for row in cursor.fetchall())
-        _never_by_slug_alone(plan, "o.id")
+        _never_by_slug_alone(plan, "k.organization_id")
 
 
 def test_agent_stats_lookup_is_the_organizations_live_agent(org_a, agent_a, agent_b):

@@ -307,7 +307,7 @@ def test_key_lookups_are_prepared_and_searches_never_are(client_a, kb_a):
     with connection.cursor() as cursor:
         cursor.execute("SELECT statement FROM pg_prepared_statements")
         prepared = [row[0] for row in cursor.fetchall()]
-    assert any("tenants_apikey" in sql and "knowledge_agentstats" in sql for sql in prepared)
+    assert any("lore_api_key" in sql and "knowledge_agentstats" in sql for sql in prepared)
     assert not any("<=>" in sql or "tsquery" in sql for sql in prepared)
 
 

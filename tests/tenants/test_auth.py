@@ -71,9 +71,9 @@ def test_last_used_at_is_written_once_per_window(org_a, django_assert_num_querie
     assert first is not None
     # A second request within the window reads the key but does not write it.
     # In a test the request's transaction is a savepoint (SAVEPOINT, RELEASE, and the test's
-    # own scope declared again after it); what a server runs: the bypass declared, the key
-    # lookup (which declares the organization), count (no agents: no page query).
-    with django_assert_num_queries(6):
+    # own scope declared again after it); what a server runs: the key lookup (which
+    # declares the organization), count (no agents: no page query).
+    with django_assert_num_queries(5):
         client.get("/api/v1/agents")
     assert ApiKey.unscoped.get(pk=key.pk).last_used_at == first
 
@@ -95,7 +95,7 @@ def test_authentication_accepts_exactly_the_usable_keys(org_a, org_b, django_ass
         assert (found is not None) == (key.pk in usable), name
     # The key arrives with its organization: one query, no lazy load afterwards.
     api_key_authenticate(keys["valid"][1])  # last_used_at now fresh: no write
-    with django_assert_num_queries(2):  # the bypass declared, then the key lookup (core.db.declaring_lookup)
+    with django_assert_num_queries(1):  # the key lookup, which bypasses and declares itself (core.db.declaring_lookup)
         found = api_key_authenticate(keys["valid"][1])
         assert found.organization.slug == "org-a" and found.api_key.pk == keys["valid"][0].pk
 
@@ -108,7 +108,7 @@ def test_a_joined_row_is_read_only_from_the_keys_own_organization(org_a, org_b, 
     _, raw_b = api_key_create(org=org_b)
     api_key_authenticate(raw_a)  # last_used_at fresh: no write below
     api_key_authenticate(raw_b)
-    with django_assert_num_queries(2):
+    with django_assert_num_queries(1):
         principal = api_key_authenticate(raw_a, join=search_agent_key_join(slug="support"))
     assert principal.organization == org_a and principal.joined[1] == "support"
     # Org B has no agent of that slug: the key authenticates, the join finds nothing.

@@ -37,7 +37,6 @@ and forgotten when the transaction ends.
 import re
 from contextlib import contextmanager
 
-import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.backends.signals import connection_created
@@ -86,17 +85,10 @@ class BoundCursor:
         self._cursor, self.org_id, self._declaring = cursor, org_id, declaring
 
     def execute(self, text, params=()):
-        if not self._declaring:
-            return self._cursor.execute(*bind(text, params, self.org_id))
-        # The declaration and the statement in one pipeline, up to one Sync: PostgreSQL runs
-        # what the extended protocol sends before a Sync as one implicit transaction, so the
-        # transaction-local declaration holds for this statement and ends with it. One round
-        # trip, no BEGIN or COMMIT; both results are read when the pipeline ends.
-        conn = connection
-        with conn.wrap_database_errors, conn.connection.pipeline():
-            _declare(conn.connection, self.org_id)
-            result = self._cursor.execute(*bind(text, params, self.org_id))
-        return result
+        text, params = bind(text, params, self.org_id)
+        if self._declaring:
+            text, params = declaring(text, params, self.org_id)
+        return self._cursor.execute(text, params)
 
     def __getattr__(self, name):  # fetchone, fetchall, rowcount, description, ...
         return getattr(self._cursor, name)
@@ -113,7 +105,7 @@ class Scope:
         """Django's cursor, or with `binding` a server-binding one (config/postgresql/base.py)."""
         raw = (
             connection.binding_cursor(prepared=prepared, binary_results=binary_results)
-            if binding or prepared or binary_results or self.declaring  # a pipeline binds on the server
+            if binding or prepared or binary_results
             else connection.cursor()
         )
         with raw as cursor:
@@ -164,13 +156,31 @@ def _each_statement(org_id: int):
     yield Scope(org_id, declaring=True)
 
 
-def _declare(raw_connection, org_id: int) -> None:
-    # Under the policies whatever the session's role (a test session bypasses them).
-    # Prepared (where a pooler allows it): the same two calls on every statement of a search.
-    psycopg.Cursor(raw_connection).execute(
-        "SELECT set_config('role', 'none', true), set_config(%s, %s, true)", [ORG_SETTING, str(org_id)],
-        prepare=settings.DB_PREPARED_LOOKUPS,
+_READ = re.compile(r"\s*(SELECT|WITH)\b", re.IGNORECASE)
+
+
+def declaring(text: str, params, org_id: int) -> tuple[str, list]:
+    """The read `text` as one statement that first declares `org_id`, for a statement that
+    runs outside a transaction: the declaration is transaction-local, so it holds for this
+    statement's implicit transaction and ends with it. One round trip, no BEGIN or COMMIT.
+
+    The statement runs inside a LATERAL subquery of the one-row declaration. A nested loop
+    reads its outer row first, so set_config() has run before any node of the statement
+    runs: the policy's one-time filters and scans, CTEs and InitPlans inside it are all
+    evaluated after it. The subquery refers to the declaration (lateral, so the planner
+    must put it inside such a loop) and OFFSET 0 keeps it from being flattened into the
+    outer query (which would drop that reference). The rows come out in the statement's
+    own order. Had the declaration not run first, the policies would admit no row: an
+    empty answer, never another organization's rows (tests/core/test_row_security.py)."""
+    if not _READ.match(text):
+        raise UnscopedSQLError("a statement declaring its organization itself is a read (SELECT or WITH)")
+    wrapped = (
+        f"SELECT q.* FROM (SELECT set_config('{ORG_SETTING}', %s, true) AS org) lore_scope"
+        f" CROSS JOIN LATERAL (SELECT * FROM ({text}) q WHERE lore_scope.org IS NOT NULL OFFSET 0) q"
     )
+    if isinstance(params, dict):
+        return wrapped.replace("set_config('" + ORG_SETTING + "', %s", "set_config('" + ORG_SETTING + "', %(lore_scope)s", 1), {**params, "lore_scope": str(org_id)}
+    return wrapped, [str(org_id), *params]
 
 
 def unscoped(reason: str):

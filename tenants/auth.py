@@ -52,7 +52,10 @@ def _key_sql(join_sql: str | None) -> str:
     statement. The key is read by `lore_api_key` (tenants/migrations/0007): as the bypass
     role, only if usable (hash, not revoked or expired, organization active), and it
     declares the key's organization, so the joined row is read under that organization's
-    policy (a LEFT JOIN LATERAL runs after the key's row exists). Written out because it
+    policy: a LATERAL subquery runs after the key's row exists, and OFFSET 0 keeps it one
+    (flattened, its organization would merge with the policy's, and the planner could read
+    the joined table first, before anything is declared, through its organization_id index
+    rather than (organization, slug)). Written out because it
     runs on every request: compiling the ORM query cost a large share of a cached search's
     CPU (bench/search.py). tests/tenants/test_auth.py holds it to ApiKey.usable()'s rules
     (revoked, expired, inactive organization)."""
@@ -60,7 +63,7 @@ def _key_sql(join_sql: str | None) -> str:
     return (
         "SELECT " + ", ".join(columns)
         + f" FROM lore_api_key(%s, %s, %s) k JOIN {Organization._meta.db_table} o ON o.id = k.organization_id"
-        + (f" LEFT JOIN LATERAL ({join_sql.replace('{org}', 'k.organization_id')}) j ON TRUE" if join_sql else "")
+        + (f" LEFT JOIN LATERAL (SELECT * FROM ({join_sql.replace('{org}', 'k.organization_id')}) j OFFSET 0) j ON TRUE" if join_sql else "")
     )  # fmt: skip
 
 

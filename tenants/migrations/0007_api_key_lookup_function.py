@@ -27,7 +27,7 @@ def create(apps, schema_editor):
         f"""
         CREATE OR REPLACE FUNCTION lore_api_key(key_prefix text, hash text, at timestamptz)
         RETURNS SETOF tenants_apikey
-        LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+        LANGUAGE plpgsql VOLATILE SECURITY DEFINER ROWS 1
         SET search_path = pg_catalog, public
         AS $$
         DECLARE

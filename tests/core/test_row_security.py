@@ -220,3 +220,23 @@ def test_raw_sql_in_the_apps_goes_through_core_db_only():
                 if needle in text:
                     offenders.append((str(path.relative_to(root)), needle))
     assert offenders == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_read_outside_a_transaction_declares_its_organization_first(strict, two_tenants):
+    org_a, org_b = two_tenants
+    assert not connection.in_atomic_block
+    with db.tenant(org_a, atomic=False) as sql:
+        # No organization predicate: the policy alone, declared by the statement itself,
+        # before its CTE, its InitPlan and its scans run.
+        assert sql.fetchall("SELECT DISTINCT organization_id FROM knowledge_chunk") == [(org_a.pk,)]
+        assert sql.fetchone(
+            "WITH d AS MATERIALIZED (SELECT organization_id FROM knowledge_document)"
+            " SELECT (SELECT count(*) FROM knowledge_chunk), count(*), min(organization_id) FROM d"
+        ) == (1, 1, org_a.pk)
+        assert sql.fetchone("SELECT count(*) FROM knowledge_agent WHERE organization_id = {org} AND slug = %(s)s", {"s": "support"}) == (1,)
+        with pytest.raises(db.UnscopedSQLError):
+            sql.execute("UPDATE knowledge_document SET title = 'x'")
+    with connection.cursor() as cursor:  # and it ended with the statement
+        cursor.execute("SELECT count(*) FROM knowledge_chunk")
+        assert cursor.fetchone() == (0,)

@@ -38,7 +38,8 @@ class Bm25Scope(NamedTuple):
 # same question in another mode). Cleared when full; a dict's get and set are atomic.
 _terms: dict[tuple[str, str], tuple[str, ...]] = {}
 _TERMS_SIZE = 4096
-_LEXEMES = "SELECT lexeme, positions[1] AS p FROM unnest(to_tsvector(%s::regconfig, %s)) ORDER BY p LIMIT %s"
+# lore_words (knowledge/migrations/0012): punctuation splits words, as in the chunks' search_vector.
+_LEXEMES = "SELECT lexeme, positions[1] AS p FROM unnest(to_tsvector(%s::regconfig, lore_words(%s))) ORDER BY p LIMIT %s"
 
 
 def query_terms(language: str, query: str) -> tuple[str, ...]:
@@ -109,11 +110,11 @@ def keyword_statement(
         for phrase in phrases:
             if not query_terms(language, phrase):
                 continue  # stop words only: phraseto_tsquery would match nothing
-            scope += " AND c.search_vector @@ phraseto_tsquery(%s::regconfig, %s)"
+            scope += " AND c.search_vector @@ phraseto_tsquery(%s::regconfig, lore_words(%s))"
             scope_params += [language, phrase]
         for word in excluded:
             # A stop word's empty tsquery matches nothing, so excludes nothing.
-            scope += " AND NOT c.search_vector @@ plainto_tsquery(%s::regconfig, %s)"
+            scope += " AND NOT c.search_vector @@ plainto_tsquery(%s::regconfig, lore_words(%s))"
             scope_params += [language, word]
         stats = Bm25Scope(
             [a.id for a in group], sum(a.total_chunks for a in group), sum(a.total_terms for a in group),

@@ -42,6 +42,16 @@ _TERMS_SIZE = 4096
 _LEXEMES = "SELECT lexeme, positions[1] AS p FROM unnest(to_tsvector(%s::regconfig, lore_words(%s))) ORDER BY p LIMIT %s"
 
 
+# Stop words that PostgreSQL's lists miss, as the lexemes they stem to: its German list
+# predates the 1996 spelling reform (daß but not dass) and misspells the forms of unser
+# (unse, unsem...), its Spanish list vosotros (vosostros). The lists BM25 libraries use
+# (NLTK's, bm25s') have them. A question's terms leave them out; chunks keep them, as an
+# index keeps any word no question searches for (a change of analysis without files on
+# the server: a text search dictionary reads its stop words from the server's share dir).
+EXTRA_STOP_LEXEMES = {"german": frozenset({"dass", "uns"}), "spanish": frozenset({"vosotr"})}
+_NO_STOP_LEXEMES: frozenset[str] = frozenset()
+
+
 def query_terms(language: str, query: str) -> tuple[str, ...]:
     """The query's distinct lexemes in `language`, in the order they appear, stop words
     out: what the chunks' search_vector holds for those words. From PostgreSQL (its
@@ -50,7 +60,8 @@ def query_terms(language: str, query: str) -> tuple[str, ...]:
     if terms is None:
         with db.untenanted("a text's lexemes") as sql:
             rows = sql.fetchall(_LEXEMES, [language, query, KEYWORD_MAX_TERMS])
-        terms = _remember_terms(language, query, tuple(lexeme for lexeme, _ in rows))
+        stop = EXTRA_STOP_LEXEMES.get(language, _NO_STOP_LEXEMES)
+        terms = _remember_terms(language, query, tuple(lexeme for lexeme, _ in rows if lexeme not in stop))
     return terms
 
 
@@ -229,8 +240,9 @@ def _terms_present(org_id: int, language: str, query: str, scope: str, scope_par
     )
     with db.tenant(org_id) as scoped:
         rows = scoped.fetchall(sql, [language, query, KEYWORD_MAX_TERMS, PRESENCE_MIN_TERMS, *scope_params], binding=True)
-    terms = _remember_terms(language, query, tuple(lexeme for lexeme, _ in rows))
-    return terms, tuple(lexeme for lexeme, held in rows if held)
+    stop = EXTRA_STOP_LEXEMES.get(language, _NO_STOP_LEXEMES)
+    terms = _remember_terms(language, query, tuple(lexeme for lexeme, _ in rows if lexeme not in stop))
+    return terms, tuple(lexeme for lexeme, held in rows if held and lexeme not in stop)
 
 
 def _coverage_tiers(

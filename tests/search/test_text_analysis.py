@@ -127,3 +127,11 @@ def test_migration_reanalyses_chunks_and_rebuilds_term_statistics_exactly():
     assert AgentStats.unscoped.get(agent_id=empty.pk).total_terms == 0
     # Cached results of every agent go.
     assert all(AgentStats.unscoped.get(agent_id=a).data_version == v + 1 for a, v in versions.items())
+
+
+@pytest.mark.django_db
+def test_stop_words_postgresql_lists_miss_are_no_question_terms():
+    # dass (German after the 1996 reform), unsere (PostgreSQL's list spells it unse...), vosotros.
+    assert keywords.query_terms("german", "verhindern, dass unsere Rechner einschlafen") == ("verhind", "rechn", "einschlaf")
+    assert keywords.query_terms("spanish", "vosotros instaláis paquetes") == ("instal", "paquet")
+    assert keywords.query_terms("english", "dass unsere") == ("dass", "unser")  # another language's stop words are words

@@ -38,7 +38,18 @@ class Bm25Scope(NamedTuple):
 # same question in another mode). Cleared when full; a dict's get and set are atomic.
 _terms: dict[tuple[str, str], tuple[str, ...]] = {}
 _TERMS_SIZE = 4096
-_LEXEMES = "SELECT lexeme, positions[1] AS p FROM unnest(to_tsvector(%s::regconfig, %s)) ORDER BY p LIMIT %s"
+# lore_words (knowledge/migrations/0012): punctuation splits words, as in the chunks' search_vector.
+_LEXEMES = "SELECT lexeme, positions[1] AS p FROM unnest(to_tsvector(%s::regconfig, lore_words(%s))) ORDER BY p LIMIT %s"
+
+
+# Stop words that PostgreSQL's lists miss, as the lexemes they stem to: its German list
+# predates the 1996 spelling reform (daß but not dass) and misspells the forms of unser
+# (unse, unsem...), its Spanish list vosotros (vosostros). The lists BM25 libraries use
+# (NLTK's, bm25s') have them. A question's terms leave them out; chunks keep them, as an
+# index keeps any word no question searches for (a change of analysis without files on
+# the server: a text search dictionary reads its stop words from the server's share dir).
+EXTRA_STOP_LEXEMES = {"german": frozenset({"dass", "uns"}), "spanish": frozenset({"vosotr"})}
+_NO_STOP_LEXEMES: frozenset[str] = frozenset()
 
 
 def query_terms(language: str, query: str) -> tuple[str, ...]:
@@ -49,7 +60,8 @@ def query_terms(language: str, query: str) -> tuple[str, ...]:
     if terms is None:
         with db.untenanted("a text's lexemes") as sql:
             rows = sql.fetchall(_LEXEMES, [language, query, KEYWORD_MAX_TERMS])
-        terms = _remember_terms(language, query, tuple(lexeme for lexeme, _ in rows))
+        stop = EXTRA_STOP_LEXEMES.get(language, _NO_STOP_LEXEMES)
+        terms = _remember_terms(language, query, tuple(lexeme for lexeme, _ in rows if lexeme not in stop))
     return terms
 
 
@@ -109,11 +121,11 @@ def keyword_statement(
         for phrase in phrases:
             if not query_terms(language, phrase):
                 continue  # stop words only: phraseto_tsquery would match nothing
-            scope += " AND c.search_vector @@ phraseto_tsquery(%s::regconfig, %s)"
+            scope += " AND c.search_vector @@ phraseto_tsquery(%s::regconfig, lore_words(%s))"
             scope_params += [language, phrase]
         for word in excluded:
             # A stop word's empty tsquery matches nothing, so excludes nothing.
-            scope += " AND NOT c.search_vector @@ plainto_tsquery(%s::regconfig, %s)"
+            scope += " AND NOT c.search_vector @@ plainto_tsquery(%s::regconfig, lore_words(%s))"
             scope_params += [language, word]
         stats = Bm25Scope(
             [a.id for a in group], sum(a.total_chunks for a in group), sum(a.total_terms for a in group),
@@ -228,8 +240,9 @@ def _terms_present(org_id: int, language: str, query: str, scope: str, scope_par
     )
     with db.tenant(org_id, atomic=False) as scoped:
         rows = scoped.fetchall(sql, [language, query, KEYWORD_MAX_TERMS, PRESENCE_MIN_TERMS, *scope_params], binding=True)
-    terms = _remember_terms(language, query, tuple(lexeme for lexeme, _ in rows))
-    return terms, tuple(lexeme for lexeme, held in rows if held)
+    stop = EXTRA_STOP_LEXEMES.get(language, _NO_STOP_LEXEMES)
+    terms = _remember_terms(language, query, tuple(lexeme for lexeme, _ in rows if lexeme not in stop))
+    return terms, tuple(lexeme for lexeme, held in rows if held and lexeme not in stop)
 
 
 def _coverage_tiers(

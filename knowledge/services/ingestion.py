@@ -296,7 +296,7 @@ def _apply(*, org: Organization, agent: Agent, todo: list[_Prepared], vectors) -
             binding.execute(
                 "INSERT INTO knowledge_chunk (organization_id, agent_id, document_id, section_id, ordinal, key, text,"
                 " char_count, embedding, metadata, search_vector)"
-                " SELECT {org}, %s, d, s, o, k, t, char_length(t), e, m::jsonb, to_tsvector(%s::regconfig, t)"
+                " SELECT {org}, %s, d, s, o, k, t, char_length(t), e, m::jsonb, to_tsvector(%s::regconfig, lore_words(t))"
                 " FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::text[], %s::text[], %b::halfvec[], %s::text[])"
                 " AS x(d, s, o, k, t, e, m)",
                 [agent.pk, agent.language, cols["doc"], cols["section"], cols["ordinal"], cols["key"],

@@ -115,6 +115,11 @@ def search_statement(
     return sql, [*params, limit]
 
 
+# The fusion's version, in cached results' keys (search/services.py): a new one leaves the
+# results ranked by the old unused.
+FUSION = "cc-minmax"
+
+
 def fusion_cte(*, vector: bool, weights: dict, limit: int) -> tuple[str, list]:
     """The `limit` best chunks of lists `v` (id, cosine distance d) and `kw` (id, score r)
     fused: (id, score s, vector rank vr, keyword rank kr), best first, ties by id.
@@ -125,7 +130,9 @@ def fusion_cte(*, vector: bool, weights: dict, limit: int) -> tuple[str, list]:
     missing from (it scored at most that list's last candidate there). A chunk first in
     both lists scores 1. `vector` False: no list `v` (its terms are 0)."""
     total = float(weights["vector"]) + float(weights["keyword"])
-    share_v, share_k = (float(weights["vector"]) / total, float(weights["keyword"]) / total) if total > 0 else (0.0, 0.0)
+    # Rounded: a share too small to move a 6-place score must not reach PostgreSQL as a
+    # subnormal float, whose product underflows there (an error, not 0).
+    share_v, share_k = (round(float(weights["vector"]) / total, 12), round(float(weights["keyword"]) / total, 12)) if total > 0 else (0.0, 0.0)
     parts, params = [], []
     if vector:
         parts.append(

@@ -42,9 +42,12 @@ class SearchRequest:
         """The result's key: organization, the agents asked for (`scope`, as the caller
         named them) and the request. The agents' data versions are stored with the result
         and compared on every read (search()): a cached result can be unused, never stale,
-        and the key is known before the agents are read (search_prefetch)."""
+        and the key is known before the agents are read (search_prefetch). The hybrid
+        fusion's version and vector weight are in it too: the shared tier outlives a deploy
+        that changes them."""
         normalized = {**asdict(self), "query": " ".join(self.query.split())}
-        return hashlib.sha256(json.dumps([org_id, scope, normalized], sort_keys=True).encode()).hexdigest()
+        fusion = [engine.FUSION, settings.SEARCH_HYBRID_VECTOR_WEIGHT]
+        return hashlib.sha256(json.dumps([org_id, scope, normalized, fusion], sort_keys=True).encode()).hexdigest()
 
 
 def _query_key(org_id: int, model: str, text: str) -> str:

@@ -17,15 +17,16 @@ URL = "/api/v1/agents/support/search"
 def reference(nearest, matched, weights) -> list[tuple[int, float]]:
     """(id, score) best first, ties by id: nearest (id, distance), matched (id, score)."""
     total = weights["vector"] + weights["keyword"]
+    share = {half: round(weights[half] / total, 12) if total else 0.0 for half in weights}
     fused: dict[int, float] = {}
-    for items, weight, sign in ((nearest, weights["vector"], -1), (matched, weights["keyword"], 1)):
+    for items, weight, sign in ((nearest, share["vector"], -1), (matched, share["keyword"], 1)):
         if not items:
             continue
         values = [sign * value for _, value in items]  # higher is better
         low, high = min(values), max(values)
         for (cid, _), value in zip(items, values):
             normalized = (value - low) / (high - low) if high > low else 1.0
-            fused[cid] = fused.get(cid, 0.0) + (weight / total * normalized if total else 0.0)
+            fused[cid] = fused.get(cid, 0.0) + weight * normalized
     return sorted(((cid, round(s, 6)) for cid, s in fused.items()), key=lambda item: (-item[1], item[0]))
 
 
@@ -49,6 +50,7 @@ def _list(values):
 
 distances = st.floats(0, 2).map(lambda x: round(x, 3))  # rounded: ties happen
 scores = st.floats(0, 0.999).map(lambda x: round(x, 3))
+# Any float the API takes, subnormal ones included.
 weights = st.fixed_dictionaries({"vector": st.floats(0, 10), "keyword": st.floats(0, 10)})
 
 
@@ -122,3 +124,19 @@ def test_hybrid_scores_fuse_the_vector_and_keyword_lists_of_the_search(client_a,
         ids = dict(cursor.fetchall())
     got = [(ids[r["chunk_key"]], r["score"]) for r in response.json()["results"]]
     assert got == expected and len(got) > 4  # found by both lists, and by one only
+
+
+def test_cached_results_of_another_fusion_weight_are_not_served(client_a, kb_a, settings):
+    body = {"query": "extract tar archive", "mode": "hybrid"}
+    assert client_a.post(URL, body, format="json").json()["cached"] is False
+    assert client_a.post(URL, body, format="json").json()["cached"] is True
+    settings.SEARCH_HYBRID_VECTOR_WEIGHT = settings.SEARCH_HYBRID_VECTOR_WEIGHT * 2
+    assert client_a.post(URL, body, format="json").json()["cached"] is False
+
+
+@pytest.mark.parametrize("weights", [{"vector": 5e-324, "keyword": 1.0}, {"vector": 5e-324, "keyword": 5e-324}, {"vector": 0.0, "keyword": 0.0}])
+def test_weights_at_the_edges_of_what_the_api_takes_answer(client_a, kb_a, weights):
+    response = client_a.post(URL, {"query": "extract tar archive", "mode": "hybrid", "weights": weights}, format="json")
+    assert response.status_code == 200, response.json()
+    scores = [r["score"] for r in response.json()["results"]]
+    assert scores and all(0.0 <= s <= 1.0 for s in scores)

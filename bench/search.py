@@ -388,7 +388,7 @@ def hybrid_table(client, specs, topics, queries: list[Query], per_class: int = 6
     table = harness.Table(
         "Hybrid search (the default mode) against vector search, through the API",
         ["agents", "queries", "hybrid p50 ms", "hybrid p95 ms", "vector p50 ms", "vector p95 ms", "hybrid/vector p50"],
-        notes=[f"hybrid: vector and keyword candidates ({settings.SEARCH_HYBRID_CANDIDATES} each), fused by reciprocal rank, rows of the"
+        notes=[f"hybrid: vector and keyword candidates ({settings.SEARCH_HYBRID_CANDIDATES} each), fused, rows of the"
                " top 10; query texts carry three words of the query's topic, as the chunks near it do",
                "targets (issue 4's, for search in general): p50 <= 10 ms, p95 <= 25 ms"],
     )  # fmt: skip

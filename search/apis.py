@@ -69,10 +69,17 @@ class SearchInputSerializer(HotInputSerializer):
     limit = StrictIntegerField(min_value=1, max_value=100, default=10)
     mode = serializers.ChoiceField(choices=MODES, default="hybrid")
     filters = FiltersField(required=False, default=dict)
-    min_score = StrictFloatField(required=False, allow_null=True, default=None)
+    min_score = StrictFloatField(
+        required=False, allow_null=True, default=None, help_text="Results scoring below it are left out (see a result's score)."
+    )
     include_parent = StrictBooleanField(default=False)
     chunk_context = ContextSerializer(required=False)
-    weights = WeightsSerializer(required=False)
+    weights = WeightsSerializer(
+        required=False,
+        help_text="Hybrid only: how much the vector and keyword lists count, in place of the agent's vector_weight and "
+        "keyword_weight (1 and 1 in a search of several agents). The vector weight is multiplied by the deployment's "
+        "SEARCH_HYBRID_VECTOR_WEIGHT: 1 for a semantic embedder, less for a lexical one (the offline hashing embedder).",
+    )
 
 
 class ContextItemOutput(serializers.Serializer):
@@ -89,7 +96,12 @@ class SearchResultOutput(serializers.Serializer):
     text = serializers.CharField()
     parent_text = serializers.CharField(required=False, allow_null=True)
     context = ContextItemOutput(many=True, required=False)
-    score = serializers.FloatField()
+    score = serializers.FloatField(
+        help_text="Higher is better. vector: cosine similarity (1 - distance); keyword: bm25 / (bm25 + 1), in [0, 1); "
+        "hybrid: the weighted mean of the chunk's vector and keyword scores, each min-max normalized over the search's "
+        "candidates (1 for the best of a list, 0 for its last and for a chunk it did not find), in [0, 1]: relative to "
+        "the query's other candidates, so not comparable across queries. Rounded to 6 decimal places."
+    )
     metadata = serializers.JSONField()
 
 

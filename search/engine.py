@@ -21,6 +21,15 @@ vector in binary), which PostgreSQL plans with their values as constants, never 
 every query is planned with its real values, never a generic plan that ignores the
 agent's size. A search is one statement (search_statement): its candidates by vector (per
 embedding model) and by keyword, their fusion, and the rows of those kept.
+
+Hybrid fusion (fusion_cte) is a convex combination of the two lists' scores, each min-max
+normalized over its candidates ("relative score fusion"), not reciprocal rank fusion:
+Bruch, Gai and Ingber ("An Analysis of Fusion Functions for Hybrid Retrieval", ACM TOIS
+2023) found it better than RRF in and out of domain, with RRF sensitive to its constant.
+A score keeps how far apart two candidates are, where a rank says only that one is ahead:
+with RRF at equal weights a weak list's first candidates were worth as much as a strong
+list's, and pushed the strong list's answers down (bench/fusion.py; docs/benchmarks.md,
+Hybrid fusion). How much each list counts is its weight (search/services.py _weights).
 """
 
 
@@ -71,8 +80,9 @@ def search_statement(
     result row: _row_columns), best first. `vector`: a vector_nearest statement per
     embedding model, merged by distance (distances are only comparable within a model,
     and each model's agents are searched with that model's query vector); `keyword`: a
-    keyword_statement. Each gives `depth` candidates; hybrid fuses their ranks
-    (reciprocal rank fusion: scores of the two lists are not comparable, ranks are).
+    keyword_statement. Each gives `depth` candidates; hybrid fuses them (fusion_cte). A
+    hybrid search without vector statements (its query's embedding unavailable) scores its
+    keyword candidates as hybrid scores a chunk found by keywords alone.
     Scores are rounded before ordering, so ties and min_score see the scores callers see.
     The scans carry ids only; rows are joined for the `limit` kept, never for candidates."""
     ctes, params = [], []
@@ -86,7 +96,6 @@ def search_statement(
     if keyword is not None:
         ctes.append(f"kw AS MATERIALIZED ({keyword[0]})")
         params += keyword[1]
-    # A single list is scored as it is; hybrid fuses its two lists' ranks first.
     # The ranks behind a hybrid score (in its vector and keyword lists; NULL: not in that
     # list), for the console's playground; a single list's rank is its result's position.
     ranks = "NULL::bigint, NULL::bigint"
@@ -95,22 +104,52 @@ def search_statement(
     elif mode == "keyword":
         source, score = "kw", "round(kw.r::numeric, 6)::float8"
     else:
-        rrf = settings.SEARCH_RRF_K
-        ctes.append(
-            "top AS MATERIALIZED (SELECT id, round(sum(s)::numeric, 6)::float8 AS s, min(vr) AS vr, min(kr) AS kr FROM ("
-            "SELECT id, %s::float8 / (%s + n) AS s, n AS vr, NULL::bigint AS kr FROM"
-            " (SELECT id, row_number() OVER (ORDER BY d, id) AS n FROM v) vn"
-            " UNION ALL SELECT id, %s::float8 / (%s + n), NULL, n FROM"
-            " (SELECT id, row_number() OVER (ORDER BY r DESC, id) AS n FROM kw) kn) x"
-            " GROUP BY id ORDER BY 2 DESC, id LIMIT %s)"
-        )
-        params += [float(weights["vector"]), rrf, float(weights["keyword"]), rrf, limit]
+        fusion, fusion_params = fusion_cte(vector=bool(vector), weights=weights, limit=limit)
+        ctes.append(f"top AS MATERIALIZED ({fusion})")
+        params += fusion_params
         source, score, ranks = "top", "top.s", "top.vr, top.kr"
     sql = (
         f"WITH {', '.join(ctes)} SELECT {source}.id, {score} AS s, {ranks}, {_row_columns(include_parent)} FROM {source}"
         f" JOIN knowledge_chunk c ON c.id = {source}.id AND c.organization_id = {{org}} ORDER BY s DESC, {source}.id LIMIT %s"
     )
     return sql, [*params, limit]
+
+
+# The fusion's version, in cached results' keys (search/services.py): a new one leaves the
+# results ranked by the old unused.
+FUSION = "cc-minmax"
+
+
+def fusion_cte(*, vector: bool, weights: dict, limit: int) -> tuple[str, list]:
+    """The `limit` best chunks of lists `v` (id, cosine distance d) and `kw` (id, score r)
+    fused: (id, score s, vector rank vr, keyword rank kr), best first, ties by id.
+
+    s = (w_v * v' + w_k * k') / (w_v + w_k), in [0, 1]: v' and k' are the chunk's
+    similarity and keyword score min-max normalized over their list's candidates (1 for
+    the best, 0 for the last; 1 for all when they tie), and 0 in a list the chunk is
+    missing from (it scored at most that list's last candidate there). A chunk first in
+    both lists scores 1. `vector` False: no list `v` (its terms are 0)."""
+    total = float(weights["vector"]) + float(weights["keyword"])
+    # Rounded: a share too small to move a 6-place score must not reach PostgreSQL as a
+    # subnormal float, whose product underflows there (an error, not 0).
+    share_v, share_k = (round(float(weights["vector"]) / total, 12), round(float(weights["keyword"]) / total, 12)) if total > 0 else (0.0, 0.0)
+    parts, params = [], []
+    if vector:
+        parts.append(
+            "SELECT id, %s * coalesce((hi - d) / nullif(hi - lo, 0), 1) AS s, n AS vr, NULL::bigint AS kr FROM"
+            " (SELECT id, d, row_number() OVER (ORDER BY d, id) AS n, min(d) OVER () AS lo, max(d) OVER () AS hi FROM v) vn"
+        )
+        params.append(share_v)
+    parts.append(
+        "SELECT id, %s * coalesce((r - lo) / nullif(hi - lo, 0), 1) AS s, NULL::bigint AS vr, n AS kr FROM"
+        " (SELECT id, r, row_number() OVER (ORDER BY r DESC, id) AS n, min(r) OVER () AS lo, max(r) OVER () AS hi FROM kw) kn"
+    )
+    params += [share_k, limit]
+    sql = (
+        f"SELECT id, round(sum(s)::numeric, 6)::float8 AS s, min(vr) AS vr, min(kr) AS kr FROM ({' UNION ALL '.join(parts)}) x"
+        " GROUP BY id ORDER BY 2 DESC, id LIMIT %s"
+    )
+    return sql, params
 
 
 def fetch_results(*, org_id: int, statement: tuple[str, list]) -> list[tuple[int, float, dict]]:

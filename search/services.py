@@ -42,9 +42,12 @@ class SearchRequest:
         """The result's key: organization, the agents asked for (`scope`, as the caller
         named them) and the request. The agents' data versions are stored with the result
         and compared on every read (search()): a cached result can be unused, never stale,
-        and the key is known before the agents are read (search_prefetch)."""
+        and the key is known before the agents are read (search_prefetch). The hybrid
+        fusion's version and vector weight are in it too: the shared tier outlives a deploy
+        that changes them."""
         normalized = {**asdict(self), "query": " ".join(self.query.split())}
-        return hashlib.sha256(json.dumps([org_id, scope, normalized], sort_keys=True).encode()).hexdigest()
+        fusion = [engine.FUSION, settings.SEARCH_HYBRID_VECTOR_WEIGHT]
+        return hashlib.sha256(json.dumps([org_id, scope, normalized, fusion], sort_keys=True).encode()).hexdigest()
 
 
 def _query_key(org_id: int, model: str, text: str) -> str:
@@ -166,14 +169,16 @@ def _ranks(result: dict, position: int, request, degraded: list) -> dict:
 
 
 def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np.ndarray] | None) -> list[dict]:
-    """`vectors` None: a hybrid search without its query's embedding, run by keywords."""
+    """`vectors` None: a hybrid search without its query's embedding, fused from its
+    keyword candidates alone, so a chunk scores as hybrid scores a chunk found by keywords
+    only and the caller's min_score keeps its meaning."""
     agents = selection.agents
     if not agents:
         return []
-    mode = "keyword" if vectors is None else request.mode
+    mode = request.mode
     depth = max(request.limit, settings.SEARCH_HYBRID_CANDIDATES) if mode == "hybrid" else request.limit
     vector = []
-    if mode in ("vector", "hybrid"):
+    if vectors is not None and mode in ("vector", "hybrid"):
         vector = [
             engine.vector_nearest(
                 agents=group, vector=vectors[model], k=depth, filters=filters,
@@ -188,16 +193,10 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
         keyword = keywords.keyword_statement(
             org_id=org.pk, agents=agents, query=request.query, k=depth, filters=filters, everyone_but=selection.everyone_but,
         )  # fmt: skip
-    weights = _weights(agents, request)
     found = engine.fetch_results(org_id=org.pk, statement=engine.search_statement(
         mode=mode, vector=vector, keyword=keyword, depth=depth, limit=request.limit,
-        weights=weights, include_parent=request.include_parent,
+        weights=_weights(agents, request), include_parent=request.include_parent,
     ))  # fmt: skip
-    if mode != request.mode:
-        # Scored as hybrid scores a chunk found by keywords alone, so the caller's
-        # min_score keeps its meaning.
-        rrf, weight = settings.SEARCH_RRF_K, float(weights["keyword"])
-        found = [(cid, round(weight / (rrf + rank), 6), row) for rank, (cid, _, row) in enumerate(found, 1)]
     slugs = selection.slug_by_id
     results = []
     for cid, score, row in found:
@@ -218,11 +217,17 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
 
 
 def _weights(agents, request) -> dict:
+    """A hybrid search's weights: the request's, else its one agent's, else 1 and 1; the
+    vector half's times SEARCH_HYBRID_VECTOR_WEIGHT, which depends on the embedder's kind
+    (config/settings/base.py), so an agent's or a request's weights say how much more or
+    less than that default each half counts."""
     if request.weights:
-        return {"vector": request.weights.get("vector", 1.0), "keyword": request.weights.get("keyword", 1.0)}
-    if len(agents) == 1:
-        return {"vector": agents[0].vector_weight, "keyword": agents[0].keyword_weight}
-    return {"vector": 1.0, "keyword": 1.0}
+        vector, keyword = request.weights.get("vector", 1.0), request.weights.get("keyword", 1.0)
+    elif len(agents) == 1:
+        vector, keyword = agents[0].vector_weight, agents[0].keyword_weight
+    else:
+        vector, keyword = 1.0, 1.0
+    return {"vector": float(vector) * settings.SEARCH_HYBRID_VECTOR_WEIGHT, "keyword": float(keyword)}
 
 
 def _add_context(org, results, context: dict) -> None:

@@ -368,7 +368,16 @@ SEARCH_HYBRID_CANDIDATES = env.int("SEARCH_HYBRID_CANDIDATES", default=50)
 # Keyword searches over at least this many chunks read their matches by tiers of coverage
 # (search/keywords.py); smaller ones rank every match in one scan, which is cheaper there.
 SEARCH_KEYWORD_TIERS_MIN_CHUNKS = env.int("SEARCH_KEYWORD_TIERS_MIN_CHUNKS", default=10000)
-SEARCH_RRF_K = env.int("SEARCH_RRF_K", default=60)
+# Hybrid search fuses its two lists by a convex combination of their scores, each min-max
+# normalized over its candidates (search/engine.py). The vector half's weight is the
+# request's or the agent's vector weight times this one, by the embedder's kind: 1 for a
+# semantic model, whose list finds what the question's words miss (it is often the
+# better half). The `hashing` embedder is lexical (the question's words and word pairs,
+# hashed): it carries no information keyword search lacks, only a coarser copy of it, and
+# at equal weights it pushed keyword answers down on every corpus of bench/keywords.py.
+# At this weight its list orders what keyword scores leave (nearly) tied and the chunks
+# keyword search missed (bench/fusion.py; docs/benchmarks.md, Hybrid fusion).
+SEARCH_HYBRID_VECTOR_WEIGHT = env.float("SEARCH_HYBRID_VECTOR_WEIGHT", default=0.02 if EMBEDDING_PROVIDER == "hashing" else 1.0)
 SEARCH_MAX_QUERY_CHARS = env.int("SEARCH_MAX_QUERY_CHARS", default=2000)
 SEARCH_RESULT_TTL = env.int("SEARCH_RESULT_TTL", default=600)
 SEARCH_RESULT_LRU_SIZE = env.int("SEARCH_RESULT_LRU_SIZE", default=2000)

@@ -77,9 +77,14 @@ def test_hybrid_search_falls_back_to_keywords_says_so_and_is_not_cached(client_a
     keyword = _post(client_a, AGENT_SEARCH, {"query": "extract tar archive", "mode": "keyword"}).json()
     assert [r["chunk_key"] for r in body["results"]] == [r["chunk_key"] for r in keyword["results"]]
     assert services.metrics["degraded"] == before + 1
-    # Scored as hybrid scores a chunk that only the keyword list found.
-    k, weight = settings.SEARCH_RRF_K, kb_a.keyword_weight
-    assert [r["score"] for r in body["results"]] == [round(weight / (k + rank), 6) for rank in range(1, len(body["results"]) + 1)]
+    # Scored as hybrid scores a chunk that only the keyword list found: its normalized
+    # keyword score times the keyword half's share of the weights.
+    candidates = _post(client_a, AGENT_SEARCH, {"query": "extract tar archive", "mode": "keyword", "limit": 100}).json()["results"]
+    low, high = min(r["score"] for r in candidates), max(r["score"] for r in candidates)
+    vector, weight = kb_a.vector_weight * settings.SEARCH_HYBRID_VECTOR_WEIGHT, kb_a.keyword_weight
+    share = weight / (vector + weight)
+    expected = [round(share * (r["score"] - low) / (high - low), 6) for r in candidates[: len(body["results"])]]
+    assert [r["score"] for r in body["results"]] == pytest.approx(expected, abs=1e-5)  # from scores rounded to 6 places
     # Back: the degraded answer was not cached, the full hybrid one is computed.
     down.default = {}
     _patient(settings)

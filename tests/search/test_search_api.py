@@ -4,8 +4,7 @@ from django.test.utils import CaptureQueriesContext
 
 from knowledge.models import Agent, AgentStats
 from knowledge.services import DocumentInput, documents_delete, documents_ingest
-from core import db
-from search import keywords, selection, tracking
+from search import tracking
 from tests.conftest import error_fields
 from tests.factories import AgentFactory
 
@@ -148,32 +147,6 @@ def test_a_hybrid_search_ranks_fuses_and_reads_its_rows_in_one_statement(client_
     assert body["results"][0]["document_key"] == "tar"
     [statement] = [q["sql"] for q in queries.captured_queries if "knowledge_chunk" in q["sql"]]
     assert "<=>" in statement and "tsquery" in statement
-
-
-@pytest.mark.parametrize("weights", [None, {"vector": 2.0, "keyword": 0.5}])
-def test_hybrid_scores_are_the_reciprocal_rank_fusion_of_the_vector_and_keyword_lists(client_a, org_a, kb_a, kb_b, settings, weights):
-    # kb_b: another organization holding the same documents; none of its chunks may count.
-    from search import engine, selectors
-    from search.services import _query_vectors
-
-    query, depth, k = "compress an archive file", settings.SEARCH_HYBRID_CANDIDATES, settings.SEARCH_RRF_K
-    [agent] = selection.AgentSelection([selectors.search_agent_get(org=org_a, slug="support")]).agents
-    vector = _query_vectors(org_a.pk, [agent.embedding_model], query, [None])[agent.embedding_model]
-    with db.tenant(org_a) as sql:
-        nearest = sql.fetchall(*engine.vector_nearest(agents=[agent], vector=vector, k=depth, filters=("", [])), binding=True)
-        matched = sql.fetchall(*keywords.keyword_statement(org_id=org_a.pk, agents=[agent], query=query, k=depth, filters=("", [])), binding=True)
-    w = weights or {"vector": agent.vector_weight, "keyword": agent.keyword_weight}
-    expected: dict[int, float] = {}
-    for rank, (cid, _) in enumerate(sorted(nearest, key=lambda hit: (hit[1], hit[0])), start=1):
-        expected[cid] = expected.get(cid, 0.0) + w["vector"] / (k + rank)
-    for rank, (cid, _) in enumerate(matched, start=1):
-        expected[cid] = expected.get(cid, 0.0) + w["keyword"] / (k + rank)
-    body = _search(client_a, query, mode="hybrid", limit=100, **({"weights": weights} if weights else {}))
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT key, id FROM knowledge_chunk WHERE organization_id = %s", [org_a.pk])
-        ids = dict(cursor.fetchall())
-    got = [(ids[r["chunk_key"]], r["score"]) for r in body["results"]]
-    assert got == sorted(((cid, round(s, 6)) for cid, s in expected.items()), key=lambda item: (-item[1], item[0]))
 
 
 def test_chunk_context_adds_neighbours_without_duplicates(client_a, org_a):

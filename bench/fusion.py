@@ -1,0 +1,178 @@
+"""Fusion functions for hybrid search (issue 18), compared on bench/keywords.py's questions
+without changing the service: each question's vector and keyword candidate lists are read
+once, with their scores, through the statements a search runs (search.engine.vector_nearest,
+search.keywords.keyword_statement), then fused in Python by each variant. One command:
+
+    .venv/bin/python bench/keywords.py                  # loads the corpora (once)
+    .venv/bin/python bench/fusion.py --save lists.json  # reads the lists (keywords' data), compares
+    .venv/bin/python bench/fusion.py --load lists.json  # compares again, no database
+
+Variants (`name`: what it does; w_v, w_k the vector and keyword weights):
+- rrf(k, w_v, w_k): weighted reciprocal rank fusion, sum of w / (k + rank) (Cormack et al. 2009).
+- cc-mm(w_v, w_k): convex combination of min-max normalized scores over each list's candidates
+  (Weaviate's relativeScoreFusion), a candidate missing from a list scoring 0 there.
+- cc-tmm(w_v, w_k): the same with each score's theoretical minimum (cosine similarity -1,
+  keyword 0) in place of the observed one (Bruch, Gai, Ingber 2023, "TM2C2"); cc-tmm-b gives
+  a candidate missing from a list that list's last score instead of 0.
+- cc-raw(w_v, w_k): convex combination of the scores as the API gives them (cosine
+  similarity, bm25 / (bm25 + 1)).
+Each reads `depth` candidates per list and keeps the best 50 chunks, as a hybrid search
+with limit 50 does (ties by chunk id, scores rounded to 6 places, as search/engine.py);
+measures as bench/keywords.py (by document, at 10). rrf(60, 1, 1) is the service's fusion
+before issue 18's change, cc-mm(0.02, 1) after it with the hashing embedder.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import harness  # first: sets up sys.path and the environment
+import keywords as bench_keywords
+
+LIMIT = 50
+
+
+def collect(reuse: bool, only: list[str] | None, depth: int) -> list[dict]:
+    """Every question's lists: {corpus, set, answers, v: [[doc, score]], k: [[doc, score]]}."""
+    harness.setup("keywords", dimensions=384, fresh=not reuse)
+    from core import db
+    from knowledge.embeddings import get_provider
+    from knowledge.models import Chunk
+    from search import engine, keywords
+    from search.selectors import search_agents_get
+
+    out = []
+    for corpus in bench_keywords.CORPUS_LIST:
+        if only and corpus.name not in only:
+            continue
+        docs, questions = bench_keywords.prepare(corpus)
+        org, _ = bench_keywords.load(corpus, docs, reuse)
+        selection = search_agents_get(org=org, slugs=None)
+        agents = selection.agents
+        key_of = dict(Chunk.unscoped.filter(organization=org).values_list("id", "document__key"))
+        for kind, text, answers in questions:
+            statements = []
+            for model, group in selection.by_model.items():
+                vector = get_provider(model).embed_query(text)
+                statements.append(engine.vector_nearest(agents=group, vector=vector, k=depth, filters=("", [])))
+            with db.tenant(org.pk) as sql:
+                nearest = sorted((d, cid) for st in statements for cid, d in sql.fetchall(*st, binding=True))[:depth]
+                matched = sql.fetchall(
+                    *keywords.keyword_statement(org_id=org.pk, agents=agents, query=text, k=depth, filters=("", [])),
+                    binding=True,
+                )
+            out.append({
+                "corpus": corpus.name, "set": kind, "answers": list(answers),
+                "v": [[cid, key_of[cid], 1 - d] for d, cid in nearest],
+                "k": [[cid, key_of[cid], r] for cid, r in sorted(matched, key=lambda m: (-m[1], m[0]))],
+            })  # fmt: skip
+    harness.stop_database("keywords")
+    return out
+
+
+def fuse(q: dict, variant: tuple, depth: int) -> list[str]:
+    """The documents of the LIMIT best chunks of `variant`'s fusion, best first."""
+    name, *args = variant
+    lists = {"v": q["v"][:depth], "k": q["k"][:depth]}
+    if name == "vector":
+        return [doc for _, doc, _ in lists["v"][:LIMIT]]
+    if name == "keyword":
+        return [doc for _, doc, _ in lists["k"][:LIMIT]]
+    score, doc_of = {}, {}
+    if name == "rrf":
+        k, weight = args[0], {"v": args[1], "k": args[2]}
+        for half, items in lists.items():
+            for rank, (cid, doc, _) in enumerate(items, 1):
+                score[cid] = score.get(cid, 0.0) + weight[half] / (k + rank)
+                doc_of[cid] = doc
+    else:
+        weight = {"v": args[0], "k": args[1]}
+        floor = {"v": -1.0, "k": 0.0}
+        missing = {}
+        for half, items in lists.items():
+            if not items:
+                continue
+            top = max(s for _, _, s in items)
+            low = {"cc-mm": min(s for _, _, s in items), "cc-raw": 0.0}.get(name, floor[half])
+            span = (top - low) if name != "cc-raw" else 1.0
+            for cid, doc, s in items:
+                norm = (s - low) / span if span > 0 else 1.0
+                score[cid] = score.get(cid, 0.0) + weight[half] * norm
+                doc_of[cid] = doc
+            if name == "cc-tmm-b":
+                # A candidate missing from this list scores at most its last candidate here.
+                last = (min(s for _, _, s in items) - low) / span if span > 0 else 1.0
+                missing[half] = weight[half] * last
+    if name == "cc-tmm-b":
+        seen = {half: {cid for cid, _, _ in items} for half, items in lists.items()}
+        for cid in score:
+            score[cid] += sum(m for half, m in missing.items() if cid not in seen[half])
+    best = sorted(score, key=lambda cid: (-round(score[cid], 6), cid))[:LIMIT]
+    return [doc_of[cid] for cid in best]
+
+
+# The per-row table: the halves, hybrid before (RRF) and after (the fusion of
+# search/engine.py at the hashing embedder's weight), and both fusions at equal weights.
+MAIN = [
+    ("keyword",), ("vector",), ("rrf", 60, 1.0, 1.0), ("cc-mm", 1.0, 1.0), ("cc-mm", 0.02, 1.0),
+]
+SWEEP = [
+    ("rrf", 60, 1.0, 1.0), *(("rrf", 60, w, 1.0) for w in (0.5, 0.25, 0.1, 0.02, 0.01)),
+    *(("rrf", k, w, 1.0) for k in (10, 20) for w in (0.25, 0.1, 0.05)),
+    *(("cc-mm", w, 1.0) for w in (1.0, 0.5, 0.25, 0.1, 0.05, 0.03, 0.02, 0.01)),
+    *((name, w, 1.0) for name in ("cc-tmm", "cc-tmm-b", "cc-raw") for w in (1.0, 0.25, 0.1, 0.05)),
+]
+
+
+def label(variant: tuple) -> str:
+    name, *args = variant
+    return f"{name}({', '.join(f'{a:g}' for a in args)})" if args else name
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reuse", action="store_true", help="the data of bench/keywords.py's last run")
+    parser.add_argument("--only", nargs="*", default=None, help="corpora to run (tldr-en tldr-es tldr-de drf)")
+    parser.add_argument("--save", help="write the candidate lists to this file")
+    parser.add_argument("--load", help="read the candidate lists from this file (no database)")
+    parser.add_argument("--collect-depth", type=int, default=100, help="candidates read per list")
+    parser.add_argument("--depth", type=int, default=50, help="candidates fused per list (SEARCH_HYBRID_CANDIDATES)")
+    args = parser.parse_args()
+    if args.load:
+        questions = json.loads(Path(args.load).read_text())
+    else:
+        questions = collect(args.reuse, args.only, args.collect_depth)
+        if args.save:
+            Path(args.save).write_text(json.dumps(questions))
+    names = [c.name for c in bench_keywords.CORPUS_LIST]
+    rows = sorted({(q["corpus"], q["set"]) for q in questions}, key=lambda r: (names.index(r[0]), ["summary", "task", "natural"].index(r[1])))
+    asked = {row: [q for q in questions if (q["corpus"], q["set"]) == row] for row in rows}
+    figures = {}  # variant -> per row (MRR@10, recall@10)
+    for variant in dict.fromkeys([*MAIN, *SWEEP]):
+        figures[variant] = []
+        for row in rows:
+            scores = [bench_keywords.measure(fuse(q, variant, args.depth), tuple(q["answers"])) for q in asked[row]]
+            figures[variant].append(tuple(sum(s[i] for s in scores) / len(scores) for i in range(2)))
+    per_row = harness.Table(
+        "Hybrid fusion per row: MRR@10 / recall@10",
+        ["corpus", "questions", "n", *(label(v) for v in MAIN)],
+        notes=[f"{args.depth} candidates per list; vector: the offline hashing embedder (lexical)"],
+    )
+    for i, (corpus, kind) in enumerate(rows):
+        per_row.add(corpus, kind, len(asked[(corpus, kind)]), *(f"{figures[v][i][0]:.3f} / {figures[v][i][1]:.3f}" for v in MAIN))
+    best = [max(k[0], v[0]) for k, v in zip(figures[("keyword",)], figures[("vector",)])]
+    sweep = harness.Table(
+        "Fusion variants against the better half (MRR@10) and keyword (recall@10), over every row",
+        ["variant", "rows >= better half", "worst row", "mean MRR@10 - better half", "mean recall@10 - keyword"],
+        notes=["rrf(k, w_v, w_k); cc-*(w_v, w_k): see bench/fusion.py's docstring"],
+    )
+    for variant in SWEEP:
+        gaps = [f[0] - b for f, b in zip(figures[variant], best)]
+        recall = [f[1] - k[1] for f, k in zip(figures[variant], figures[("keyword",)])]
+        sweep.add(label(variant), f"{sum(g >= -1e-9 for g in gaps)}/{len(rows)}", f"{min(gaps):+.4f}",
+                  f"{sum(gaps) / len(gaps):+.4f}", f"{sum(recall) / len(recall):+.4f}")  # fmt: skip
+    harness.print_tables([per_row, sweep])
+
+
+if __name__ == "__main__":
+    main()

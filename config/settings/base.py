@@ -377,7 +377,7 @@ SEARCH_KEYWORD_TIERS_MIN_CHUNKS = env.int("SEARCH_KEYWORD_TIERS_MIN_CHUNKS", def
 # at equal weights it pushed keyword answers down on every corpus of bench/keywords.py.
 # At this weight its list orders what keyword scores leave (nearly) tied and the chunks
 # keyword search missed (bench/fusion.py; docs/benchmarks.md, Hybrid fusion).
-SEARCH_HYBRID_VECTOR_WEIGHT = env.float("SEARCH_HYBRID_VECTOR_WEIGHT", default=0.02 if EMBEDDING_PROVIDER == "hashing" else 1.0)
+SEARCH_HYBRID_VECTOR_WEIGHT = env.float("SEARCH_HYBRID_VECTOR_WEIGHT", default=0.01 if EMBEDDING_PROVIDER == "hashing" else 1.0)
 SEARCH_MAX_QUERY_CHARS = env.int("SEARCH_MAX_QUERY_CHARS", default=2000)
 SEARCH_RESULT_TTL = env.int("SEARCH_RESULT_TTL", default=600)
 SEARCH_RESULT_LRU_SIZE = env.int("SEARCH_RESULT_LRU_SIZE", default=2000)

@@ -8,6 +8,10 @@ from pgvector.django import HalfVectorField
 from tenants.models import Organization, slug_validator
 from tenants.scoping import TenantManager, UnscopedManager
 
+# The pending list of the chunks' GIN indexes, in kB (PostgreSQL's default is 4096); the
+# agents' own keyword indexes (search/indexes.py) get the same.
+GIN_PENDING_LIST_KB = 256
+
 # Full-text configurations shipped with every PostgreSQL build.
 FTS_LANGUAGES = [
     "simple", "arabic", "armenian", "basque", "catalan", "danish", "dutch", "english", "finnish",
@@ -202,8 +206,15 @@ class Chunk(models.Model):
             models.Index(fields=["organization", "document", "ordinal"], name="chunk_org_doc_ord_idx"),
             # No table-wide HNSW index: graphs are partial, per large agent and large
             # organization, where search walks them (search/indexes.py).
-            GinIndex(fields=["search_vector"], name="chunk_search_vector_gin"),
-            GinIndex(fields=["metadata"], name="chunk_metadata_gin", opclasses=["jsonb_path_ops"]),
+            # A small pending list (GIN_PENDING_LIST_KB): every search scans an index's
+            # whole pending list, and one tenant's ingest burst filled the default 4 MB,
+            # slowing every organization's keyword search until a vacuum merged it
+            # (docs/benchmarks.md, "GIN pending lists"). Writers merge it sooner instead.
+            GinIndex(fields=["search_vector"], name="chunk_search_vector_gin", gin_pending_list_limit=GIN_PENDING_LIST_KB),
+            GinIndex(
+                fields=["metadata"], name="chunk_metadata_gin", opclasses=["jsonb_path_ops"],
+                gin_pending_list_limit=GIN_PENDING_LIST_KB,
+            ),
         ]
 
 

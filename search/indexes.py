@@ -44,7 +44,7 @@ from django.conf import settings
 from django.db import connection
 
 from core import db, metrics
-from knowledge.models import Agent, AgentStats
+from knowledge.models import GIN_PENDING_LIST_KB, Agent, AgentStats
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +206,8 @@ def sync_backlog() -> dict[str, int]:
 def _build(name: str, scope: str, predicate: str) -> None:
     logger.info("search: building index %s", name)
     if scope == "agent-keyword":
-        method = "gin (search_vector)"  # as chunk_search_vector_gin, for one agent's rows
+        # As chunk_search_vector_gin, for one agent's rows.
+        method = f"gin (search_vector) WITH (gin_pending_list_limit = {GIN_PENDING_LIST_KB})"
     else:
         method = f"hnsw (embedding halfvec_cosine_ops) WITH ({_options_sql(scope)})"
     db.ddl(f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}" ON knowledge_chunk USING {method} WHERE {predicate}')

@@ -61,9 +61,9 @@ def build_options(scope: str) -> dict[str, int]:
     agents: built with ef_construction 64, org-wide recall@10 varied from 0.923 to 0.973
     between builds of the same data (some queries at 0), with 128 it was 0.986-0.988
     (bench/search.py data, docs/benchmarks.md); a larger m did not help. A keyword index
-    has no options of its own."""
+    has the chunks' GIN indexes' small pending list (knowledge.models.GIN_PENDING_LIST_KB)."""
     if scope == "agent-keyword":
-        return {}
+        return {"gin_pending_list_limit": GIN_PENDING_LIST_KB}
     ef_construction = 64 if scope == "agent" else settings.SEARCH_ORG_GRAPH_EF_CONSTRUCTION
     return {"m": 16, "ef_construction": ef_construction}
 
@@ -206,21 +206,22 @@ def sync_backlog() -> dict[str, int]:
 def _build(name: str, scope: str, predicate: str) -> None:
     logger.info("search: building index %s", name)
     if scope == "agent-keyword":
-        # As chunk_search_vector_gin, for one agent's rows.
-        method = f"gin (search_vector) WITH (gin_pending_list_limit = {GIN_PENDING_LIST_KB})"
+        method = f"gin (search_vector) WITH ({_options_sql(scope)})"  # as chunk_search_vector_gin, for one agent's rows
     else:
         method = f"hnsw (embedding halfvec_cosine_ops) WITH ({_options_sql(scope)})"
     db.ddl(f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}" ON knowledge_chunk USING {method} WHERE {predicate}')
 
 
 def _rebuild(graph: "Graph") -> None:
-    """A graph built with other options than wanted now (a changed setting), rebuilt
-    beside the old one, which searches use until the new one replaces it. SET only
+    """An index built with other options than wanted now (a changed setting). A graph is
+    rebuilt beside the old one, which searches use until the new one replaces it; a GIN
+    index's pending list limit applies from the SET on, nothing to rebuild. SET only
     changes the catalog (a moment's lock on the index); a REINDEX that dies leaves an
     INVALID <name>_ccnew, which the next sync drops."""
-    logger.info("search: rebuilding HNSW graph %s with %s", graph.name, build_options(graph.scope))
+    logger.info("search: rebuilding index %s with %s", graph.name, build_options(graph.scope))
     db.ddl(f'ALTER INDEX "{graph.name}" SET ({_options_sql(graph.scope)})')
-    db.ddl(f'REINDEX INDEX CONCURRENTLY "{graph.name}"')
+    if graph.scope != "agent-keyword":
+        db.ddl(f'REINDEX INDEX CONCURRENTLY "{graph.name}"')
 
 
 def _drop(name: str) -> None:

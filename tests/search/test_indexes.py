@@ -89,7 +89,7 @@ def test_large_agents_get_a_keyword_index_of_their_own_that_keyword_search_uses(
     assert result.created_keyword == sorted([big.pk, other.pk])  # each its own
     with connection.cursor() as cursor:
         cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", [indexes.keyword_index_name(big.pk)])
-        assert cursor.fetchone()[0].endswith(f"USING gin (search_vector) WHERE (agent_id = {big.pk})")
+        assert cursor.fetchone()[0].endswith(f"USING gin (search_vector) WITH (gin_pending_list_limit='256') WHERE (agent_id = {big.pk})")
 
     def plan(slug):
         """Which GIN index the keyword statement reads: the btrees that a few test rows make
@@ -234,7 +234,7 @@ def test_organization_graphs_are_built_more_thoroughly_and_rebuilt_when_that_cha
     settings.SEARCH_ORG_GRAPH_EF_CONSTRUCTION = 96
     indexes.sync_indexes()
     options = {g.scope: g.options for g in indexes.graphs()}
-    assert options == {"agent": {"m": 16, "ef_construction": 64}, "organization": {"m": 16, "ef_construction": 96}, "agent-keyword": {}}
+    assert options == {"agent": {"m": 16, "ef_construction": 64}, "organization": {"m": 16, "ef_construction": 96}, "agent-keyword": {"gin_pending_list_limit": 256}}
     settings.SEARCH_ORG_GRAPH_EF_CONSTRUCTION = 128
     result = indexes.sync_indexes()
     assert (result.rebuilt, result.created_orgs, result.dropped_orgs) == ([indexes.org_index_name(org_a.pk)], [], [])
@@ -330,3 +330,21 @@ def test_the_sync_backlog_counts_what_the_next_sync_would_build_and_the_sync_its
     indexes.sync_indexes()
     assert indexes.sync_backlog() == {"agent": 0, "organization": 0, "agent-keyword": 0}
     assert metric("lore_index_sync_last_success_timestamp_seconds") > before
+
+
+def test_a_keyword_index_built_with_another_pending_list_limit_is_set_in_place(org_a, settings):
+    big = AgentFactory(organization=org_a, slug="big")
+    ingest(org_a, big)
+    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 5
+    indexes.sync_indexes()
+    name = indexes.keyword_index_name(big.pk)
+    db.ddl(f'ALTER INDEX "{name}" RESET (gin_pending_list_limit)')  # as built before the limit
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT oid FROM pg_class WHERE relname = %s", [name])
+        [oid] = cursor.fetchone()
+    assert indexes.sync_indexes().rebuilt == [name]
+    [graph] = [g for g in indexes.graphs() if g.name == name]
+    assert (graph.options, graph.valid) == ({"gin_pending_list_limit": 256}, True)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT oid FROM pg_class WHERE relname = %s", [name])
+        assert cursor.fetchone() == (oid,)  # the same index: set, not rebuilt

@@ -182,10 +182,14 @@ def _ranked(source: tuple[str, list], terms: tuple[str, ...], stats: Bm25Scope) 
     length = f"coalesce(round({held} / nullif(ts_rank('{{1,1,1,1}}', v, {held_query}, 2), 0)), {average!r})"
     normalized = f"SELECT id, {tfs}, {BM25_K1!r} * (1 - {BM25_B!r} + {BM25_B!r} * {length} / {average!r}) AS k FROM ({ranked}) r OFFSET 0"
     bm25 = " + ".join(f"idf.w[{i + 1}] * t.f{i} / (t.f{i} + t.k)" for i in range(n))
-    # Lucene's idf of each term over the agents searched, computed once per statement by
-    # lore_bm25_idf (knowledge/migrations/0009): its lookup is planned once per connection,
-    # not with every search. OFFSET 0: evaluated once, not inlined into every use of w.
-    idf = "(SELECT lore_bm25_idf({org}, %s::text[], %s::bigint[], %s::bigint[], %s) AS w OFFSET 0) idf"
+    # Lucene's idf of each term over the agents searched, by lore_bm25_idf
+    # (knowledge/migrations/0009): its lookup is planned once per connection, not with
+    # every search. Once per statement, whatever the join order: the inner SELECT is an
+    # InitPlan, whose value a rescan reuses. As a plain subquery, a planner without the
+    # chunks' statistics (a fresh ingest, before autovacuum's ANALYZE) put it inside the
+    # nested loop and called the function once per candidate (docs/benchmarks.md, "An
+    # idf once per statement"). OFFSET 0: not inlined into every use of w.
+    idf = "(SELECT (SELECT lore_bm25_idf({org}, %s::text[], %s::bigint[], %s::bigint[], %s)) AS w OFFSET 0) idf"
     return (
         f"SELECT t.id, 1 - 1 / (1 + {BM25_K1 + 1!r} * ({bm25})) AS r FROM ({normalized}) t, {idf}",
         [*literals, *literals, *source[1], list(terms), stats.agent_ids, stats.everyone_but, stats.chunks],

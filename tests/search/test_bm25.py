@@ -257,3 +257,24 @@ def test_compaction_neither_waits_for_nor_loses_a_writer_in_flight(transactional
     term_counts_compact(org_id=org_a.pk)
     assert recorded(org_a, agent_a) == recount(org_a, agent_a)
     assert not TermCount.unscoped.filter(organization=org_a, compacted=False).exists()
+
+
+@pytest.mark.parametrize("tiers_from", [0, 10**9])
+def test_the_idf_is_computed_once_per_statement_whatever_the_plan(org_a, agent_a, settings, tiers_from):
+    """An InitPlan: a planner without the chunks' statistics (right after a first ingest)
+    put a plain subquery inside the nested loop, one lore_bm25_idf call per candidate."""
+    settings.SEARCH_KEYWORD_TIERS_MIN_CHUNKS = tiers_from
+    ingest(org_a, agent_a, _random_docs(random.Random(5), 40))
+    sql, params = keywords.keyword_statement(
+        org_id=org_a.pk, agents=[agent_ref(agent_a)], query="alpha bravo charlie", k=10, filters=("", [])
+    )
+    with db.tenant(org_a) as scoped:
+        [[plan]] = scoped.fetchall("EXPLAIN (ANALYZE, VERBOSE, FORMAT JSON) " + sql, params, binding=True)
+
+    def nodes(node):
+        yield node
+        for child in node.get("Plans", []):
+            yield from nodes(child)
+
+    calls = [n for n in nodes(plan[0]["Plan"]) if any("lore_bm25_idf" in out for out in n.get("Output", []))]
+    assert calls and all((n["Parent Relationship"], n["Actual Loops"]) == ("InitPlan", 1) for n in calls)

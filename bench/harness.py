@@ -43,6 +43,7 @@ in requirements/bench.txt.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import math
 import os
@@ -176,6 +177,15 @@ def create_database(name: str) -> str:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
     return f"host={host} user=postgres dbname={name}"
+
+
+def superuser_connection():
+    """The bench's database as the embedded server's superuser (`postgres`), in autocommit:
+    what only it may change (function marks, index options) or write without a policy."""
+    import psycopg
+    from django.db import connection
+
+    return psycopg.connect(host=connection.settings_dict["HOST"], user="postgres", dbname=DATABASE_NAME, autocommit=True)
 
 
 def raw_connection(org_id: int | None = None):
@@ -369,7 +379,7 @@ def load_synthetic(
     previous run loaded the same specs (same agents, same total). Returns a fresh API key.
     `others`: agents of the organization that are not in the specs (a bench's own
     additions in earlier runs) do not prevent reuse."""
-    from django.db import connection, transaction
+    from django.db import transaction
 
     from knowledge.models import Agent, AgentStats
     from knowledge.services import agent_create, stats_reconcile
@@ -530,16 +540,18 @@ def _free_port() -> int:
 
 
 class Gunicorn:
-    """gunicorn (gthread workers) serving config.wsgi on a free loopback port, with the
-    bench's environment plus `extra` settings; stopped on exit. `root`: the checkout to
-    serve (another commit's, to compare two versions on the same data)."""
+    """gunicorn (gthread workers, as ./dev up) serving config.wsgi on a free loopback port,
+    with the bench's environment plus `extra` settings; stopped on exit. `root`: the
+    checkout to serve (another commit's, to compare two versions on the same data);
+    `worker_class` and `app`: another server set-up or application (bench/http_floor.py)."""
 
     def __init__(
-        self, env: dict, *, workers: int = 2, threads: int = 4, log: Path | None = None, root: Path = ROOT, **extra: str
-    ):
+        self, env: dict, *, workers: int = 2, threads: int = 4, log: Path | None = None, root: Path = ROOT,
+        worker_class: str = "gthread", app: str = "config.wsgi", **extra: str,
+    ):  # fmt: skip
         self.env = {**env, **{k: str(v) for k, v in extra.items()}}
         self.root = root
-        self.workers, self.threads = workers, threads
+        self.workers, self.threads, self.worker_class, self.app = workers, threads, worker_class, app
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log or Path(env["LORE_DATA_DIR"]) / "gunicorn.log"
@@ -548,8 +560,8 @@ class Gunicorn:
     def __enter__(self) -> "Gunicorn":
         self.log.parent.mkdir(parents=True, exist_ok=True)
         command = [
-            str(Path(sys.executable).parent / "gunicorn"), "config.wsgi", "--bind", f"127.0.0.1:{self.port}",
-            "--workers", str(self.workers), "--threads", str(self.threads), "--worker-class", "gthread",
+            str(Path(sys.executable).parent / "gunicorn"), self.app, "--bind", f"127.0.0.1:{self.port}",
+            "--workers", str(self.workers), "--threads", str(self.threads), "--worker-class", self.worker_class,
             "--keep-alive", "30", "--log-level", "warning",
         ]  # fmt: skip
         if (self.root / "config" / "gunicorn.conf.py").exists():
@@ -584,6 +596,27 @@ class Gunicorn:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def wsgi_call(handler, method: str, path: str, body: bytes = b"", api_key: str | None = None) -> bytes:
+    """One request through a Django WSGIHandler in this process, as gunicorn calls it (no
+    HTTP, no server); its body. Asserts a 200."""
+    environ = {
+        "REQUEST_METHOD": method, "PATH_INFO": path, "SCRIPT_NAME": "", "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
+        "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)), "HTTP_HOST": "127.0.0.1",
+        "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False, "wsgi.version": (1, 0),
+    }  # fmt: skip
+    if api_key:
+        environ["HTTP_AUTHORIZATION"] = f"Bearer {api_key}"
+    statuses = []
+    out = handler(environ, lambda status, headers: statuses.append(status))
+    data = b"".join(out)
+    if hasattr(out, "close"):
+        out.close()
+    assert statuses[0].startswith("200"), (statuses, data)
+    return data
 
 
 class Qcluster:

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import pstats
-import sys
 import time
 
 import harness  # first: sets up sys.path and the environment
@@ -60,21 +59,7 @@ def main():
         return _call()
 
     def _call():
-        environ = {
-            "REQUEST_METHOD": "POST", "PATH_INFO": args.path, "SCRIPT_NAME": "", "QUERY_STRING": "",
-            "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
-            "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
-            "HTTP_AUTHORIZATION": f"Bearer {key}", "HTTP_HOST": "127.0.0.1",
-            "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
-            "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False, "wsgi.version": (1, 0),
-        }  # fmt: skip
-        statuses = []
-        out = handler(environ, lambda status, headers: statuses.append(status))
-        data = b"".join(out)
-        if hasattr(out, "close"):
-            out.close()
-        assert statuses[0].startswith("200"), (statuses, data)
-        return data
+        return harness.wsgi_call(handler, "POST", args.path, body, key)
 
     for _ in range(200):
         call()

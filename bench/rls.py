@@ -235,7 +235,6 @@ def request_trace(run: harness.Run, per_class: int) -> list[harness.Table]:
 
 
 def trace_table(data, query) -> harness.Table:
-    import os
     import tempfile
 
     from django.db import connection
@@ -334,13 +333,6 @@ LEAKPROOF_FUNCTIONS = ("ts_match_vq(tsvector, tsquery)", "jsonb_contains(jsonb, 
 RARE = {"bench_rls": "rare"}
 
 
-def superuser():
-    import psycopg
-    from django.db import connection
-
-    return psycopg.connect(host=connection.settings_dict["HOST"], user="postgres", dbname=harness.DATABASE_NAME, autocommit=True)
-
-
 def set_leakproof(su, on: bool) -> None:
     for function in LEAKPROOF_FUNCTIONS:
         su.execute(f"ALTER FUNCTION {function} {'' if on else 'NOT '}LEAKPROOF")
@@ -349,7 +341,7 @@ def set_leakproof(su, on: bool) -> None:
 @contextmanager
 def marks_toggled():
     """Yields a function that sets the marks on (True) or off; LEAKPROOF again on the way out."""
-    with superuser() as su:
+    with harness.superuser_connection() as su:
         try:
             yield lambda on: set_leakproof(su, on)
         finally:

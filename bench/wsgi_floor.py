@@ -1,0 +1,7 @@
+"""The smallest WSGI application: what gunicorn and the client cost with nothing behind
+them (bench/http_floor.py)."""
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", "2")])
+    return [b"{}"]

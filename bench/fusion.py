@@ -163,6 +163,8 @@ def main():
     parser.add_argument("--load", help="read the candidate lists from this file (no database)")
     parser.add_argument("--collect-depth", type=int, default=100, help="candidates read per list")
     parser.add_argument("--depth", type=int, default=50, help="candidates fused per list (SEARCH_HYBRID_CANDIDATES)")
+    parser.add_argument("--half", type=int, choices=[0, 1], help="every other question of each row only (0: 1st, 3rd, ...;"
+                        " 1: 2nd, 4th, ...): a choice made on one half, checked on the other")  # fmt: skip
     parser.add_argument("--variants", nargs="*", help="extra variants for the per-row table, e.g. cc-mm:2:1 rrf:60:1:1")
     harness.add_embedder_arguments(parser)  # with --load: which embedder the lists came from (labels, sweep)
     args = parser.parse_args()
@@ -176,6 +178,14 @@ def main():
         questions = collect(args.reuse, args.only, args.collect_depth, embedder)
         if args.save:
             Path(args.save).write_text(json.dumps(questions))
+    if args.half is not None:
+        position: dict = {}
+        kept = []
+        for q in questions:
+            i = position[(q["corpus"], q["set"])] = position.get((q["corpus"], q["set"]), -1) + 1
+            if i % 2 == args.half:
+                kept.append(q)
+        questions = kept
     names = [c.name for c in bench_keywords.CORPUS_LIST]
     rows = sorted({(q["corpus"], q["set"]) for q in questions}, key=lambda r: (names.index(r[0]), ["summary", "task", "natural"].index(r[1])))
     asked = {row: [q for q in questions if (q["corpus"], q["set"]) == row] for row in rows}
@@ -202,7 +212,7 @@ def main():
     sweep = harness.Table(
         "Fusion variants against the better half (MRR@10) and keyword (recall@10), over every row",
         ["variant", "rows >= better half", "worst row", "mean MRR@10 - better half", "mean recall@10 - keyword"]
-        + (["English rows >= better half", "worst English row"] if english else []),
+        + (["English rows >= better half", "worst English row", "mean English MRR@10 - better half"] if english else []),
         notes=["rrf(k, w_v, w_k); cc-*(w_v, w_k): see bench/fusion.py's docstring"],
     )
     for variant in sweep_variants:
@@ -211,7 +221,8 @@ def main():
         cells = [label(variant), f"{sum(g >= -1e-9 for g in gaps)}/{len(rows)}", f"{min(gaps):+.4f}",
                  f"{sum(gaps) / len(gaps):+.4f}", f"{sum(recall) / len(recall):+.4f}"]  # fmt: skip
         if english:
-            cells += [f"{sum(gaps[i] >= -1e-9 for i in english)}/{len(english)}", f"{min(gaps[i] for i in english):+.4f}"]
+            cells += [f"{sum(gaps[i] >= -1e-9 for i in english)}/{len(english)}", f"{min(gaps[i] for i in english):+.4f}",
+                      f"{sum(gaps[i] for i in english) / len(english):+.4f}"]  # fmt: skip
         sweep.add(*cells)
     tables = [per_row, sweep]
     if semantic:

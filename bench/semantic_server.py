@@ -125,6 +125,8 @@ def handler(encoder: Encoder, name: str):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
             except ValueError:
                 return self._error(400, "the body is not JSON")
+            if not isinstance(body, dict):
+                return self._error(400, "the body must be a JSON object")
             if self.path.rstrip("/") not in ("/v1/embeddings", "/embeddings"):
                 return self._error(404, f"no route {self.path}")
             texts = body.get("input")

@@ -6,6 +6,8 @@ search.keywords.keyword_statement), then fused in Python by each variant. One co
     .venv/bin/python bench/keywords.py                  # loads the corpora (once)
     .venv/bin/python bench/fusion.py --save lists.json  # reads the lists (keywords' data), compares
     .venv/bin/python bench/fusion.py --load lists.json  # compares again, no database
+    .venv/bin/python bench/fusion.py --reuse --embedder openai --save minilm.json   # a semantic model's lists
+    .venv/bin/python bench/fusion.py --load minilm.json --embedder openai           # its sweep (SEMANTIC_SWEEP)
 
 Variants (`name`: what it does; w_v, w_k the vector and keyword weights):
 - rrf(k, w_v, w_k): weighted reciprocal rank fusion, sum of w / (k + rank) (Cormack et al. 2009).
@@ -16,6 +18,8 @@ Variants (`name`: what it does; w_v, w_k the vector and keyword weights):
   a candidate missing from a list that list's last score instead of 0.
 - cc-raw(w_v, w_k): convex combination of the scores as the API gives them (cosine
   similarity, bm25 / (bm25 + 1)).
+- dbsf(w_v, w_k): the same with each list's scores normalized over its mean plus or minus 3
+  standard deviations (Qdrant's distribution-based score fusion).
 Each reads `depth` candidates per list and keeps the best 50 chunks, as a hybrid search
 with limit 50 does (ties by chunk id, scores rounded to 6 places, as search/engine.py);
 measures as bench/keywords.py (by document, at 10). rrf(60, 1, 1) is the service's fusion
@@ -32,9 +36,10 @@ import keywords as bench_keywords
 LIMIT = 50
 
 
-def collect(reuse: bool, only: list[str] | None, depth: int) -> list[dict]:
+def collect(reuse: bool, only: list[str] | None, depth: int, embedder: harness.Embedder) -> list[dict]:
     """Every question's lists: {corpus, set, answers, v: [[doc, score]], k: [[doc, score]]}."""
-    harness.setup("keywords", dimensions=384, fresh=not reuse)
+    name = embedder.data_name("keywords")  # bench/keywords.py's data for this embedder
+    harness.setup(name, dimensions=embedder.dimensions, fresh=not reuse, **embedder.settings())
     from core import db
     from knowledge.embeddings import get_provider
     from knowledge.models import Chunk
@@ -66,7 +71,7 @@ def collect(reuse: bool, only: list[str] | None, depth: int) -> list[dict]:
                 "v": [[cid, key_of[cid], 1 - d] for d, cid in nearest],
                 "k": [[cid, key_of[cid], r] for cid, r in sorted(matched, key=lambda m: (-m[1], m[0]))],
             })  # fmt: skip
-    harness.stop_database("keywords")
+    harness.stop_database(name)
     return out
 
 
@@ -95,6 +100,10 @@ def fuse(q: dict, variant: tuple, depth: int) -> list[str]:
             top = max(s for _, _, s in items)
             low = {"cc-mm": min(s for _, _, s in items), "cc-raw": 0.0}.get(name, floor[half])
             span = (top - low) if name != "cc-raw" else 1.0
+            if name == "dbsf":
+                mean = sum(s for _, _, s in items) / len(items)
+                deviation = (sum((s - mean) ** 2 for _, _, s in items) / len(items)) ** 0.5
+                low, span = mean - 3 * deviation, 6 * deviation
             for cid, doc, s in items:
                 norm = (s - low) / span if span > 0 else 1.0
                 score[cid] = score.get(cid, 0.0) + weight[half] * norm
@@ -123,10 +132,27 @@ SWEEP = [
     *((name, w, 1.0) for name in ("cc-tmm", "cc-tmm-b", "cc-raw") for w in (1.0, 0.25, 0.1, 0.05)),
 ]
 
+# With a semantic embedder the vector half can be the better one: weights around 1 either way.
+SEMANTIC_MAIN = [("keyword",), ("vector",), ("rrf", 60, 1.0, 1.0), ("cc-mm", 1.0, 1.0)]
+SEMANTIC_SWEEP = [
+    *(("rrf", 60, w, 1.0) for w in (0.5, 1.0, 1.5, 2.0, 3.0)), *(("rrf", k, 1.0, 1.0) for k in (10, 20)),
+    *(("cc-mm", w, 1.0) for w in (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0)),
+    *(("cc-tmm", w, 1.0) for w in (0.5, 1.0, 2.0)),
+    *(("cc-tmm-b", w, 1.0) for w in (0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.75, 1.0, 2.0)),
+    *((name, w, 1.0) for name in ("cc-raw", "dbsf") for w in (0.5, 1.0, 2.0)),
+]
+SERVICE_SEMANTIC = ("cc-mm", 1.0, 1.0)  # search/engine.py at SEARCH_HYBRID_VECTOR_WEIGHT 1 (a semantic embedder's)
+
 
 def label(variant: tuple) -> str:
     name, *args = variant
     return f"{name}({', '.join(f'{a:g}' for a in args)})" if args else name
+
+
+def parse_variant(text: str) -> tuple:
+    """"cc-mm:2:1" -> ("cc-mm", 2.0, 1.0); "rrf:60:1:1" -> ("rrf", 60, 1.0, 1.0)."""
+    name, *args = text.split(":")
+    return (name, *(int(a) if name == "rrf" and i == 0 else float(a) for i, a in enumerate(args)))
 
 
 def main():
@@ -137,41 +163,98 @@ def main():
     parser.add_argument("--load", help="read the candidate lists from this file (no database)")
     parser.add_argument("--collect-depth", type=int, default=100, help="candidates read per list")
     parser.add_argument("--depth", type=int, default=50, help="candidates fused per list (SEARCH_HYBRID_CANDIDATES)")
+    parser.add_argument("--half", type=int, choices=[0, 1], help="every other question of each row only (0: 1st, 3rd, ...;"
+                        " 1: 2nd, 4th, ...): a choice made on one half, checked on the other")  # fmt: skip
+    parser.add_argument("--variants", nargs="*", help="extra variants for the per-row table, e.g. cc-mm:2:1 rrf:60:1:1")
+    harness.add_embedder_arguments(parser)  # with --load: which embedder the lists came from (labels, sweep)
     args = parser.parse_args()
+    embedder = harness.embedder(args)
+    semantic = embedder.provider != "hashing"
+    main_variants, sweep_variants = (SEMANTIC_MAIN, SEMANTIC_SWEEP) if semantic else (MAIN, SWEEP)
+    main_variants = [*main_variants, *(parse_variant(v) for v in args.variants or [])]
     if args.load:
         questions = json.loads(Path(args.load).read_text())
     else:
-        questions = collect(args.reuse, args.only, args.collect_depth)
+        questions = collect(args.reuse, args.only, args.collect_depth, embedder)
         if args.save:
             Path(args.save).write_text(json.dumps(questions))
+    if args.half is not None:
+        position: dict = {}
+        kept = []
+        for q in questions:
+            i = position[(q["corpus"], q["set"])] = position.get((q["corpus"], q["set"]), -1) + 1
+            if i % 2 == args.half:
+                kept.append(q)
+        questions = kept
     names = [c.name for c in bench_keywords.CORPUS_LIST]
     rows = sorted({(q["corpus"], q["set"]) for q in questions}, key=lambda r: (names.index(r[0]), ["summary", "task", "natural"].index(r[1])))
     asked = {row: [q for q in questions if (q["corpus"], q["set"]) == row] for row in rows}
     figures = {}  # variant -> per row (MRR@10, recall@10)
-    for variant in dict.fromkeys([*MAIN, *SWEEP]):
+    for variant in dict.fromkeys([*main_variants, *sweep_variants]):
         figures[variant] = []
         for row in rows:
             scores = [bench_keywords.measure(fuse(q, variant, args.depth), tuple(q["answers"])) for q in asked[row]]
             figures[variant].append(tuple(sum(s[i] for s in scores) / len(scores) for i in range(2)))
     per_row = harness.Table(
         "Hybrid fusion per row: MRR@10 / recall@10",
-        ["corpus", "questions", "n", *(label(v) for v in MAIN)],
-        notes=[f"{args.depth} candidates per list; vector: the offline hashing embedder (lexical)"],
+        ["corpus", "questions", "n", *(label(v) for v in main_variants)],
+        notes=[
+            f"{args.depth} candidates per list; vector: "
+            + (f"{embedder.model} ({embedder.dimensions} dimensions)" if semantic else "the offline hashing embedder (lexical)")
+        ],
     )
     for i, (corpus, kind) in enumerate(rows):
-        per_row.add(corpus, kind, len(asked[(corpus, kind)]), *(f"{figures[v][i][0]:.3f} / {figures[v][i][1]:.3f}" for v in MAIN))
+        per_row.add(corpus, kind, len(asked[(corpus, kind)]), *(f"{figures[v][i][0]:.3f} / {figures[v][i][1]:.3f}" for v in main_variants))
     best = [max(k[0], v[0]) for k, v in zip(figures[("keyword",)], figures[("vector",)])]
+    # A semantic model's own language (English, for all-MiniLM-L6-v2): its rows apart.
+    language = {c.name: c.language for c in bench_keywords.CORPUS_LIST}
+    english = [i for i, (corpus, _) in enumerate(rows) if language[corpus] == "english"] if semantic else []
     sweep = harness.Table(
         "Fusion variants against the better half (MRR@10) and keyword (recall@10), over every row",
-        ["variant", "rows >= better half", "worst row", "mean MRR@10 - better half", "mean recall@10 - keyword"],
+        ["variant", "rows >= better half", "worst row", "mean MRR@10 - better half", "mean recall@10 - keyword"]
+        + (["English rows >= better half", "worst English row", "mean English MRR@10 - better half"] if english else []),
         notes=["rrf(k, w_v, w_k); cc-*(w_v, w_k): see bench/fusion.py's docstring"],
     )
-    for variant in SWEEP:
+    for variant in sweep_variants:
         gaps = [f[0] - b for f, b in zip(figures[variant], best)]
         recall = [f[1] - k[1] for f, k in zip(figures[variant], figures[("keyword",)])]
-        sweep.add(label(variant), f"{sum(g >= -1e-9 for g in gaps)}/{len(rows)}", f"{min(gaps):+.4f}",
-                  f"{sum(gaps) / len(gaps):+.4f}", f"{sum(recall) / len(recall):+.4f}")  # fmt: skip
-    harness.print_tables([per_row, sweep])
+        cells = [label(variant), f"{sum(g >= -1e-9 for g in gaps)}/{len(rows)}", f"{min(gaps):+.4f}",
+                 f"{sum(gaps) / len(gaps):+.4f}", f"{sum(recall) / len(recall):+.4f}"]  # fmt: skip
+        if english:
+            cells += [f"{sum(gaps[i] >= -1e-9 for i in english)}/{len(english)}", f"{min(gaps[i] for i in english):+.4f}",
+                      f"{sum(gaps[i] for i in english) / len(english):+.4f}"]  # fmt: skip
+        sweep.add(*cells)
+    tables = [per_row, sweep]
+    if semantic:
+        tables.append(against_better_half(rows, asked, SERVICE_SEMANTIC, args.depth))
+    harness.print_tables(tables)
+
+
+def against_better_half(rows, asked, variant: tuple, depth: int) -> harness.Table:
+    """Per row, `variant` minus the better half, question by question (MRR@10): the mean,
+    a 95 % paired bootstrap interval (2,000 resamples, fixed seed) and how many questions
+    rank their first answer higher or lower than in the better half: whether a shortfall is
+    more than a few questions' noise."""
+    import random
+
+    rng = random.Random(18)
+    table = harness.Table(
+        f"{label(variant)} against the better half, question by question (MRR@10)",
+        ["corpus", "questions", "n", "better half", "difference", "95 % interval", "questions up / down"],
+        notes=["paired bootstrap over the row's questions, 2,000 resamples"],
+    )
+    for corpus, kind in rows:
+        questions = asked[(corpus, kind)]
+        reciprocal = {
+            v: [bench_keywords.measure(fuse(q, v, depth), tuple(q["answers"]))[0] for q in questions]
+            for v in [("keyword",), ("vector",), variant]
+        }  # fmt: skip
+        half = max([("keyword",), ("vector",)], key=lambda v: sum(reciprocal[v]))
+        diffs = [a - b for a, b in zip(reciprocal[variant], reciprocal[half])]
+        means = sorted(sum(rng.choices(diffs, k=len(diffs))) / len(diffs) for _ in range(2000))
+        table.add(corpus, kind, len(questions), label(half), f"{sum(diffs) / len(diffs):+.3f}",
+                  f"[{means[49]:+.3f}, {means[1949]:+.3f}]", f"{sum(d > 0 for d in diffs)} / {sum(d < 0 for d in diffs)}")  # fmt: skip
+    return table
 
 
 if __name__ == "__main__":

@@ -35,6 +35,10 @@
   `ms()`, `ratio()`, `Table` (text and markdown, `print_tables()`) and `machine()` (cores,
   load average: record it with every figure on a shared machine) report.
 - `TLDR_PAGES`: the real documents benches ingest (../shared/corpora/tldr/pages).
+- `Embedder`, `add_embedder_arguments()`, `embedder()`: the embedder a relevance bench runs
+  Lore with (`--embedder hashing`, the default, or `openai` against an OpenAI-compatible
+  server such as bench/semantic_server.py), its settings for `setup()` and its data
+  directory name (a semantic run's data is not the hashing run's).
 
 The benches are not part of the test suite and install nothing: bench-only packages are
 in requirements/bench.txt.
@@ -47,6 +51,7 @@ import io
 import json
 import math
 import os
+import re
 import resource
 import secrets
 import socket
@@ -218,6 +223,58 @@ def stop_database(name: str) -> None:
 
     connections.close_all()
     embedded_db.stop(data_dir(name))
+
+
+# --- the embedder of benches on real text ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Embedder:
+    """The embedding provider a relevance bench runs Lore with: the offline `hashing` one
+    (the default), or the real `openai` provider against an OpenAI-compatible server such as
+    bench/semantic_server.py (all-MiniLM-L6-v2 on the CPU)."""
+
+    provider: str
+    model: str
+    dimensions: int
+    base_url: str = ""
+
+    @property
+    def label(self) -> str:
+        return "hashing" if self.provider == "hashing" else self.model
+
+    def data_name(self, name: str) -> str:
+        """The bench's data directory name: a semantic run's data is not the hashing run's."""
+        if self.provider == "hashing":
+            return name
+        return f"{name}-{re.sub(r'[^a-z0-9]+', '-', self.model.lower()).strip('-')}"
+
+    def settings(self) -> dict:
+        """setup()'s `extra` for this embedder (none for hashing: setup's own default).
+        A local model on two shared cores answers a 256-text batch in tens of seconds and
+        queues concurrent ones: generous timeouts, so that no batch is retried and no
+        query embedding times out into a degraded (keyword-only) hybrid search."""
+        if self.provider == "hashing":
+            return {}
+        return {
+            "EMBEDDING_PROVIDER": self.provider, "OPENAI_BASE_URL": self.base_url, "EMBEDDING_MODEL": self.model,
+            "EMBEDDING_TIMEOUT": "900", "EMBEDDING_QUERY_TIMEOUT": "60", "EMBEDDING_MAX_RETRIES": "1",
+        }  # fmt: skip
+
+
+def add_embedder_arguments(parser) -> None:
+    group = parser.add_argument_group("embedder (default: the offline hashing embedder)")
+    group.add_argument("--embedder", choices=["hashing", "openai"], default="hashing",
+                       help="openai: Lore's openai provider against --openai-base-url (bench/semantic_server.py)")  # fmt: skip
+    group.add_argument("--openai-base-url", default="http://127.0.0.1:8765/v1", help="with --embedder openai")
+    group.add_argument("--model", default="all-MiniLM-L6-v2", help="EMBEDDING_MODEL, with --embedder openai")
+    group.add_argument("--dimensions", type=int, default=384, help="EMBEDDING_DIMENSIONS")
+
+
+def embedder(args) -> Embedder:
+    if args.embedder == "hashing":
+        return Embedder("hashing", "hashing", args.dimensions)
+    return Embedder("openai", args.model, args.dimensions, args.openai_base_url)
 
 
 # --- synthetic data ---------------------------------------------------------------------

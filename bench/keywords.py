@@ -3,9 +3,11 @@ search against BM25 (the bm25s package) over the same chunks. One command:
 
     .venv/bin/python bench/keywords.py            # loads the corpora, about 10 minutes on 2 cores
     .venv/bin/python bench/keywords.py --reuse    # the data of the last run (same questions)
+    .venv/bin/python bench/keywords.py --embedder openai   # all-MiniLM-L6-v2 (bench/semantic_server.py)
 
 Data, ingested by the real pipeline (hashing embedder, offline) into this bench's own
-embedded PostgreSQL (bench/.data-keywords):
+embedded PostgreSQL (bench/.data-keywords; with `--embedder openai`, Lore's openai provider
+against an OpenAI-compatible server, bench/.data-keywords-MODEL):
 - ../shared/corpora/tldr/pages, pages.es, pages.de: one organization per language, one
   agent per platform folder, each agent in its language's text search configuration
   (Agent.language: english, spanish, german). Every page is indexed without its
@@ -25,8 +27,10 @@ Methods, each reading the best DEPTH chunks, as a hybrid search reads its candid
 - bm25s: BM25 (Lucene's idf, k1 1.5, b 0.75) over the same chunk texts of the same scope,
   tokenized by bm25s with the language's Snowball stemmer (PyStemmer) and stop words.
 - lore keyword / vector / hybrid: search.services.search as the API calls it. Vector
-  search uses the offline `hashing` embedder (a lexical embedding: no semantic model is
-  available here), so vector and hybrid figures say nothing of a real model's.
+  search uses the offline `hashing` embedder (a lexical embedding), so vector and hybrid
+  figures say nothing of a real model's; `--embedder openai` runs them with a semantic
+  model (bench/semantic_server.py serves all-MiniLM-L6-v2 offline; docs/benchmarks.md,
+  "Hybrid with a semantic embedder").
 
 Measures, by document (a chunk's page): MRR@10 (reciprocal rank of the first answer among
 the first 10 distinct documents), recall@10 (the share of a question's answers among
@@ -65,7 +69,13 @@ CORPUS_LIST = [
     Corpus("tldr-de", CORPORA / "tldr" / "pages.de", "german", "tldr-de.json", 150, True),
     Corpus("drf", CORPORA / "drf-docs", "english", "drf.json", 0, False),
 ]
-METHODS = ["bm25s", "lore keyword", "lore vector (hashing)", "lore hybrid (hashing)"]
+
+
+def methods_for(embedder: "harness.Embedder") -> list[str]:
+    return ["bm25s", "lore keyword", f"lore vector ({embedder.label})", f"lore hybrid ({embedder.label})"]
+
+
+METHODS = methods_for(harness.Embedder("hashing", "hashing", 384))
 
 
 def clean(line: str) -> str:
@@ -164,6 +174,8 @@ def lore_documents(org, selection, scope, question: str, mode: str) -> list[str]
 
     request = services.SearchRequest(query=question, limit=DEPTH, mode=mode)
     answer = services.search(org=org, selection=selection, request=request, scope=scope)
+    if answer["degraded"]:  # keywords alone, measured as hybrid: the figures would be wrong
+        raise SystemExit(f"search degraded ({answer['degraded']}): is the embedding server up?")
     return [r["document_key"] for r in answer["results"]]
 
 
@@ -179,12 +191,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reuse", action="store_true", help="the data of the last run, not loaded again")
     parser.add_argument("--only", nargs="*", default=None, help="corpora to run (tldr-en tldr-es tldr-de drf)")
-    parser.add_argument("--methods", nargs="*", default=METHODS, help="methods to run")
+    parser.add_argument("--methods", nargs="*", default=None, help="methods to run (default: all four)")
     parser.add_argument("--json", help="also write every question's ranks to this file")
+    harness.add_embedder_arguments(parser)
     args = parser.parse_args()
+    embedder = harness.embedder(args)
+    args.methods = args.methods or methods_for(embedder)
     run = harness.Run()
     run.phase("setup")
-    harness.setup("keywords", dimensions=384, fresh=not args.reuse)
+    name = embedder.data_name("keywords")
+    harness.setup(name, dimensions=embedder.dimensions, fresh=not args.reuse, **embedder.settings())
+    from django.conf import settings
 
     from knowledge.models import Chunk
     from search.selectors import search_agents_get
@@ -195,7 +212,10 @@ def main():
         notes=[
             "tldr: asked of the language's organization (every platform); drf: of its one agent",
             "summary / task: a page's description / one example's, missing from the indexed page; natural: hand-written (bench/questions)",
-            "vector and hybrid: the offline hashing embedder (lexical), not a semantic model",
+            "vector and hybrid: the offline hashing embedder (lexical), not a semantic model"
+            if embedder.provider == "hashing"
+            else f"vector and hybrid: {embedder.model} ({embedder.dimensions} dimensions) through Lore's openai provider;"
+            f" hybrid's SEARCH_HYBRID_VECTOR_WEIGHT {settings.SEARCH_HYBRID_VECTOR_WEIGHT:g}",
         ],
     )
     per_question = []
@@ -231,7 +251,7 @@ def main():
     if args.json:
         Path(args.json).write_text(json.dumps(per_question, indent=0))
     harness.print_tables([run.table(), table])
-    harness.stop_database("keywords")
+    harness.stop_database(name)
 
 
 if __name__ == "__main__":

@@ -376,7 +376,8 @@ SEARCH_KEYWORD_TIERS_MIN_CHUNKS = env.int("SEARCH_KEYWORD_TIERS_MIN_CHUNKS", def
 # hashed): it carries no information keyword search lacks, only a coarser copy of it, and
 # at equal weights it pushed keyword answers down on every corpus of bench/keywords.py.
 # At this weight its list orders what keyword scores leave (nearly) tied and the chunks
-# keyword search missed (bench/fusion.py; docs/benchmarks.md, Hybrid fusion).
+# keyword search missed (bench/fusion.py; docs/benchmarks.md, Hybrid fusion). The semantic
+# default 1 is measured with all-MiniLM-L6-v2 (docs/benchmarks.md, Hybrid with a semantic embedder).
 SEARCH_HYBRID_VECTOR_WEIGHT = env.float("SEARCH_HYBRID_VECTOR_WEIGHT", default=0.01 if EMBEDDING_PROVIDER == "hashing" else 1.0)
 SEARCH_MAX_QUERY_CHARS = env.int("SEARCH_MAX_QUERY_CHARS", default=2000)
 SEARCH_RESULT_TTL = env.int("SEARCH_RESULT_TTL", default=600)

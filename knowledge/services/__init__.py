@@ -49,6 +49,8 @@ from knowledge.services.ingestion import (  # noqa: F401
     document_input_validate,
     documents_ingest,
     ingestion_job_create,
+)
+from knowledge.services.ingestion_runner import (  # noqa: F401
     ingestion_job_run,
     ingestion_job_slice,
     ingestion_jobs_requeue_stale,

@@ -9,7 +9,7 @@ from core import db, jobs
 from knowledge.models import DeletionJob, ExportJob, IngestionJob
 from knowledge.services.deletion_runner import deletion_job_slice, deletion_jobs_requeue_stale
 from knowledge.services.export import export_job_slice, export_jobs_requeue_stale
-from knowledge.services.ingestion import ingestion_job_slice, ingestion_jobs_requeue_stale
+from knowledge.services.ingestion_runner import ingestion_job_slice, ingestion_jobs_requeue_stale
 from tenants import audit
 from tenants.models import Organization
 

@@ -10,7 +10,7 @@ from core import jobs
 from core.errors import Unavailable
 from knowledge.models import DeletionJob, Document, IngestionJob
 from knowledge.services import DocumentInput, agent_delete_request, ingestion_job_create, ingestion_jobs_requeue_stale, jobs_run
-from knowledge.services import ingestion
+from knowledge.services import ingestion, ingestion_runner
 from tests.conftest import api_client
 from tests.factories import AgentFactory, OrganizationFactory, make_api_key
 
@@ -81,7 +81,7 @@ def test_an_organization_never_has_more_jobs_in_flight_than_its_cap(orgs, settin
 
 def test_a_long_ingestion_hands_its_worker_back_between_batches(orgs, settings, monkeypatch):
     (big, big_agent), (small, small_agent), _ = orgs
-    monkeypatch.setattr(ingestion, "INGEST_JOB_BATCH", 2)
+    monkeypatch.setattr(ingestion_runner, "INGEST_JOB_BATCH", 2)
     woken = []
     monkeypatch.setattr(jobs, "wake", lambda: woken.append(1))  # a wake-up would run the loop inline here
     big_job = _queue(big, big_agent, _docs(7, "big"))
@@ -99,10 +99,10 @@ def test_a_long_ingestion_hands_its_worker_back_between_batches(orgs, settings, 
 
 
 def test_a_stale_ingestion_is_requeued_and_resumes_after_its_last_batch(org_a, agent_a, monkeypatch):
-    monkeypatch.setattr(ingestion, "INGEST_JOB_BATCH", 2)
+    monkeypatch.setattr(ingestion_runner, "INGEST_JOB_BATCH", 2)
     job = _queue(org_a, agent_a, _docs(5))
     calls = []
-    original = ingestion.documents_ingest
+    original = ingestion_runner.documents_ingest
 
     class Killed(BaseException):
         pass
@@ -113,10 +113,10 @@ def test_a_stale_ingestion_is_requeued_and_resumes_after_its_last_batch(org_a, a
             raise Killed  # SIGKILL after the first committed batch
         return original(**kwargs)
 
-    monkeypatch.setattr(ingestion, "documents_ingest", dying)
+    monkeypatch.setattr(ingestion_runner, "documents_ingest", dying)
     with pytest.raises(Killed):
         jobs_run()
-    monkeypatch.setattr(ingestion, "documents_ingest", original)
+    monkeypatch.setattr(ingestion_runner, "documents_ingest", original)
     dead = _reload(job)
     assert (dead.status, dead.processed_documents) == ("processing", 2)
     assert jobs.claim_next() is None  # in flight as far as anyone knows
@@ -172,12 +172,12 @@ def test_an_unavailable_provider_backs_off_then_the_job_completes(org_a, agent_a
     assert _reload(job).retries == 1
     # Twice the wait after a second failure.
     assert jobs.claim_next(now=waiting.not_before) is not None
-    ingestion.ingestion_job_slice(job=_reload(job), attempt=_reload(job).attempts, deadline=float("inf"))
+    ingestion_runner.ingestion_job_slice(job=_reload(job), attempt=_reload(job).attempts, deadline=float("inf"))
     second = _reload(job)
     assert second.retries == 2 and second.not_before - second.heartbeat_at > timedelta(seconds=19)
     monkeypatch.undo()
     assert jobs.claim_next(now=second.not_before) is not None
-    ingestion.ingestion_job_slice(job=_reload(job), attempt=_reload(job).attempts, deadline=float("inf"))
+    ingestion_runner.ingestion_job_slice(job=_reload(job), attempt=_reload(job).attempts, deadline=float("inf"))
     done = _reload(job)
     assert (done.status, done.retries, done.added, done.updated, done.payload) == ("completed", 0, 2, 1, [])
 
@@ -191,7 +191,7 @@ def test_an_unavailable_provider_fails_the_job_after_its_retries(org_a, agent_a,
     waiting = _reload(job)
     assert (waiting.status, waiting.retries) == ("pending", 1)
     claim = jobs.claim_next(now=waiting.not_before)  # the provider's retry_after (1 s) is over
-    ingestion.ingestion_job_slice(job=_reload(job), attempt=claim.attempt, deadline=float("inf"))
+    ingestion_runner.ingestion_job_slice(job=_reload(job), attempt=claim.attempt, deadline=float("inf"))
     failed = _reload(job)
     assert (failed.status, failed.payload) == ("failed", [])
     assert "unavailable" in failed.errors[-1]["error"]

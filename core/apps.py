@@ -8,7 +8,7 @@ class CoreConfig(AppConfig):
     def ready(self):
         from django_q.signals import post_spawn
 
-        from core import jobs
+        from core import job_poller
 
         # Every Django-Q2 worker process polls the job tables for lost wake-ups.
-        post_spawn.connect(jobs.start_poller, dispatch_uid="lore-job-poller")
+        post_spawn.connect(job_poller.start_poller, dispatch_uid="lore-job-poller")

@@ -3,7 +3,7 @@
 A task is only a wake-up: `run_jobs` claims from the job tables (fairly across
 organizations), so what the broker holds, loses or duplicates decides nothing."""
 
-from core import jobs
+from core import job_poller
 from knowledge import services
 from knowledge.models import DeletionJob, IngestionJob
 
@@ -18,7 +18,7 @@ SCHEDULES: list[tuple[str, int]] = [
 def run_jobs() -> None:
     # One claim loop per worker process: while its poller thread runs one (broker down),
     # a wake-up arriving here has nothing to add.
-    jobs.run_exclusive(services.jobs_run)
+    job_poller.run_exclusive(services.jobs_run)
 
 
 def activity_rollup() -> dict:

@@ -14,7 +14,7 @@ from django_q.brokers.orm import ORM
 from django_q.conf import Conf
 from django_q.tasks import async_task
 
-from core import jobs
+from core import job_poller, jobs
 from knowledge.models import AgentStats, DeletionJob, Document, IngestionJob
 from knowledge.services import ingestion_job_create
 from tests.conftest import api_client
@@ -57,12 +57,12 @@ def test_requests_that_recorded_a_job_answer_202_with_the_broker_down(broker_dow
     assert ingestion_job.status == deletion_job.status == "pending"
 
     # The workers' poller: the broker still refuses a wake-up, so it runs the claim loop itself.
-    assert jobs.poll_once() == "ran"
+    assert job_poller.poll_once() == "ran"
     assert IngestionJob.objects.for_org(org).get(pk=ingestion_job.pk).status == "completed"
     assert DeletionJob.objects.for_org(org).get(pk=deletion_job.pk).status == "completed"
     assert Document.objects.for_org(org).get(agent=agent).key == "new"
     assert AgentStats.objects.for_org(org).get(agent=old).total_chunks == 0
-    assert jobs.poll_once() == "idle"
+    assert job_poller.poll_once() == "idle"
 
 
 class _Broker:
@@ -87,15 +87,15 @@ def test_once_the_broker_is_back_the_poller_wakes_the_workers_once(broker_down, 
     broker = _Broker()
     monkeypatch.setattr("django_q.brokers.get_broker", lambda *args: broker)
     monkeypatch.setattr("django_q.tasks.get_broker", lambda *args: broker)
-    assert jobs.poll_once() == "woken"
-    assert jobs.poll_once() == "queued"  # one wake-up queued is enough
+    assert job_poller.poll_once() == "woken"
+    assert job_poller.poll_once() == "queued"  # one wake-up queued is enough
     assert len(broker.queued) == 1
     from knowledge import tasks
 
     tasks.run_jobs()  # what the woken worker runs
     assert IngestionJob.objects.for_org(org).get(pk=job.pk).status == "completed"
     broker.queued.clear()
-    assert jobs.poll_once() == "idle"
+    assert job_poller.poll_once() == "idle"
 
 
 @pytest.mark.django_db(transaction=True)

@@ -51,11 +51,16 @@ def main():
         _, key = api_key_create(org=org, name="profile", scope="read")
     handler = WSGIHandler()
     body = json.dumps({"query": args.query, "mode": args.mode, "limit": 10}).encode()
+    from django.core.cache import cache
+
     from search import services
 
     def call():
         if args.uncached:
+            # Both tiers: the in-process LRU and the shared one (this process's memory
+            # without Redis), or the "uncached" search is a shared-cache hit.
             services.result_cache.clear_local()
+            cache.clear()
         return _call()
 
     def _call():

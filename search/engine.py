@@ -64,12 +64,25 @@ def vector_nearest(
         return exact(), [query, *scope_params, k]
     # Relaxed-order iterative scan: fetched in approximate order, re-sorted below. The
     # exact scan's gate is an InitPlan, evaluated once before that scan: when the graph
-    # found k, the exact scan never runs (as in _coverage_tiers).
+    # found k, the exact scan never runs (as in _coverage_tiers). So is the walk's own:
+    # it sets the graph's ef_search for the statement before the walk starts (pgvector
+    # reads it at the scan's first tuple). An agent's own graph holds only its chunks and
+    # needs a shorter candidate list than an organization's, whose walk skips other
+    # agents' neighbours (config/settings/base.py; docs/benchmarks.md, ef_search by graph).
     return (
-        f"WITH a AS MATERIALIZED (SELECT c.id, c.embedding <=> %b::halfvec AS d FROM knowledge_chunk c WHERE {scope}"
+        f"WITH a AS MATERIALIZED (SELECT c.id, c.embedding <=> %b::halfvec AS d FROM knowledge_chunk c"
+        f" WHERE (SELECT set_config('hnsw.ef_search', %s, true)) IS NOT NULL AND {scope}"
         f" ORDER BY d LIMIT %s), e AS MATERIALIZED ({exact('(SELECT count(*) FROM a) < %s AND ')})"
         " SELECT id, d FROM a WHERE NOT EXISTS (SELECT FROM e) UNION ALL SELECT id, d FROM e ORDER BY d"
-    ), [query, *scope_params, k, query, k, *scope_params, k]
+    ), [query, str(ef_search(agents, k)), *scope_params, k, query, k, *scope_params, k]
+
+
+def ef_search(agents: list[AgentRef], k: int) -> int:
+    """The HNSW candidate list of a walk of these agents' graph: an agent's own graph
+    (SEARCH_HNSW_EF_SEARCH_AGENT), else their organization's (SEARCH_HNSW_EF_SEARCH);
+    never shorter than the k asked for."""
+    own = len(agents) == 1 and agents[0].total_chunks >= settings.SEARCH_AGENT_INDEX_MIN_CHUNKS
+    return max(settings.SEARCH_HNSW_EF_SEARCH_AGENT if own else settings.SEARCH_HNSW_EF_SEARCH, k)
 
 
 def search_statement(

@@ -349,8 +349,11 @@ LOGGING = {
 # Up to this many chunks in the searched agent(s): an exact scan (the true top-k), cheaper
 # than a graph walk at that size.
 SEARCH_EXACT_MAX_CHUNKS = env.int("SEARCH_EXACT_MAX_CHUNKS", default=5000)
-# Larger: HNSW with iterative scans; a large ef_search keeps recall@10 near exact.
+# Larger: HNSW with iterative scans; a large ef_search keeps recall@10 near exact. On an
+# organization's graph (and the connection's default); an agent's own graph walks only its
+# chunks, and a shorter list keeps its recall at half the walk (docs/benchmarks.md, ef_search by graph).
 SEARCH_HNSW_EF_SEARCH = env.int("SEARCH_HNSW_EF_SEARCH", default=400)
+SEARCH_HNSW_EF_SEARCH_AGENT = env.int("SEARCH_HNSW_EF_SEARCH_AGENT", default=150)
 SEARCH_HNSW_MAX_SCAN_TUPLES = env.int("SEARCH_HNSW_MAX_SCAN_TUPLES", default=50000)
 # Agents this large get an HNSW graph of their own (search/indexes.py). By default every
 # agent too large for the exact scan: on a graph shared with other agents, a filtered walk

@@ -348,3 +348,33 @@ def test_a_keyword_index_built_with_another_pending_list_limit_is_set_in_place(o
     with connection.cursor() as cursor:
         cursor.execute("SELECT oid FROM pg_class WHERE relname = %s", [name])
         assert cursor.fetchone() == (oid,)  # the same index: set, not rebuilt
+
+
+def test_a_graph_walk_sets_its_graphs_ef_search_for_its_statement(org_a, settings):
+    from search import selectors
+    from search.engine import vector_nearest
+
+    big = AgentFactory(organization=org_a, slug="big")
+    ingest(org_a, big)
+    ingest(org_a, AgentFactory(organization=org_a, slug="small"), {"x": DOCS["git"]})
+    settings.SEARCH_EXACT_MAX_CHUNKS = 0
+    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 5
+    settings.SEARCH_HNSW_EF_SEARCH_AGENT, settings.SEARCH_HNSW_EF_SEARCH = 37, 123
+    indexes.sync_indexes()
+
+    def ef_during(agents, k=3, everyone_but=None):
+        statement = vector_nearest(agents=agents, vector=[0.1] * settings.EMBEDDING_DIMENSIONS, k=k, filters=("", []),
+                                   everyone_but=everyone_but)  # fmt: skip
+        # In a transaction the statement's setting lasts until its end: read it after.
+        with db.tenant(org_a) as sql, sql.cursor(binding=True) as cursor:
+            cursor.execute("SET LOCAL hnsw.ef_search = 1")
+            cursor.execute(*statement)
+            assert cursor.fetchall()  # the walk found its neighbours
+            cursor.execute("SHOW hnsw.ef_search")
+            return int(cursor.fetchone()[0])
+
+    one = [selectors.search_agent_get(org=org_a, slug="big")]
+    assert ef_during(one) == 37  # the agent's own graph
+    assert ef_during(one, k=50) == 50  # never shorter than k
+    everyone = selectors.search_agents_get(org=org_a, slugs=None)
+    assert ef_during(everyone.agents, everyone_but=everyone.everyone_but) == 123  # several agents: the organization's

@@ -32,8 +32,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rows", type=int, default=7800, help="chunks the other tenant writes (default: all of tldr-en's)")
     args = parser.parse_args()
-    if not harness.data_dir("searchtext").exists():
-        raise SystemExit("no data: run bench/search_text.py once")
+    harness.require_data("searchtext", "bench/search_text.py")
     run = harness.Run()
     run.phase("setup")
     harness.setup("searchtext", dimensions=384)

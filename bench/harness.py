@@ -87,6 +87,14 @@ def data_dir(name: str) -> Path:
     return ROOT / "bench" / f".data-{name}"
 
 
+def require_data(name: str, loader: str) -> Path:
+    """The data directory another bench (`loader`) loads, or an exit saying to run it."""
+    directory = data_dir(name)
+    if not directory.exists():
+        raise SystemExit(f"no bench data: run {loader} once (it loads bench/.data-{name})")
+    return directory
+
+
 # Rate limits on (every request goes through the limiter) but far above what one machine
 # can send, and no limit on an organization's requests in flight: a bench measures the
 # service, not a limit meant for a tenant of a shared one.

@@ -65,8 +65,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--n", type=int, default=300, help="requests of each kind per set-up and round")
     args = parser.parse_args()
-    if not harness.data_dir("searchtext").exists():
-        raise SystemExit("no data: run bench/search_text.py once")
+    harness.require_data("searchtext", "bench/search_text.py")
     run = harness.Run()
     run.phase("setup")
     env = harness.setup("searchtext", dimensions=384, redis_db=REDIS_DB, DJANGO_SETTINGS_MODULE="bench.http_settings")

@@ -29,9 +29,7 @@ def main():
     parser.add_argument("--query", default="compress a directory into a tar archive")
     parser.add_argument("--uncached", action="store_true", help="a search: forget its cached result before each call (no Redis then)")
     args = parser.parse_args()
-    directory = harness.data_dir("searchtext")
-    if not directory.exists():
-        raise SystemExit("no data: run bench/search_text.py once")
+    directory = harness.require_data("searchtext", "bench/search_text.py")
     os.environ.update({
         "DATABASE_URL": "", "REDIS_URL": "" if args.uncached else "redis://127.0.0.1:6379/10", "LORE_DATA_DIR": str(directory),
         "EMBEDDING_DIMENSIONS": "384", "EMBEDDING_PROVIDER": "hashing", "DJANGO_SETTINGS_MODULE": "bench.http_settings",

@@ -54,8 +54,7 @@ def main():
 
     run = harness.Run()
     run.phase("setup")
-    if not harness.data_dir("search").exists():
-        raise SystemExit("no bench data: run bench/search.py once (it loads bench/.data-search)")
+    harness.require_data("search", "bench/search.py")
     env = harness.setup("search", dimensions=384, redis_db=args.redis_db, fresh=False)
     specs = harness.agent_specs(search_bench.HEAD_SIZES + harness.zipf_sizes(1000 - len(search_bench.HEAD_SIZES), 100_000, minimum=1))
     topics = harness.Topics(384)

@@ -39,7 +39,7 @@ from django.conf import settings
 
 from core import db
 from knowledge.embeddings import halfvecs
-from search.selection import AgentRef, agent_condition
+from search.selection import AgentRef, agent_condition, vector_strategy
 
 
 def vector_nearest(
@@ -81,7 +81,7 @@ def ef_search(agents: list[AgentRef], k: int) -> int:
     """The HNSW candidate list of a walk of these agents' graph: an agent's own graph
     (SEARCH_HNSW_EF_SEARCH_AGENT), else their organization's (SEARCH_HNSW_EF_SEARCH);
     never shorter than the k asked for."""
-    own = len(agents) == 1 and agents[0].total_chunks >= settings.SEARCH_AGENT_INDEX_MIN_CHUNKS
+    own = vector_strategy(agents) == "agent_graph"
     return max(settings.SEARCH_HNSW_EF_SEARCH_AGENT if own else settings.SEARCH_HNSW_EF_SEARCH, k)
 
 

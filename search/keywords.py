@@ -187,8 +187,8 @@ def _ranked(source: tuple[str, list], terms: tuple[str, ...], stats: Bm25Scope) 
     # every search. Once per statement, whatever the join order: the inner SELECT is an
     # InitPlan, whose value a rescan reuses. As a plain subquery, a planner without the
     # chunks' statistics (a fresh ingest, before autovacuum's ANALYZE) put it inside the
-    # nested loop and called the function once per candidate (docs/benchmarks.md, "An
-    # idf once per statement"). OFFSET 0: not inlined into every use of w.
+    # nested loop and called the function once per candidate (docs/benchmarks.md, "keyword
+    # search right after an ingest"). OFFSET 0: not inlined into every use of w.
     idf = "(SELECT (SELECT lore_bm25_idf({org}, %s::text[], %s::bigint[], %s::bigint[], %s)) AS w OFFSET 0) idf"
     return (
         f"SELECT t.id, 1 - 1 / (1 + {BM25_K1 + 1!r} * ({bm25})) AS r FROM ({normalized}) t, {idf}",

@@ -42,10 +42,7 @@ class AgentSelection:
         SEARCH_EXACT_MAX_CHUNKS chunks, else the graph its statement is written for, the
         agent's own ("agent_graph") or the organization's ("org_graph"). Until that graph
         is built the statement scans exactly (core.metrics: lore_index_sync_backlog)."""
-        total = sum(a.total_chunks for a in self.agents)
-        if total <= settings.SEARCH_EXACT_MAX_CHUNKS:
-            return "exact"
-        return "agent_graph" if len(self.agents) == 1 and total >= settings.SEARCH_AGENT_INDEX_MIN_CHUNKS else "org_graph"
+        return vector_strategy(self.agents)
 
     @cached_property
     def by_model(self) -> dict[str, list["AgentRef"]]:
@@ -53,6 +50,15 @@ class AgentSelection:
         for agent in self.agents:
             groups.setdefault(agent.embedding_model, []).append(agent)
         return groups
+
+
+def vector_strategy(agents: list["AgentRef"]) -> str:
+    """"exact", "agent_graph" or "org_graph": how a vector statement over `agents` runs
+    (AgentSelection.strategy; search/engine.py's walk sets its graph's ef_search by it)."""
+    total = sum(a.total_chunks for a in agents)
+    if total <= settings.SEARCH_EXACT_MAX_CHUNKS:
+        return "exact"
+    return "agent_graph" if len(agents) == 1 and total >= settings.SEARCH_AGENT_INDEX_MIN_CHUNKS else "org_graph"
 
 
 class AgentRef(NamedTuple):

@@ -49,6 +49,15 @@ def _set_total(agent, total):
     AgentStats.objects.for_org(agent.organization).filter(agent=agent).update(total_chunks=total)
 
 
+
+def _synced_big_agent(org, settings):
+    """An agent large enough for its own graph and keyword index, and the sync that built them."""
+    big = AgentFactory(organization=org, slug="big")
+    ingest(org, big)
+    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 5
+    indexes.sync_indexes()
+    return big
+
 def test_the_chunk_table_has_no_table_wide_vector_index():
     with connection.cursor() as cursor:
         cursor.execute(
@@ -244,10 +253,7 @@ def test_organization_graphs_are_built_more_thoroughly_and_rebuilt_when_that_cha
 
 
 def test_what_a_dead_rebuild_left_beside_a_graph_is_dropped_and_the_graph_kept(org_a, settings):
-    big = AgentFactory(organization=org_a, slug="big")
-    ingest(org_a, big)
-    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 5
-    indexes.sync_indexes()
+    big = _synced_big_agent(org_a, settings)
     name = indexes.index_name(big.pk)
     db.ddl(f'CREATE INDEX "{name}_ccnew" ON knowledge_chunk (id) WHERE agent_id = {big.pk}')  # as REINDEX CONCURRENTLY names its copy
     assert indexes.existing() == {big.pk: name}
@@ -333,10 +339,7 @@ def test_the_sync_backlog_counts_what_the_next_sync_would_build_and_the_sync_its
 
 
 def test_a_keyword_index_built_with_another_pending_list_limit_is_set_in_place(org_a, settings):
-    big = AgentFactory(organization=org_a, slug="big")
-    ingest(org_a, big)
-    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 5
-    indexes.sync_indexes()
+    big = _synced_big_agent(org_a, settings)
     name = indexes.keyword_index_name(big.pk)
     db.ddl(f'ALTER INDEX "{name}" RESET (gin_pending_list_limit)')  # as built before the limit
     with connection.cursor() as cursor:

@@ -381,3 +381,27 @@ def test_a_graph_walk_sets_its_graphs_ef_search_for_its_statement(org_a, setting
     assert ef_during(one, k=50) == 50  # never shorter than k
     everyone = selectors.search_agents_get(org=org_a, slugs=None)
     assert ef_during(everyone.agents, everyone_but=everyone.everyone_but) == 123  # several agents: the organization's
+
+
+def _statistics(table: str) -> tuple[int, object]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_force_next_flush()")  # this session's counters, to shared memory when idle
+        cursor.execute("SELECT n_mod_since_analyze, last_analyze FROM pg_stat_user_tables WHERE relname = %s", [table])
+        return cursor.fetchone()
+
+
+def test_a_sync_after_a_bulk_ingest_gives_the_planner_the_new_rows_statistics(org_a, settings):
+    """autovacuum would within its naptime; searches in between were planned as if the new
+    agent had one row."""
+    agent = AgentFactory(organization=org_a, slug="bulk")
+    ingest(org_a, agent, {f"d{i}": (f"bulk text number {i} about archives", {}) for i in range(300)})
+    changed, _ = _statistics("knowledge_chunk")
+    assert changed >= 300
+    assert "knowledge_chunk" in indexes.sync_indexes().analyzed
+    changed, analyzed_at = _statistics("knowledge_chunk")
+    assert changed == 0 and analyzed_at is not None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stats WHERE tablename = 'knowledge_chunk' AND attname = 'agent_id'")
+        assert cursor.fetchone()[0] == 1
+    assert indexes.sync_indexes().analyzed == []  # nothing changed since
+

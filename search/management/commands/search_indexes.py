@@ -20,6 +20,7 @@ class Command(BaseCommand):
                     f"agents' keyword indexes: {len(result.created_keyword)} built, {len(result.dropped_keyword)} dropped; "
                     f"organizations: {len(result.created_orgs)} built, {len(result.dropped_orgs)} dropped; "
                     f"{len(result.rebuilt)} rebuilt"
+                    + (f"; statistics refreshed: {', '.join(result.analyzed)}" if result.analyzed else "")
                 )
         graphs = indexes.graphs()
         for graph in graphs:

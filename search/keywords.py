@@ -17,6 +17,10 @@ from search.selection import AgentRef, agent_condition
 KEYWORD_TIER_MAX_CLAUSES = 32
 # Terms of a query beyond these (in query order) are not searched for.
 KEYWORD_MAX_TERMS = 32
+# MaxScore's probe (_coverage_maxscore) reads the rarest terms' chunks until they are
+# estimated at this many times k: a larger probe finds a higher k-th score and skips more,
+# but ranks more itself (docs/benchmarks.md, "MaxScore": 2 was the fastest of 1 to 8).
+MAXSCORE_PROBE_FACTOR = 2
 # BM25's term-frequency saturation and length normalization: Lucene's and bm25s' defaults
 # (bm25s's k1; Lucene's is 1.2), which bench/keywords.py measures against.
 BM25_K1 = 1.5
@@ -140,7 +144,10 @@ def keyword_statement(
             terms = query_terms(language, wanted)
             if not terms:
                 continue
-            sql, part_params = _coverage_all(scope, scope_params, terms, stats)
+            if len(terms) > 1 and chunks[language] >= settings.SEARCH_KEYWORD_MAXSCORE_MIN_CHUNKS:
+                sql, part_params = _coverage_maxscore(f"g{number}", scope, scope_params, terms, k, stats)
+            else:
+                sql, part_params = _coverage_all(scope, scope_params, terms, stats)
         parts.append(sql)
         params += part_params
     if not parts:
@@ -148,7 +155,7 @@ def keyword_statement(
     return " UNION ALL ".join(f"({part})" for part in parts) + " ORDER BY r DESC, id LIMIT %s", [*params, k]
 
 
-def _ranked(source: tuple[str, list], terms: tuple[str, ...], stats: Bm25Scope) -> tuple[str, list]:
+def _ranked(source: tuple[str, list], terms: tuple[str, ...], stats: Bm25Scope, idf: str | None = None) -> tuple[str, list]:
     """(id, score) of chunks (id, v) from `source` (a subquery: sql, params), by BM25 over the agents of `stats`:
     the sum over terms of idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / average
     length)), as Lucene and bm25s score, returned as bm25 / (bm25 + 1), in [0, 1).
@@ -161,7 +168,7 @@ def _ranked(source: tuple[str, list], terms: tuple[str, ...], stats: Bm25Scope) 
     (normalization 2), rounded: one more one-lexeme lookup, where ranking the whole query
     for it cost as much as all its terms together. Document frequencies: the sum of the
     terms' TermCount rows over the agents searched (termcount_org_lexeme_idx), read once per
-    statement by lore_bm25_idf."""
+    statement by lore_bm25_idf; `idf`: a FROM item (column w) that already read them."""
     n = len(terms)
     literals = _tsquery_literal(terms)
     average = max(stats.terms, 1) / max(stats.chunks, 1)
@@ -189,11 +196,18 @@ def _ranked(source: tuple[str, list], terms: tuple[str, ...], stats: Bm25Scope) 
     # chunks' statistics (a fresh ingest, before autovacuum's ANALYZE) put it inside the
     # nested loop and called the function once per candidate (docs/benchmarks.md, "keyword
     # search right after an ingest"). OFFSET 0: not inlined into every use of w.
-    idf = "(SELECT (SELECT lore_bm25_idf({org}, %s::text[], %s::bigint[], %s::bigint[], %s)) AS w OFFSET 0) idf"
+    idf_params = []
+    if idf is None:
+        idf = "(SELECT (SELECT lore_bm25_idf({org}, %s::text[], %s::bigint[], %s::bigint[], %s)) AS w OFFSET 0) idf"
+        idf_params = _idf_params(terms, stats)
     return (
         f"SELECT t.id, 1 - 1 / (1 + {BM25_K1 + 1!r} * ({bm25})) AS r FROM ({normalized}) t, {idf}",
-        [*literals, *literals, *source[1], list(terms), stats.agent_ids, stats.everyone_but, stats.chunks],
+        [*literals, *literals, *source[1], *idf_params],
     )
+
+
+def _idf_params(terms: tuple[str, ...], stats: Bm25Scope) -> list:
+    return [list(terms), stats.agent_ids, stats.everyone_but, stats.chunks]
 
 
 def _coverage_all(scope: str, scope_params: list, terms: tuple[str, ...], stats: Bm25Scope) -> tuple[str, list]:
@@ -204,6 +218,56 @@ def _coverage_all(scope: str, scope_params: list, terms: tuple[str, ...], stats:
          [*scope_params, at_least(terms, 1)]),
         terms, stats,
     )  # fmt: skip
+
+
+def _coverage_maxscore(
+    name: str, scope: str, scope_params: list, terms: tuple[str, ...], k: int, stats: Bm25Scope
+) -> tuple[str, list]:
+    """The same k best as _coverage_all, ranking fewer chunks: MaxScore (Turtle and Flood,
+    1995), as Lucene's top-k keyword search skips. A term adds less than its idf to a
+    chunk's BM25 sum (tf / (tf + k) < 1), so chunks holding only the commonest terms, whose
+    idfs add up to less than the k-th best score already found (theta), cannot be among
+    the k best and are never ranked. The statement:
+    - idf once (lore_bm25_idf), and per term its estimated chunk count (Lucene's idf
+      inverted: df = (N + 1) / e^idf - 0.5);
+    - a probe: the chunks holding the rarest terms, taken until their counts reach k,
+      ranked; theta is its k-th best (0 with fewer than k: nothing is skipped);
+    - the essential terms: all but the commonest ones whose idfs sum to less than theta;
+      the chunks holding one of them and none of the probe's terms are ranked, the probe's
+      are kept as ranked. Their union holds the k best; the caller orders and cuts.
+    Exact, not an approximation: the k best are those _coverage_all finds (tested), ties
+    included. Both tsqueries come from InitPlans, so the GIN scans read them at run time."""
+    bound = f"{name}q"
+    literals = _tsquery_literal(terms)
+    # up: the sum of this term's idf and every commoner one's (ascending); rarer: the
+    # estimated chunks of the rarer terms. Ties of idf are broken by position, so each
+    # sum is one term further than the last.
+    ctes = [
+        f"{name}w AS MATERIALIZED (SELECT lore_bm25_idf({{org}}, %s::text[], %s::bigint[], %s::bigint[], %s) AS w)",
+        f"{bound} AS MATERIALIZED (SELECT lit, sum(w) OVER (ORDER BY w, i) AS up, sum(df) OVER (ORDER BY w DESC, i) - df AS rarer"
+        f" FROM (SELECT lit, w, i, (%s + 1) / exp(w) - 0.5 AS df"
+        f" FROM unnest(%s::text[], (SELECT w FROM {name}w)) WITH ORDINALITY AS q(lit, w, i)) q)",
+    ]
+    params = [*_idf_params(terms, stats), stats.chunks, literals]
+    probe_terms = f"(SELECT string_agg(lit, ' | ') FROM {bound} WHERE rarer < %s)::tsquery"
+
+    def chunks(holding: str) -> str:
+        return f"(SELECT c.id, c.search_vector AS v FROM knowledge_chunk c WHERE {scope} AND c.search_vector @@ {holding}) t"
+
+    probe, probe_params = _ranked((chunks(probe_terms), [*scope_params, k * MAXSCORE_PROBE_FACTOR]), terms, stats, idf=f"{name}w idf")
+    ctes.append(f"{name}p AS MATERIALIZED ({probe})")
+    params += probe_params
+    # theta as a BM25 sum (r = 1 - 1 / (1 + (k1 + 1) * sum)), a little under it: a term's
+    # bound is strict, so the margin only keeps rounding from skipping a chunk that ties.
+    theta = (
+        f"coalesce((SELECT r / ((1 - r) * {BM25_K1 + 1!r}) FROM {name}p ORDER BY r DESC LIMIT 1 OFFSET %s), 0) * (1 - 1e-9)"
+    )
+    essential = f"(SELECT string_agg(lit, ' | ') FROM {bound} WHERE up >= {theta})::tsquery"
+    rest_scope = f"{essential} AND NOT c.search_vector @@ {probe_terms}"
+    rest, rest_params = _ranked(
+        (chunks(rest_scope), [*scope_params, k - 1, k * MAXSCORE_PROBE_FACTOR]), terms, stats, idf=f"{name}w idf"
+    )
+    return f"WITH {', '.join(ctes)} SELECT id, r FROM {name}p UNION ALL {rest}", [*params, *rest_params]
 
 
 def _present(org_id: int, scope: str, scope_params: list, terms: tuple[str, ...]) -> tuple[str, ...]:

@@ -371,6 +371,10 @@ SEARCH_HYBRID_CANDIDATES = env.int("SEARCH_HYBRID_CANDIDATES", default=50)
 # Keyword searches over at least this many chunks read their matches by tiers of coverage
 # (search/keywords.py); smaller ones rank every match in one scan, which is cheaper there.
 SEARCH_KEYWORD_TIERS_MIN_CHUNKS = env.int("SEARCH_KEYWORD_TIERS_MIN_CHUNKS", default=10000)
+# Below that, over at least this many chunks, a question of several terms skips the chunks
+# that hold only its commonest terms when they cannot reach the k best (MaxScore, exact:
+# search/keywords.py); smaller scopes rank every match, which costs less than its two scans.
+SEARCH_KEYWORD_MAXSCORE_MIN_CHUNKS = env.int("SEARCH_KEYWORD_MAXSCORE_MIN_CHUNKS", default=4000)
 # Hybrid search fuses its two lists by a convex combination of their scores, each min-max
 # normalized over its candidates (search/engine.py). The vector half's weight is the
 # request's or the agent's vector weight times this one, by the embedder's kind: 1 for a

@@ -161,6 +161,60 @@ def test_bm25_matches_the_reference_on_any_corpus(org_a, settings, seed, query):
     assert [s for _, s in found] == pytest.approx([s for _, s in expected], abs=1e-7)
 
 
+def _skewed_docs(rng: random.Random, count: int, prefix: str = "s") -> dict:
+    """Words from common (in most chunks) to rare, so that MaxScore has terms to skip."""
+    docs = {}
+    for i in range(count):
+        words = [w for rank, w in enumerate(WORDS, 1) if rng.random() < 1 / rank**1.2] or [WORDS[0]]
+        words = [w for w in words for _ in range(rng.randint(1, 3))] + [f"filler{i}"] * rng.randint(0, 8)
+        rng.shuffle(words)
+        docs[f"{prefix}{i}"] = (" ".join(words), {})
+    return docs
+
+
+@hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 10**6), k=st.integers(1, 30),
+    query=st.lists(st.sampled_from([*WORDS, "zulu"]), min_size=2, max_size=6, unique=True),
+)  # fmt: skip
+def test_maxscore_finds_the_k_best_of_ranking_every_match(org_a, settings, seed, k, query):
+    """Skipping chunks that hold only common terms changes nothing: the same k best, in
+    the same order, with the same scores, ties included."""
+    settings.SEARCH_KEYWORD_TIERS_MIN_CHUNKS = 10**9
+    agent = AgentFactory(organization=org_a, slug=f"m{next(_examples)}")
+    ingest(org_a, agent, _skewed_docs(random.Random(seed), 40))
+    settings.SEARCH_KEYWORD_MAXSCORE_MIN_CHUNKS = 10**9
+    every = keyword(org_a, [agent], " ".join(query), k=k)
+    settings.SEARCH_KEYWORD_MAXSCORE_MIN_CHUNKS = 0
+    skipping = keyword(org_a, [agent], " ".join(query), k=k)
+    assert [key for key, _ in skipping] == [key for key, _ in every]
+    assert [s for _, s in skipping] == pytest.approx([s for _, s in every], abs=1e-12)
+
+
+def test_maxscore_never_ranks_chunks_holding_only_terms_that_cannot_reach_the_k_best(org_a, agent_a, settings):
+    settings.SEARCH_KEYWORD_TIERS_MIN_CHUNKS = 10**9
+    settings.SEARCH_KEYWORD_MAXSCORE_MIN_CHUNKS = 0
+    docs = {f"c{i}": (f"common words filler{i}", {}) for i in range(60)}
+    docs |= {f"r{i}": ("rare rare common", {}) for i in range(6)}
+    ingest(org_a, agent_a, docs)
+    sql, params = keywords.keyword_statement(
+        org_id=org_a.pk, agents=[agent_ref(agent_a)], query="common rare", k=2, filters=("", [])
+    )  # fmt: skip
+    with db.tenant(org_a) as scoped:
+        (plan,) = scoped.fetchone("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params, binding=True)
+
+    def scans(node):
+        if node.get("Relation Name") == "knowledge_chunk":
+            yield node["Actual Rows"]
+        for child in node.get("Plans", []):
+            yield from scans(child)
+
+    # The probe reads the rare term's 6 chunks; "common" alone (idf < the 2nd best score)
+    # is never read: no scan returns the 60 chunks holding only it.
+    assert sorted(scans(plan[0]["Plan"])) == [0, 6]
+    assert [key for key, _ in keyword(org_a, [agent_a], "common rare", k=2)] == ["r0#0", "r1#0"]
+
+
 def test_term_statistics_stay_exact_under_ingest_reingest_and_deletion(org_a, agent_a):
     rng = random.Random(11)
     ingest(org_a, agent_a, _random_docs(rng, 30))

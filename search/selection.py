@@ -42,7 +42,8 @@ class AgentSelection:
         SEARCH_EXACT_MAX_CHUNKS chunks, else the graph its statement is written for, the
         agent's own ("agent_graph") or the organization's ("org_graph"). Until that graph
         is built the statement scans exactly (core.metrics: lore_index_sync_backlog)."""
-        return vector_strategy(self.agents)
+        parts = vector_parts(self.agents, self.everyone_but)
+        return "agent_graph" if len(parts) > 1 else vector_strategy(self.agents)
 
     @cached_property
     def by_model(self) -> dict[str, list["AgentRef"]]:
@@ -59,6 +60,28 @@ def vector_strategy(agents: list["AgentRef"]) -> str:
     if total <= settings.SEARCH_EXACT_MAX_CHUNKS:
         return "exact"
     return "agent_graph" if len(agents) == 1 and total >= settings.SEARCH_AGENT_INDEX_MIN_CHUNKS else "org_graph"
+
+
+def vector_parts(agents: list["AgentRef"], everyone_but: list[int] | None) -> list[tuple[list["AgentRef"], list[int] | None]]:
+    """The vector statements of a search of `agents` (of one embedding model), each
+    (agents, everyone_but) as search/engine.py's vector_nearest takes them: one, unless
+    they are too few chunks together for an organization's graph to pay
+    (SEARCH_ORG_INDEX_MIN_CHUNKS) and some have graphs of their own. Then each of those
+    walks its own (what a search of that agent alone does), and the rest are searched
+    together: exactly while they are small. As one statement they were scanned
+    exactly, every chunk of the large agents included (docs/benchmarks.md, "An
+    organization's search walks its agents' own graphs")."""
+    total = sum(a.total_chunks for a in agents)
+    if len(agents) == 1 or total <= settings.SEARCH_EXACT_MAX_CHUNKS or total >= settings.SEARCH_ORG_INDEX_MIN_CHUNKS:
+        return [(agents, everyone_but)]
+    own = [a for a in agents if a.total_chunks >= settings.SEARCH_AGENT_INDEX_MIN_CHUNKS]
+    if not own:
+        return [(agents, everyone_but)]
+    rest = [a for a in agents if a.total_chunks < settings.SEARCH_AGENT_INDEX_MIN_CHUNKS]
+    parts = [([agent], None) for agent in own]
+    if rest:
+        parts.append((rest, None if everyone_but is None else [*everyone_but, *(a.id for a in own)]))
+    return parts
 
 
 class AgentRef(NamedTuple):

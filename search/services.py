@@ -16,7 +16,7 @@ from knowledge.embeddings import EmbeddingUnavailable, get_provider, provider_ca
 from search import caching, engine, keywords, tracking
 from search.filters import filters_sql
 from search.caching import TwoTierCache
-from search.selection import AgentSelection
+from search.selection import AgentSelection, vector_parts
 from tenants.models import Organization
 
 MODES = ("hybrid", "vector", "keyword")
@@ -180,12 +180,10 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
     vector = []
     if vectors is not None and mode in ("vector", "hybrid"):
         vector = [
-            engine.vector_nearest(
-                agents=group, vector=vectors[model], k=depth, filters=filters,
-                everyone_but=selection.everyone_but if len(group) == len(agents) else None,
-            )
+            engine.vector_nearest(agents=part, vector=vectors[model], k=depth, filters=filters, everyone_but=but)
             for model, group in selection.by_model.items()
-        ]  # fmt: skip
+            for part, but in vector_parts(group, selection.everyone_but if len(group) == len(agents) else None)
+        ]
     keyword = None
     if mode in ("keyword", "hybrid"):
         # May read the question's terms first (one round trip, for a text new to this

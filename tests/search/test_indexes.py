@@ -405,3 +405,30 @@ def test_a_sync_after_a_bulk_ingest_gives_the_planner_the_new_rows_statistics(or
         assert cursor.fetchone()[0] == 1
     assert indexes.sync_indexes().analyzed == []  # nothing changed since
 
+
+def test_a_search_of_several_agents_walks_the_graph_of_each_that_has_one(org_a, settings):
+    """Too few chunks for an organization's graph: the large agent's own graph, the rest
+    exactly, the same answer as an exact scan of all of them."""
+    from search import selectors, services
+    from search.filters import filters_sql
+
+    big = AgentFactory(organization=org_a, slug="big")
+    ingest(org_a, big)
+    small = AgentFactory(organization=org_a, slug="small")
+    ingest(org_a, small, {"x": DOCS["git"], "y": DOCS["docker"]})
+    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 5
+    indexes.sync_indexes()
+    everyone = selectors.search_agents_get(org=org_a, slugs=None)
+    # The small agent scanned exactly, the big one (and both together) not.
+    settings.SEARCH_EXACT_MAX_CHUNKS = AgentStats.objects.for_org(org_a).get(agent=small).total_chunks
+    assert [a.total_chunks > settings.SEARCH_EXACT_MAX_CHUNKS for a in everyone.agents] == [True, False]
+    vector = [0.1] * settings.EMBEDDING_DIMENSIONS
+    request = services.SearchRequest(query="x", mode="vector", limit=8)
+    with connection.execute_wrapper(lambda execute, sql, *args: statements.append(sql) or execute(sql, *args)):
+        statements = []
+        walked = services._run(org_a, everyone, request, filters_sql({}), {settings.EMBEDDING_MODEL: vector})
+    assert statements[-1].count("hnsw.ef_search") == 1  # one walk: the big agent's; the small one exactly
+    settings.SEARCH_ORG_INDEX_MIN_CHUNKS = 0  # one statement, no organization graph: exact over all
+    exact = services._run(org_a, everyone, request, filters_sql({}), {settings.EMBEDDING_MODEL: vector})
+    assert [(r["agent"], r["chunk_key"]) for r in walked] == [(r["agent"], r["chunk_key"]) for r in exact]
+    assert {r["agent"] for r in walked} == {"big", "small"}

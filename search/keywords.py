@@ -2,6 +2,7 @@
 per process per new text), and the statement that ranks the chunks holding them by BM25,
 reading them by GIN-indexed tiers of coverage over a large scope."""
 
+import math
 from itertools import combinations
 from math import comb
 from typing import NamedTuple
@@ -144,7 +145,10 @@ def keyword_statement(
             terms = query_terms(language, wanted)
             if not terms:
                 continue
-            if len(terms) > 1 and chunks[language] >= settings.SEARCH_KEYWORD_MAXSCORE_MIN_CHUNKS:
+            if (
+                len(terms) > 1 and chunks[language] >= settings.SEARCH_KEYWORD_MAXSCORE_MIN_CHUNKS
+                and sum(document_frequencies(org_id, terms, stats)) >= settings.SEARCH_KEYWORD_MAXSCORE_MIN_MATCHES
+            ):  # fmt: skip
                 sql, part_params = _coverage_maxscore(f"g{number}", scope, scope_params, terms, k, stats)
             else:
                 sql, part_params = _coverage_all(scope, scope_params, terms, stats)
@@ -220,6 +224,32 @@ def _coverage_all(scope: str, scope_params: list, terms: tuple[str, ...], stats:
     )  # fmt: skip
 
 
+# (organization, agents searched, their chunks, lexeme) -> the chunks holding it. An estimate
+# that only chooses how a statement ranks (the statement reads its own idf): a count from
+# before an ingest or a deletion chooses as well, and a change of the scope's size is a new
+# key. Cleared when full; a dict's get and set are atomic.
+_frequencies: dict[tuple, float] = {}
+_FREQUENCIES_SIZE = 20_000
+
+
+def document_frequencies(org_id: int, terms: tuple[str, ...], stats: Bm25Scope) -> list[float]:
+    """How many of the scope's chunks hold each term, from lore_bm25_idf (its idf
+    inverted, as _coverage_maxscore does): one round trip for terms new to this process."""
+    scope = (org_id, hash((*stats.agent_ids, None, *(stats.everyone_but or ()))), stats.chunks)
+    missing = [t for t in terms if (scope, t) not in _frequencies]
+    if missing:
+        with db.tenant(org_id, atomic=False) as sql:
+            (idf,) = sql.fetchone(
+                "SELECT lore_bm25_idf({org}, %s::text[], %s::bigint[], %s::bigint[], %s)",
+                [missing, stats.agent_ids, stats.everyone_but, stats.chunks], binding=True,
+            )  # fmt: skip
+        if len(_frequencies) >= _FREQUENCIES_SIZE:
+            _frequencies.clear()
+        for term, w in zip(missing, idf):
+            _frequencies[(scope, term)] = (stats.chunks + 1) / math.exp(w) - 0.5
+    return [_frequencies.get((scope, t), 0.0) for t in terms]
+
+
 def _coverage_maxscore(
     name: str, scope: str, scope_params: list, terms: tuple[str, ...], k: int, stats: Bm25Scope
 ) -> tuple[str, list]:
@@ -230,8 +260,9 @@ def _coverage_maxscore(
     the k best and are never ranked. The statement:
     - idf once (lore_bm25_idf), and per term its estimated chunk count (Lucene's idf
       inverted: df = (N + 1) / e^idf - 0.5);
-    - a probe: the chunks holding the rarest terms, taken until their counts reach k,
-      ranked; theta is its k-th best (0 with fewer than k: nothing is skipped);
+    - a probe: the chunks holding the rarest terms, taken until their counts reach
+      MAXSCORE_PROBE_FACTOR * k, ranked; theta is its k-th best (0 with fewer than k:
+      nothing is skipped);
     - the essential terms: all but the commonest ones whose idfs sum to less than theta;
       the chunks holding one of them and none of the probe's terms are ranked, the probe's
       are kept as ranked. Their union holds the k best; the caller orders and cuts.
@@ -262,10 +293,14 @@ def _coverage_maxscore(
     theta = (
         f"coalesce((SELECT r / ((1 - r) * {BM25_K1 + 1!r}) FROM {name}p ORDER BY r DESC LIMIT 1 OFFSET %s), 0) * (1 - 1e-9)"
     )
-    essential = f"(SELECT string_agg(lit, ' | ') FROM {bound} WHERE up >= {theta})::tsquery"
+    # The chunks holding an essential term the probe did not read, less those it did (ranked
+    # already). With no such term the tsquery is NULL, which matches nothing: the GIN scan
+    # returns at once (uniform term frequencies: the probe's terms are all the essential ones).
+    essential = f"(SELECT string_agg(lit, ' | ') FROM {bound} WHERE up >= {theta} AND rarer >= %s)::tsquery"
     rest_scope = f"{essential} AND NOT c.search_vector @@ {probe_terms}"
+    probe_size = k * MAXSCORE_PROBE_FACTOR
     rest, rest_params = _ranked(
-        (chunks(rest_scope), [*scope_params, k - 1, k * MAXSCORE_PROBE_FACTOR]), terms, stats, idf=f"{name}w idf"
+        (chunks(rest_scope), [*scope_params, k - 1, probe_size, probe_size]), terms, stats, idf=f"{name}w idf"
     )
     return f"WITH {', '.join(ctes)} SELECT id, r FROM {name}p UNION ALL {rest}", [*params, *rest_params]
 

@@ -375,6 +375,9 @@ SEARCH_KEYWORD_TIERS_MIN_CHUNKS = env.int("SEARCH_KEYWORD_TIERS_MIN_CHUNKS", def
 # that hold only its commonest terms when they cannot reach the k best (MaxScore, exact:
 # search/keywords.py); smaller scopes rank every match, which costs less than its two scans.
 SEARCH_KEYWORD_MAXSCORE_MIN_CHUNKS = env.int("SEARCH_KEYWORD_MAXSCORE_MIN_CHUNKS", default=4000)
+# ... and when its terms are held by this many chunks in all (document frequencies summed):
+# fewer matches cost less to rank than MaxScore's second scan and larger plan.
+SEARCH_KEYWORD_MAXSCORE_MIN_MATCHES = env.int("SEARCH_KEYWORD_MAXSCORE_MIN_MATCHES", default=1000)
 # Hybrid search fuses its two lists by a convex combination of their scores, each min-max
 # normalized over its candidates (search/engine.py). The vector half's weight is the
 # request's or the agent's vector weight times this one, by the embedder's kind: 1 for a

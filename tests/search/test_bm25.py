@@ -185,7 +185,7 @@ def test_maxscore_finds_the_k_best_of_ranking_every_match(org_a, settings, seed,
     ingest(org_a, agent, _skewed_docs(random.Random(seed), 40))
     settings.SEARCH_KEYWORD_MAXSCORE_MIN_CHUNKS = 10**9
     every = keyword(org_a, [agent], " ".join(query), k=k)
-    settings.SEARCH_KEYWORD_MAXSCORE_MIN_CHUNKS = 0
+    settings.SEARCH_KEYWORD_MAXSCORE_MIN_CHUNKS = settings.SEARCH_KEYWORD_MAXSCORE_MIN_MATCHES = 0
     skipping = keyword(org_a, [agent], " ".join(query), k=k)
     assert [key for key, _ in skipping] == [key for key, _ in every]
     assert [s for _, s in skipping] == pytest.approx([s for _, s in every], abs=1e-12)
@@ -193,7 +193,7 @@ def test_maxscore_finds_the_k_best_of_ranking_every_match(org_a, settings, seed,
 
 def test_maxscore_never_ranks_chunks_holding_only_terms_that_cannot_reach_the_k_best(org_a, agent_a, settings):
     settings.SEARCH_KEYWORD_TIERS_MIN_CHUNKS = 10**9
-    settings.SEARCH_KEYWORD_MAXSCORE_MIN_CHUNKS = 0
+    settings.SEARCH_KEYWORD_MAXSCORE_MIN_CHUNKS = settings.SEARCH_KEYWORD_MAXSCORE_MIN_MATCHES = 0
     docs = {f"c{i}": (f"common words filler{i}", {}) for i in range(60)}
     docs |= {f"r{i}": ("rare rare common", {}) for i in range(6)}
     ingest(org_a, agent_a, docs)
@@ -213,6 +213,26 @@ def test_maxscore_never_ranks_chunks_holding_only_terms_that_cannot_reach_the_k_
     # is never read: no scan returns the 60 chunks holding only it.
     assert sorted(scans(plan[0]["Plan"])) == [0, 6]
     assert [key for key, _ in keyword(org_a, [agent_a], "common rare", k=2)] == ["r0#0", "r1#0"]
+
+
+def test_maxscore_is_chosen_by_how_many_chunks_hold_the_terms(org_a, agent_a, settings):
+    """Few matches cost less to rank than MaxScore's second scan: the estimate of how many
+    there are (lore_bm25_idf's document frequencies) chooses."""
+    settings.SEARCH_KEYWORD_TIERS_MIN_CHUNKS = 10**9
+    settings.SEARCH_KEYWORD_MAXSCORE_MIN_CHUNKS = 0
+    ingest(org_a, agent_a, _random_docs(random.Random(5), 30))
+    terms = keywords.query_terms("english", "alpha golf zulu")
+    stats = keywords.Bm25Scope([agent_a.pk], 30, 1)
+    held, _ = recount(org_a, agent_a)
+    assert keywords.document_frequencies(org_a.pk, terms, stats) == pytest.approx([held.get(t, 0) for t in terms])
+
+    def uses_maxscore(min_matches):
+        settings.SEARCH_KEYWORD_MAXSCORE_MIN_MATCHES = min_matches
+        sql, _ = keywords.keyword_statement(org_id=org_a.pk, agents=[agent_ref(agent_a)], query="alpha golf", k=3, filters=("", []))
+        return "lore_bm25_idf" in sql and "string_agg" in sql
+
+    matches = sum(held.get(t, 0) for t in keywords.query_terms("english", "alpha golf"))
+    assert uses_maxscore(matches) and not uses_maxscore(matches + 1)
 
 
 def test_term_statistics_stay_exact_under_ingest_reingest_and_deletion(org_a, agent_a):

@@ -5,7 +5,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from django.conf import settings
@@ -45,9 +45,15 @@ class SearchRequest:
         and the key is known before the agents are read (search_prefetch). The hybrid
         fusion's version and vector weight are in it too: the shared tier outlives a deploy
         that changes them."""
-        normalized = {**asdict(self), "query": " ".join(self.query.split())}
+        # Computed for search_prefetch and again for search(): kept for the same org and scope.
+        memo = self.__dict__.get("_cache_key")
+        if memo is not None and memo[0] == (org_id, scope):
+            return memo[1]
+        normalized = {**{f.name: getattr(self, f.name) for f in fields(self)}, "query": " ".join(self.query.split())}
         fusion = [engine.FUSION, settings.SEARCH_HYBRID_VECTOR_WEIGHT]
-        return hashlib.sha256(json.dumps([org_id, scope, normalized, fusion], sort_keys=True).encode()).hexdigest()
+        key = hashlib.sha256(json.dumps([org_id, scope, normalized, fusion], sort_keys=True).encode()).hexdigest()
+        self.__dict__["_cache_key"] = ((org_id, scope), key)
+        return key
 
 
 def _query_key(org_id: int, model: str, text: str) -> str:

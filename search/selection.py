@@ -78,10 +78,9 @@ def vector_parts(agents: list["AgentRef"], everyone_but: list[int] | None) -> li
     if not own:
         return [(agents, everyone_but)]
     rest = [a for a in agents if a.total_chunks < settings.SEARCH_AGENT_INDEX_MIN_CHUNKS]
-    parts = [([agent], None) for agent in own]
-    if rest:
-        parts.append((rest, None if everyone_but is None else [*everyone_but, *(a.id for a in own)]))
-    return parts
+    # The rest by name, even in a search of everyone: "everyone but these" would read the
+    # organization's rows, the large agents' included, and drop those.
+    return [([agent], None) for agent in own] + ([(rest, None)] if rest else [])
 
 
 class AgentRef(NamedTuple):

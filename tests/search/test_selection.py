@@ -19,8 +19,8 @@ def sizes(settings):
 def test_agents_with_their_own_graph_walk_it_and_the_rest_are_searched_together(sizes):
     big, small, smaller = _agent(1, 5467), _agent(2, 2283), _agent(3, 10)
     assert vector_parts([big, small, smaller], None) == [([big], None), ([small, smaller], None)]
-    # A whole organization's rest: everyone but those excluded and those walked apart.
-    assert vector_parts([big, small, smaller], [9]) == [([big], None), ([small, smaller], [9, 1])]
+    # A whole organization's rest by name: not its rows less the large agents'.
+    assert vector_parts([big, small, smaller], [9]) == [([big], None), ([small, smaller], None)]
     assert AgentSelection([big, small, smaller]).strategy == "agent_graph"
 
 

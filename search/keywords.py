@@ -202,12 +202,16 @@ def _ranked(source: tuple[str, list], terms: tuple[str, ...], stats: Bm25Scope, 
     # search right after an ingest"). OFFSET 0: not inlined into every use of w.
     idf_params = []
     if idf is None:
-        idf = "(SELECT (SELECT lore_bm25_idf({org}, %s::text[], %s::bigint[], %s::bigint[], %s)) AS w OFFSET 0) idf"
+        idf = f"(SELECT (SELECT {_IDF}) AS w OFFSET 0) idf"
         idf_params = _idf_params(terms, stats)
     return (
         f"SELECT t.id, 1 - 1 / (1 + {BM25_K1 + 1!r} * ({bm25})) AS r FROM ({normalized}) t, {idf}",
         [*literals, *literals, *source[1], *idf_params],
     )
+
+
+# Lucene's idf of each term over the agents searched (knowledge/migrations/0011), with _idf_params.
+_IDF = "lore_bm25_idf({org}, %s::text[], %s::bigint[], %s::bigint[], %s)"
 
 
 def _idf_params(terms: tuple[str, ...], stats: Bm25Scope) -> list:
@@ -239,10 +243,7 @@ def document_frequencies(org_id: int, terms: tuple[str, ...], stats: Bm25Scope) 
     missing = [t for t in terms if (scope, t) not in _frequencies]
     if missing:
         with db.tenant(org_id, atomic=False) as sql:
-            (idf,) = sql.fetchone(
-                "SELECT lore_bm25_idf({org}, %s::text[], %s::bigint[], %s::bigint[], %s)",
-                [missing, stats.agent_ids, stats.everyone_but, stats.chunks], binding=True,
-            )  # fmt: skip
+            (idf,) = sql.fetchone(f"SELECT {_IDF}", _idf_params(tuple(missing), stats), binding=True)
         if len(_frequencies) >= _FREQUENCIES_SIZE:
             _frequencies.clear()
         for term, w in zip(missing, idf):
@@ -274,7 +275,7 @@ def _coverage_maxscore(
     # estimated chunks of the rarer terms. Ties of idf are broken by position, so each
     # sum is one term further than the last.
     ctes = [
-        f"{name}w AS MATERIALIZED (SELECT lore_bm25_idf({{org}}, %s::text[], %s::bigint[], %s::bigint[], %s) AS w)",
+        f"{name}w AS MATERIALIZED (SELECT {_IDF} AS w)",
         f"{bound} AS MATERIALIZED (SELECT lit, sum(w) OVER (ORDER BY w, i) AS up, sum(df) OVER (ORDER BY w DESC, i) - df AS rarer"
         f" FROM (SELECT lit, w, i, (%s + 1) / exp(w) - 0.5 AS df"
         f" FROM unnest(%s::text[], (SELECT w FROM {name}w)) WITH ORDINALITY AS q(lit, w, i)) q)",
@@ -285,7 +286,8 @@ def _coverage_maxscore(
     def chunks(holding: str) -> str:
         return f"(SELECT c.id, c.search_vector AS v FROM knowledge_chunk c WHERE {scope} AND c.search_vector @@ {holding}) t"
 
-    probe, probe_params = _ranked((chunks(probe_terms), [*scope_params, k * MAXSCORE_PROBE_FACTOR]), terms, stats, idf=f"{name}w idf")
+    probe_size = k * MAXSCORE_PROBE_FACTOR
+    probe, probe_params = _ranked((chunks(probe_terms), [*scope_params, probe_size]), terms, stats, idf=f"{name}w idf")
     ctes.append(f"{name}p AS MATERIALIZED ({probe})")
     params += probe_params
     # theta as a BM25 sum (r = 1 - 1 / (1 + (k1 + 1) * sum)), a little under it: a term's
@@ -298,7 +300,6 @@ def _coverage_maxscore(
     # returns at once (uniform term frequencies: the probe's terms are all the essential ones).
     essential = f"(SELECT string_agg(lit, ' | ') FROM {bound} WHERE up >= {theta} AND rarer >= %s)::tsquery"
     rest_scope = f"{essential} AND NOT c.search_vector @@ {probe_terms}"
-    probe_size = k * MAXSCORE_PROBE_FACTOR
     rest, rest_params = _ranked(
         (chunks(rest_scope), [*scope_params, k - 1, probe_size, probe_size]), terms, stats, idf=f"{name}w idf"
     )

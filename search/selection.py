@@ -42,8 +42,8 @@ class AgentSelection:
         SEARCH_EXACT_MAX_CHUNKS chunks, else the graph its statement is written for, the
         agent's own ("agent_graph") or the organization's ("org_graph"). Until that graph
         is built the statement scans exactly (core.metrics: lore_index_sync_backlog)."""
-        parts = vector_parts(self.agents, self.everyone_but)
-        return "agent_graph" if len(parts) > 1 else vector_strategy(self.agents)
+        split = any(len(parts) > 1 for parts in self.vector_parts.values())
+        return "agent_graph" if split else vector_strategy(self.agents)
 
     @cached_property
     def by_model(self) -> dict[str, list["AgentRef"]]:
@@ -51,6 +51,15 @@ class AgentSelection:
         for agent in self.agents:
             groups.setdefault(agent.embedding_model, []).append(agent)
         return groups
+
+    @cached_property
+    def vector_parts(self) -> dict[str, list[tuple[list["AgentRef"], list[int] | None]]]:
+        """Per embedding model, its vector statements' (agents, everyone_but) (vector_parts):
+        a model's agents are "everyone" only when they are all the selection's."""
+        return {
+            model: vector_parts(group, self.everyone_but if len(group) == len(self.agents) else None)
+            for model, group in self.by_model.items()
+        }
 
 
 def vector_strategy(agents: list["AgentRef"]) -> str:

@@ -16,7 +16,7 @@ from knowledge.embeddings import EmbeddingUnavailable, get_provider, provider_ca
 from search import caching, engine, keywords, tracking
 from search.filters import filters_sql
 from search.caching import TwoTierCache
-from search.selection import AgentSelection, vector_parts
+from search.selection import AgentSelection
 from tenants.models import Organization
 
 MODES = ("hybrid", "vector", "keyword")
@@ -187,8 +187,8 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
     if vectors is not None and mode in ("vector", "hybrid"):
         vector = [
             engine.vector_nearest(agents=part, vector=vectors[model], k=depth, filters=filters, everyone_but=but)
-            for model, group in selection.by_model.items()
-            for part, but in vector_parts(group, selection.everyone_but if len(group) == len(agents) else None)
+            for model, parts in selection.vector_parts.items()
+            for part, but in parts
         ]
     keyword = None
     if mode in ("keyword", "hybrid"):

@@ -215,16 +215,22 @@ def test_maxscore_never_ranks_chunks_holding_only_terms_that_cannot_reach_the_k_
     assert [key for key, _ in keyword(org_a, [agent_a], "common rare", k=2)] == ["r0#0", "r1#0"]
 
 
-def test_maxscore_is_chosen_by_how_many_chunks_hold_the_terms(org_a, agent_a, settings):
+def test_maxscore_is_chosen_by_how_many_chunks_hold_the_terms(org_a, agent_a, org_b, agent_b, settings):
     """Few matches cost less to rank than MaxScore's second scan: the estimate of how many
     there are (lore_bm25_idf's document frequencies) chooses."""
     settings.SEARCH_KEYWORD_TIERS_MIN_CHUNKS = 10**9
     settings.SEARCH_KEYWORD_MAXSCORE_MIN_CHUNKS = 0
     ingest(org_a, agent_a, _random_docs(random.Random(5), 30))
+    ingest(org_b, agent_b, _random_docs(random.Random(5), 30) | _random_docs(random.Random(6), 30, prefix="b"))
     terms = keywords.query_terms("english", "alpha golf zulu")
     stats = keywords.Bm25Scope([agent_a.pk], 30, 1)
     held, _ = recount(org_a, agent_a)
     assert keywords.document_frequencies(org_a.pk, terms, stats) == pytest.approx([held.get(t, 0) for t in terms])
+    # Another organization's chunks, its agent named or not, are never counted.
+    assert keywords.document_frequencies(org_a.pk, terms, keywords.Bm25Scope([agent_b.pk], 30, 1)) == pytest.approx([0, 0, 0], abs=1e-9)
+    assert keywords.document_frequencies(org_a.pk, terms, keywords.Bm25Scope([agent_a.pk, agent_b.pk], 31, 1)) == pytest.approx(
+        [held.get(t, 0) for t in terms]
+    )
 
     def uses_maxscore(min_matches):
         settings.SEARCH_KEYWORD_MAXSCORE_MIN_MATCHES = min_matches

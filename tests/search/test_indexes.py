@@ -1,6 +1,8 @@
 """Graphs where search walks them (search/indexes.py). CREATE INDEX CONCURRENTLY cannot
 run in a transaction, hence transactional tests."""
 
+import re
+
 import pytest
 from django.core.management import call_command
 from django.db import connection, transaction
@@ -409,7 +411,7 @@ def test_a_sync_after_a_bulk_ingest_gives_the_planner_the_new_rows_statistics(or
 def test_a_search_of_several_agents_walks_the_graph_of_each_that_has_one(org_a, settings):
     """Too few chunks for an organization's graph: the large agent's own graph, the rest
     exactly, the same answer as an exact scan of all of them."""
-    from search import selectors, services
+    from search import selection, selectors, services
     from search.filters import filters_sql
 
     big = AgentFactory(organization=org_a, slug="big")
@@ -424,11 +426,24 @@ def test_a_search_of_several_agents_walks_the_graph_of_each_that_has_one(org_a, 
     assert [a.total_chunks > settings.SEARCH_EXACT_MAX_CHUNKS for a in everyone.agents] == [True, False]
     vector = [0.1] * settings.EMBEDDING_DIMENSIONS
     request = services.SearchRequest(query="x", mode="vector", limit=8)
-    with connection.execute_wrapper(lambda execute, sql, *args: statements.append(sql) or execute(sql, *args)):
-        statements = []
-        walked = services._run(org_a, everyone, request, filters_sql({}), {settings.EMBEDDING_MODEL: vector})
-    assert statements[-1].count("hnsw.ef_search") == 1  # one walk: the big agent's; the small one exactly
-    settings.SEARCH_ORG_INDEX_MIN_CHUNKS = 0  # one statement, no organization graph: exact over all
-    exact = services._run(org_a, everyone, request, filters_sql({}), {settings.EMBEDDING_MODEL: vector})
+    # Each walk sets its graph's ef_search, told apart here by value.
+    settings.SEARCH_HNSW_EF_SEARCH_AGENT, settings.SEARCH_HNSW_EF_SEARCH = 37, 123
+
+    def run(chosen):
+        """The search's results, and the ef_search each of its walks set."""
+        sent = []
+        with connection.execute_wrapper(lambda execute, sql, params, *args: sent.append((sql, params)) or execute(sql, params, *args)):
+            found = services._run(org_a, chosen, request, filters_sql({}), {settings.EMBEDDING_MODEL: vector})
+        sql, params = sent[-1]
+        slots = [m.start() for m in re.finditer(r"%[sb]", sql)]
+        walks = [m.end() for m in re.finditer(re.escape("set_config('hnsw.ef_search', "), sql)]
+        return found, [int(params[slots.index(at)]) for at in walks]
+
+    walked, efs = run(everyone)
+    assert efs == [37]  # one walk, of the big agent's own graph; the small agent exactly
+    settings.SEARCH_ORG_INDEX_MIN_CHUNKS = 0  # one statement over both, as before: no organization graph, exact
+    # A new selection: a selection keeps its vector statements (cached_property).
+    exact, efs = run(selection.AgentSelection(everyone.agents, everyone.everyone_but, everyone.digest))
+    assert efs == [123]
     assert [(r["agent"], r["chunk_key"]) for r in walked] == [(r["agent"], r["chunk_key"]) for r in exact]
     assert {r["agent"] for r in walked} == {"big", "small"}

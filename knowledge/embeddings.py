@@ -128,6 +128,8 @@ class CircuitBreaker:
                     "embeddings: provider %s unavailable (%d consecutive failures, last: %s); circuit open for %gs",
                     self.name, self.failures, exc, settings.EMBEDDING_BREAKER_SECONDS,
                 )  # fmt: skip
+                # Not open_until - now: (now + s) - now may round above s.
+                return float(settings.EMBEDDING_BREAKER_SECONDS)
             if self.open_until > now:
                 return self.open_until - now
             return DEFAULT_RETRY_AFTER

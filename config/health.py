@@ -20,9 +20,11 @@ def healthz(request):
     try:
         # The Redis client ignores connection errors (a cache outage must not fail
         # searches), so a round trip is the only way to see it.
+        # A key of its own: with one shared key, concurrent probes overwrote each other's
+        # token between the write and the read and answered 503 on a healthy Redis.
         token = uuid.uuid4().hex
-        cache.set("healthz", token, 10)
-        checks["cache"] = "ok" if cache.get("healthz") == token else "error: unreachable"
+        cache.set(f"healthz:{token}", token, 10)
+        checks["cache"] = "ok" if cache.get(f"healthz:{token}") == token else "error: unreachable"
     except Exception as exc:  # noqa: BLE001
         checks["cache"] = f"error: {exc.__class__.__name__}"
     healthy = all(value == "ok" for value in checks.values())

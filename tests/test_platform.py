@@ -33,6 +33,25 @@ def test_healthz_with_real_redis_is_ok(client, db, redis_url):
 
 
 @pytest.mark.redis
+def test_concurrent_healthz_probes_do_not_fail_each_other(client, db, redis_url, monkeypatch):
+    # Another probe runs between this one's write and its read (a load balancer and an
+    # orchestrator probing at once): each still reads back its own token.
+    with override_settings(CACHES=_redis_cache(redis_url)):
+        cache = caches["default"]
+        real_get, inner = cache.get, []
+
+        def get_after_another_probe(key, *args, **kwargs):
+            if not inner:
+                inner.append("running")
+                inner[0] = client.get("/healthz").status_code
+            return real_get(key, *args, **kwargs)
+
+        monkeypatch.setattr(cache, "get", get_after_another_probe)
+        assert client.get("/healthz").status_code == 200
+        assert inner == [200]
+
+
+@pytest.mark.redis
 def test_healthz_is_503_naming_the_cache_when_redis_is_down(client, db, redis_url):
     # A port nothing listens on: Redis "down" while the rest is up.
     with override_settings(CACHES=_redis_cache("redis://127.0.0.1:1/0")):

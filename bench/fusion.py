@@ -235,9 +235,6 @@ def against_better_half(rows, asked, variant: tuple, depth: int) -> harness.Tabl
     a 95 % paired bootstrap interval (2,000 resamples, fixed seed) and how many questions
     rank their first answer higher or lower than in the better half: whether a shortfall is
     more than a few questions' noise."""
-    import random
-
-    rng = random.Random(18)
     table = harness.Table(
         f"{label(variant)} against the better half, question by question (MRR@10)",
         ["corpus", "questions", "n", "better half", "difference", "95 % interval", "questions up / down"],
@@ -250,10 +247,7 @@ def against_better_half(rows, asked, variant: tuple, depth: int) -> harness.Tabl
             for v in [("keyword",), ("vector",), variant]
         }  # fmt: skip
         half = max([("keyword",), ("vector",)], key=lambda v: sum(reciprocal[v]))
-        diffs = [a - b for a, b in zip(reciprocal[variant], reciprocal[half])]
-        means = sorted(sum(rng.choices(diffs, k=len(diffs))) / len(diffs) for _ in range(2000))
-        table.add(corpus, kind, len(questions), label(half), f"{sum(diffs) / len(diffs):+.3f}",
-                  f"[{means[49]:+.3f}, {means[1949]:+.3f}]", f"{sum(d > 0 for d in diffs)} / {sum(d < 0 for d in diffs)}")  # fmt: skip
+        table.add(corpus, kind, len(questions), label(half), *harness.paired_difference(reciprocal[variant], reciprocal[half]))
     return table
 
 

@@ -7,12 +7,20 @@ HTTP). The same requests, one keep-alive client, through:
   the ratios): GET /healthz (a database and a Redis round trip), the search request without
   the search (bench/http_urls.py: key, rate limit, body, agent; no results) and a cached
   search (10 results from the result cache);
-- Lore in this process through Django's WSGI handler (no HTTP, no server).
+- Lore in this process through Django's WSGI handler (no HTTP, no server);
+- between the empty application and Lore's requests, floors (bench/http_urls.py): a DRF
+  view that does nothing, the same with one Redis round trip, and with the two round trips
+  every authenticated, rate-limited request makes (one PostgreSQL statement, one Redis
+  command).
+
+With --load, each request again from 16 concurrent keep-alive clients (./dev up's set-up):
+requests/s and the CPU each request costs gunicorn, PostgreSQL, Redis and the load
+generator, the bound on throughput that the issue's 300 searches/s on 2 cores meets.
 
 Rounds take the set-ups in turn, each round in another order, so the load of the moment
 falls on all of them. Uses bench/search_text.py's data (run it once first). One command:
 
-    .venv/bin/python bench/http_floor.py [--rounds 3] [--n 300]
+    .venv/bin/python bench/http_floor.py [--rounds 3] [--n 300] [--load 8]
 """
 
 import argparse
@@ -30,6 +38,9 @@ SETUPS = {  # name: (worker class, workers, threads)
     "sync 2 (no keep-alive)": ("sync", 2, 1),
 }
 REQUESTS = {  # name: (method, path, body)
+    "DRF, nothing": ("POST", "/bench/floor/drf", BODY),
+    "DRF + Redis": ("POST", "/bench/floor/redis", BODY),
+    "DRF + 2 round trips": ("POST", "/bench/floor/round-trips", BODY),
     "healthz": ("GET", "/healthz", None),
     "no-search": ("POST", "/bench/no-search/agents/common/search", BODY),
     "cached search": ("POST", "/api/v1/agents/common/search", BODY),
@@ -64,6 +75,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--n", type=int, default=300, help="requests of each kind per set-up and round")
+    parser.add_argument("--load", type=float, default=0, help="seconds of concurrent load per request kind (0: none)")
     args = parser.parse_args()
     harness.require_data("searchtext", "bench/search_text.py")
     run = harness.Run()
@@ -93,7 +105,7 @@ def main():
                 for request, (method, path, body) in REQUESTS.items():
                     samples.setdefault((name, request), []).extend(over_http(server.url, key, method, path, body, args.n))
         for request, (method, path, body) in REQUESTS.items():
-            if request == "healthz":
+            if request == "healthz" or path.startswith("/bench/floor/"):
                 continue
             raw = json.dumps(body).encode()
             samples.setdefault(("in process (no HTTP)", request), []).extend(
@@ -124,7 +136,40 @@ def main():
         table.add(name, *cells)
     size = len(harness.wsgi_call(handler, "POST", REQUESTS["cached search"][1], json.dumps(BODY).encode(), key))
     run.note(f"the cached search's response: {size:,} bytes")
-    harness.print_tables([run.table(), table])
+    tables = [table]
+    if args.load:
+        run.phase("load")
+        tables.append(load_table(env, key, args.load))
+    harness.print_tables([run.table(), *tables])
+
+
+def load_table(env: dict, key: str, seconds: float) -> harness.Table:
+    """Each request kind from 16 keep-alive clients for `seconds`, through ./dev up's set-up:
+    requests/s and CPU per request of each process involved (from /proc)."""
+    clients = 16
+    table = harness.Table(
+        f"Under load: {clients} concurrent keep-alive clients, {seconds:.0f} s per request kind, gthread 2 x 4",
+        ["request", "requests/s", "p50/p95 ms", "CPU ms/request gunicorn", "PostgreSQL", "Redis", "load generator",
+         "all", "CPU-bound requests/s (2 cores)"],
+        notes=["CPU from /proc: gunicorn's workers, PostgreSQL's backends, redis-server, this process (the clients)",
+               "CPU-bound requests/s = 2 cores / all the CPU a request costs on this machine"],
+    )  # fmt: skip
+    trees = {"gunicorn": None, "postgres": [harness.postgres_pid("searchtext")], "redis": [harness.redis_pid()]}
+    with harness.Gunicorn(env, workers=2, threads=4) as server:
+        trees["gunicorn"] = [server.pid]
+        for name, (method, path, body) in REQUESTS.items():
+            harness.run_load(server.url, key, [(method, path, body)] * 200, clients=clients, seconds=2)  # warm
+            with harness.cpu_used(trees) as used:
+                result = harness.run_load(server.url, key, [(method, path, body)] * 10**6, clients=clients, seconds=seconds)
+            assert result.errors == 0, (name, result.errors)
+            n = result.requests
+            per = {name_: used[name_] / n * 1000 for name_ in ("gunicorn", "postgres", "redis", "bench")}
+            every = sum(per.values())
+            table.add(
+                name, f"{result.rps:.0f}", "/".join(map(harness.ms, harness.percentiles(result.latencies))),
+                *(f"{per[k]:.2f}" for k in ("gunicorn", "postgres", "redis", "bench")), f"{every:.2f}", f"{2000 / every:.0f}",
+            )  # fmt: skip
+    return table
 
 
 if __name__ == "__main__":

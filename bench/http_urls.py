@@ -5,11 +5,16 @@ never routed in config/urls.py.
   for bench/ingest_stats.py.
 - A search request without the search (bench/search.py): the same view, key and agent
   statement, body validation and response format, answering no results. What it costs
-  is what every search pays on Django, DRF and gunicorn before its own work."""
+  is what every search pays on Django, DRF and gunicorn before its own work.
+- The floors under that (bench/http_floor.py): a DRF view that does nothing; the same plus
+  one Redis round trip; and plus the two round trips every authenticated, rate-limited
+  request makes (a PostgreSQL statement, as the API key's; a Redis command, as the rate
+  limit's), without Lore's work around them."""
 
 from django.db import connection
 from django.urls import path
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from config.urls import urlpatterns as api_urlpatterns
 from knowledge import selectors
@@ -76,7 +81,41 @@ class OrganizationSearchWithoutSearchApi(search_apis.OrganizationSearchApi):
         return _no_results(search_request)
 
 
+class FloorApi(APIView):
+    """DRF with nothing to do: Lore's middleware, DRF's request, dispatch and JSON renderer."""
+
+    authentication_classes, permission_classes, throttle_classes = (), (), ()
+
+    def post(self, request):
+        return Response({"ok": True})
+
+
+class FloorRedisApi(FloorApi):
+    """FloorApi plus one Redis round trip: the least a request whose key and rate limit
+    were both checked in Redis, in one script, would make."""
+
+    def post(self, request):
+        from django_redis import get_redis_connection
+
+        get_redis_connection("default").ping()
+        return Response({"ok": True})
+
+
+class FloorRoundTripsApi(FloorApi):
+    """FloorApi plus a PostgreSQL and a Redis round trip, one after the other, as the API
+    key's statement and the rate limit's script are."""
+
+    def post(self, request):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+        return FloorRedisApi.post(self, request)
+
+
 urlpatterns = api_urlpatterns + [
+    path("bench/floor/drf", FloorApi.as_view()),
+    path("bench/floor/redis", FloorRedisApi.as_view()),
+    path("bench/floor/round-trips", FloorRoundTripsApi.as_view()),
     path("bench/no-search/agents/<slug:slug>/search", AgentSearchWithoutSearchApi.as_view()),
     path("bench/no-search/search", OrganizationSearchWithoutSearchApi.as_view()),
     path("bench/counted/agents/<slug:slug>/stats", CountedAgentStatsApi.as_view()),

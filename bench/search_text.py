@@ -95,11 +95,15 @@ def main():
     parser.add_argument("--questions", type=int, default=120, help="questions per corpus (default 120)")
     parser.add_argument("--seconds", type=float, default=10, help="length of the throughput run (default 10)")
     parser.add_argument("--markdown", help="also write the tables here")
+    parser.add_argument(
+        "--dimensions", type=int, default=384,
+        help="EMBEDDING_DIMENSIONS of the chunks (default 384, the figures' history; a default install has 1536)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     run = harness.Run()
     run.phase("setup")
-    env = harness.setup(NAME, dimensions=384, redis_db=REDIS_DB, fresh=not args.reuse)
+    env = harness.setup(NAME, dimensions=args.dimensions, redis_db=REDIS_DB, fresh=not args.reuse)
     from django.conf import settings
 
     from knowledge.embeddings import get_provider

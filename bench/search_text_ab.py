@@ -56,6 +56,7 @@ def main():
     parser.add_argument("--base-env", nargs="*", default=[], metavar="NAME=VALUE", help="settings of the base's server only")
     parser.add_argument("--this-env", nargs="*", default=[], metavar="NAME=VALUE", help="settings of this checkout's server only")
     parser.add_argument("--markdown", help="also write the tables here")
+    parser.add_argument("--dimensions", type=int, default=384, help="of the data bench/search_text.py loaded (default 384)")
     parser.add_argument(
         "--redis-db", type=int, default=search_text.REDIS_DB,
         help=f"the Redis database to flush and use (default {search_text.REDIS_DB}, bench/search_text.py's: not while it runs)",
@@ -68,7 +69,7 @@ def main():
     run = harness.Run()
     run.phase("setup")
     harness.require_data(search_text.NAME, "bench/search_text.py")
-    env = harness.setup(search_text.NAME, dimensions=384, redis_db=args.redis_db, fresh=False)
+    env = harness.setup(search_text.NAME, dimensions=args.dimensions, redis_db=args.redis_db, fresh=False)
     keys, questions = {}, []
     for corpus in search_text.CORPORA:
         docs, asked = search_text.prepare(corpus, args.questions)

@@ -201,3 +201,18 @@ def export_sections(*, org: Organization, document_ids: list[int]) -> dict[int, 
     for doc_id, text in rows:
         out.setdefault(doc_id, []).append(text)
     return out
+
+
+def chunk_vectors_out_of_line(*, sample: int = 1000) -> tuple[int, int] | None:
+    """(how many keep their vector out of line, how many were read) of the first `sample`
+    chunks in the table's physical order, the oldest rows, where those written before
+    knowledge.0014 are: such rows scan slower until rewritten (README). Reads the values'
+    TOAST pointers, never the values. None before PostgreSQL 17 (no pg_column_toast_chunk_id)."""
+    if connection.pg_version < 170000:
+        return None
+    with db.unscoped("chunk storage over every organization's rows: an operator's check") as sql:
+        return sql.fetchone(
+            "SELECT count(*) FILTER (WHERE pg_column_toast_chunk_id(c.embedding) IS NOT NULL), count(*)"
+            " FROM (SELECT embedding FROM knowledge_chunk LIMIT %s) c",
+            [sample],
+        )

@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand
 
+from knowledge.selectors import chunk_vectors_out_of_line
 from search import indexes
 
 
@@ -30,3 +31,10 @@ class Command(BaseCommand):
                 f"{graph.name}  {graph.scope} {graph.owner_id}  {options}  {graph.size_bytes / 2**20:.1f} MB{state}"
             )
         self.stdout.write(f"{len(graphs)} indexes")
+        outside = chunk_vectors_out_of_line()
+        if outside and outside[0]:
+            self.stdout.write(
+                f"{outside[0]} of the oldest {outside[1]} chunks keep their vector out of line (written before migration"
+                " knowledge.0014): searches scan them slower until they are rewritten, by VACUUM FULL knowledge_chunk"
+                " (locks the table) or pg_repack (README, \"Chunk storage\")"
+            )

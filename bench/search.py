@@ -6,7 +6,7 @@ cache, and two peers over the same data. One command:
     .venv/bin/python bench/search.py
 
 Data: its own embedded PostgreSQL (bench/.data-search, dropped and reloaded each run unless
---reuse) and its own Redis database (7, flushed). 200k chunks x 384 dimensions over 1,000
+--reuse) and its own Redis database (7, flushed). 200k chunks x 384 dimensions (--dimensions) over 1,000
 agents: the four largest hold 30k, 26k, 23k and 21k chunks, the other 996 are Zipf-sized
 (s = 1) over the remaining 100k (13k down to 15). Vectors are clustered with a low intrinsic
 dimension (harness.Topics). Loaded by bulk SQL with the GIN indexes dropped, then rebuilt;
@@ -131,13 +131,17 @@ def main():
     parser.add_argument("--seconds", type=float, default=8, help="length of each throughput run (default 8)")
     parser.add_argument("--no-peers", action="store_true", help="skip langchain-postgres and LanceDB")
     parser.add_argument("--keep-server", action="store_true", help="leave the embedded PostgreSQL running")
+    parser.add_argument(
+        "--dimensions", type=int, default=384,
+        help="of the vectors (default 384, the figures' history; a default install's are 1536)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     run = harness.Run()
     run.phase("setup and load")
-    env = harness.setup("search", dimensions=384, redis_db=REDIS_DB, fresh=not args.reuse)
+    env = harness.setup("search", dimensions=args.dimensions, redis_db=REDIS_DB, fresh=not args.reuse)
     specs = harness.agent_specs(HEAD_SIZES + harness.zipf_sizes(1000 - len(HEAD_SIZES), 100_000, minimum=1))
-    topics = harness.Topics(384)
+    topics = harness.Topics(args.dimensions)
     data = harness.load_synthetic(org_slug="bench", specs=specs, topics=topics)
     harness.build_graphs(data.timings)
     run.note(
@@ -659,7 +663,7 @@ class PGVectorPeer:
         started = time.perf_counter()
         self.stores = {
             spec.slug: PGVector(
-                embeddings=self.embeddings, connection=self.engine, collection_name=spec.slug, embedding_length=384,
+                embeddings=self.embeddings, connection=self.engine, collection_name=spec.slug, embedding_length=topics.dimensions,
                 use_jsonb=True, create_extension=number == 0,
             )
             for number, spec in enumerate(specs)
@@ -735,14 +739,14 @@ class LancePeer:
         self.version = lancedb.__version__
         self.name = f"LanceDB, refine {self.refine_factor}"
         db = lancedb.connect(str(harness.data_dir("search") / "lancedb"))
-        schema = pa.schema([("agent", pa.string()), ("key", pa.string()), ("text", pa.string()), ("vector", pa.list_(pa.float32(), 384))])
+        schema = pa.schema([("agent", pa.string()), ("key", pa.string()), ("text", pa.string()), ("vector", pa.list_(pa.float32(), topics.dimensions))])
 
         def batches():
             for spec in specs:
                 rows = harness.chunk_rows(spec, topics)
                 yield pa.RecordBatch.from_arrays(
                     [pa.array([spec.slug] * spec.size), pa.array(rows.keys), pa.array(rows.texts),
-                     pa.FixedSizeListArray.from_arrays(pa.array(rows.vectors.reshape(-1)), 384)],
+                     pa.FixedSizeListArray.from_arrays(pa.array(rows.vectors.reshape(-1)), topics.dimensions)],
                     schema=schema,
                 )  # fmt: skip
 

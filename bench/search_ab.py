@@ -50,14 +50,15 @@ def main():
         "--redis-db", type=int, default=search_bench.REDIS_DB,
         help=f"the Redis database to flush and use (default {search_bench.REDIS_DB}, bench/search.py's: not while it runs)",
     )  # fmt: skip
+    parser.add_argument("--dimensions", type=int, default=384, help="of the data bench/search.py loaded (default 384)")
     args = parser.parse_args()
 
     run = harness.Run()
     run.phase("setup")
     harness.require_data("search", "bench/search.py")
-    env = harness.setup("search", dimensions=384, redis_db=args.redis_db, fresh=False)
+    env = harness.setup("search", dimensions=args.dimensions, redis_db=args.redis_db, fresh=False)
     specs = harness.agent_specs(search_bench.HEAD_SIZES + harness.zipf_sizes(1000 - len(search_bench.HEAD_SIZES), 100_000, minimum=1))
-    topics = harness.Topics(384)
+    topics = harness.Topics(args.dimensions)
     data = harness.load_synthetic(org_slug="bench", specs=specs, topics=topics)
     if not data.reused:
         harness.build_graphs(data.timings)

@@ -207,12 +207,14 @@ def chunk_vectors_out_of_line(*, sample: int = 1000) -> tuple[int, int] | None:
     """(how many keep their vector out of line, how many were read) of the first `sample`
     chunks in the table's physical order, the oldest rows, where those written before
     knowledge.0014 are: such rows scan slower until rewritten (README). Reads the values'
-    TOAST pointers, never the values. None before PostgreSQL 17 (no pg_column_toast_chunk_id)."""
+    TOAST pointers, never the values. None before PostgreSQL 17 (no pg_column_toast_chunk_id);
+    (0, 0) where the vectors are too wide for the row (the migration left them EXTERNAL)."""
     if connection.pg_version < 170000:
         return None
     with db.unscoped("chunk storage over every organization's rows: an operator's check") as sql:
         return sql.fetchone(
             "SELECT count(*) FILTER (WHERE pg_column_toast_chunk_id(c.embedding) IS NOT NULL), count(*)"
-            " FROM (SELECT embedding FROM knowledge_chunk LIMIT %s) c",
+            " FROM (SELECT embedding FROM knowledge_chunk LIMIT %s) c WHERE EXISTS (SELECT FROM pg_attribute"
+            " WHERE attrelid = 'knowledge_chunk'::regclass AND attname = 'embedding' AND attstorage = 'p')",
             [sample],
         )

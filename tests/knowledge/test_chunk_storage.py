@@ -91,3 +91,11 @@ def test_search_indexes_says_nothing_of_storage_when_every_vector_is_in_its_row(
     _pg17()
     documents_ingest(org=org_a, agent=agent_a, docs=[DocumentInput(key="new", text="tar archives", title="new")])
     assert "out of line" not in _listing()
+
+
+def test_vectors_too_wide_for_the_row_are_not_reported(org_a, agent_a):
+    # What the migration leaves EXTERNAL (over 3,580 dimensions) cannot be rewritten into the row.
+    _pg17()
+    _layout("ALTER TABLE knowledge_chunk ALTER COLUMN embedding SET STORAGE EXTERNAL", "ALTER TABLE knowledge_chunk RESET (toast_tuple_target)")
+    documents_ingest(org=org_a, agent=agent_a, docs=[DocumentInput(key="old", text="zip files", title="old")])
+    assert "out of line" not in _listing()

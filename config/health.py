@@ -23,8 +23,9 @@ def healthz(request):
         # A key of its own: with one shared key, concurrent probes overwrote each other's
         # token between the write and the read and answered 503 on a healthy Redis.
         token = uuid.uuid4().hex
-        cache.set(f"healthz:{token}", token, 10)
-        checks["cache"] = "ok" if cache.get(f"healthz:{token}") == token else "error: unreachable"
+        key = f"healthz:{token}"
+        cache.set(key, token, 10)
+        checks["cache"] = "ok" if cache.get(key) == token else "error: unreachable"
     except Exception as exc:  # noqa: BLE001
         checks["cache"] = f"error: {exc.__class__.__name__}"
     healthy = all(value == "ok" for value in checks.values())

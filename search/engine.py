@@ -99,13 +99,10 @@ def search_statement(
     Scores are rounded before ordering, so ties and min_score see the scores callers see.
     The scans carry ids only; rows are joined for the `limit` kept, never for candidates."""
     ctes, params = [], []
-    if len(vector) == 1:
-        ctes.append(f"v AS MATERIALIZED ({vector[0][0]})")
-        params += vector[0][1]
-    elif vector:
-        union = " UNION ALL ".join(f"SELECT id, d FROM ({sql}) v{i}" for i, (sql, _) in enumerate(vector))
-        ctes.append(f"v AS MATERIALIZED ({union} ORDER BY d, id LIMIT %s)")
-        params += [*(p for _, ps in vector for p in ps), depth]
+    if vector:
+        candidates, candidates_params = vector_candidates(vector, depth)
+        ctes.append(f"v AS MATERIALIZED ({candidates})")
+        params += candidates_params
     if keyword is not None:
         ctes.append(f"kw AS MATERIALIZED ({keyword[0]})")
         params += keyword[1]
@@ -126,6 +123,33 @@ def search_statement(
         f" JOIN knowledge_chunk c ON c.id = {source}.id AND c.organization_id = {{org}} ORDER BY s DESC, {source}.id LIMIT %s"
     )
     return sql, [*params, limit]
+
+
+def vector_candidates(vector: list[tuple[str, list]], depth: int) -> tuple[str, list]:
+    """The `depth` nearest (chunk id, distance) of vector_nearest statements, one per
+    embedding model, merged by distance."""
+    if len(vector) == 1:
+        return vector[0]
+    union = " UNION ALL ".join(f"SELECT id, d FROM ({sql}) v{i}" for i, (sql, _) in enumerate(vector))
+    return f"{union} ORDER BY d, id LIMIT %s", [*(p for _, ps in vector for p in ps), depth]
+
+
+def fetch_candidates(*, org_id: int, statement: tuple[str, list]) -> list[tuple[int, float]]:
+    """(chunk id, distance or score) of one half of a search, run on its own (a hybrid
+    search's halves on two connections at once: search/services.py)."""
+    with db.tenant(org_id, atomic=False) as sql:
+        return sql.fetchall(f"SELECT * FROM ({statement[0]}) h", statement[1], binding=True)
+
+
+def given_candidates(rows: list[tuple[int, float]], column: str) -> tuple[str, list]:
+    """fetch_candidates' rows as a statement search_statement takes for either half (column
+    d: vector, r: keyword). Exact: float8 values travel unrounded, so the fusion ranks them
+    as it would in one statement."""
+    # Array literals: one string each, where psycopg would adapt a list value by value.
+    # repr() of a float is the shortest text that reads back as the same float8.
+    ids = "{" + ",".join(str(r[0]) for r in rows) + "}"
+    values = "{" + ",".join(repr(r[1]) for r in rows) + "}"
+    return f"SELECT * FROM unnest(%s::bigint[], %s::float8[]) AS g(id, {column})", [ids, values]
 
 
 # The fusion's version, in cached results' keys (search/services.py): a new one leaves the
@@ -165,11 +189,14 @@ def fusion_cte(*, vector: bool, weights: dict, limit: int) -> tuple[str, list]:
     return sql, params
 
 
-def fetch_results(*, org_id: int, statement: tuple[str, list]) -> list[tuple[int, float, dict]]:
-    """(chunk id, score, result row) of a search_statement. Bound on the server, never
-    prepared: an unnamed statement is planned with its values."""
+def fetch_results(*, org_id: int, statement: tuple[str, list], prepared: bool = False) -> list[tuple[int, float, dict]]:
+    """(chunk id, score, result row) of a search_statement. Bound on the server, and not
+    prepared: an unnamed statement is planned with its values, so each search gets the
+    plan for its agents' size. `prepared`: a statement reading only given_candidates,
+    whose plan (primary-key lookups) is the same for any values: then PostgreSQL neither
+    parses nor plans it again on this connection."""
     with db.tenant(org_id, atomic=False) as sql:
-        rows = sql.fetchall(*statement, binding=True)
+        rows = sql.fetchall(*statement, binding=not prepared, prepared=prepared)
     return [
         (cid, score, {**_row(rest), "_ranks": (vector_rank, keyword_rank)})
         for cid, score, vector_rank, keyword_rank, *rest in rows

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 from django.conf import settings
+from django.db import connection
 
 from core import metrics as lore_metrics
+from core import parallel
 from knowledge import activity
 from knowledge.embeddings import EmbeddingUnavailable, get_provider, provider_call
 from search import caching, engine, keywords, tracking
@@ -190,6 +192,13 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
             for model, parts in selection.vector_parts.items()
             for part, but in parts
         ]
+    # A hybrid search over a large scope runs its vector half on a helper's connection while
+    # its keyword half runs on this one, then fuses the two lists in a third statement.
+    vector_half = None
+    if mode == "hybrid" and vector and _halves_beside(agents):
+        vector_half = parallel.beside(
+            engine.fetch_candidates, org_id=org.pk, statement=engine.vector_candidates(vector, depth)
+        )  # fmt: skip
     keyword = None
     if mode in ("keyword", "hybrid"):
         # May read the question's terms first (one round trip, for a text new to this
@@ -197,10 +206,13 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
         keyword = keywords.keyword_statement(
             org_id=org.pk, agents=agents, query=request.query, k=depth, filters=filters, everyone_but=selection.everyone_but,
         )  # fmt: skip
+    if vector_half is not None:
+        keyword = engine.given_candidates(engine.fetch_candidates(org_id=org.pk, statement=keyword), "r")
+        vector = [engine.given_candidates(vector_half.result(), "d")]
     found = engine.fetch_results(org_id=org.pk, statement=engine.search_statement(
         mode=mode, vector=vector, keyword=keyword, depth=depth, limit=request.limit,
         weights=_weights(agents, request), include_parent=request.include_parent,
-    ))  # fmt: skip
+    ), prepared=vector_half is not None)  # fmt: skip
     slugs = selection.slug_by_id
     results = []
     for cid, score, row in found:
@@ -218,6 +230,17 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
     if request.chunk_context:
         _add_context(org, results, request.chunk_context)
     return results
+
+
+def _halves_beside(agents) -> bool:
+    """Whether a hybrid search's halves run at once, on two connections: over scopes of at
+    least SEARCH_HYBRID_PARALLEL_MIN_CHUNKS (smaller ones' halves cost less than the third
+    statement and the hand-over), and never inside a transaction, whose writes a helper's
+    connection would not see."""
+    return (
+        sum(a.total_chunks for a in agents) >= settings.SEARCH_HYBRID_PARALLEL_MIN_CHUNKS
+        and not connection.in_atomic_block
+    )
 
 
 def _weights(agents, request) -> dict:

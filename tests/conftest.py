@@ -6,7 +6,7 @@ from django.core.cache import cache
 from django.db import connection
 from rest_framework.test import APIClient
 
-from core import db
+from core import db, parallel
 from tests.factories import AgentFactory, OrganizationFactory, make_api_key
 
 
@@ -20,6 +20,9 @@ def _tests_bypass_row_security(django_db_setup, django_db_blocker):
         db.bypass_every_session()
     yield
     with django_db_blocker.unblock():
+        # A hybrid search's helpers keep connections of their own (core/parallel.py): the
+        # test database is dropped only once nothing is connected to it.
+        parallel.shutdown()
         db.stop_bypassing_sessions()  # the test database is dropped by its owner
 
 

@@ -1,0 +1,118 @@
+"""A hybrid search's halves on two connections at once (core/parallel.py, search/services.py):
+the same answers as one statement, under the same tenant scope."""
+
+import itertools
+import threading
+
+import pytest
+
+from core import parallel
+from knowledge.models import Agent
+from search import selectors, services
+from search.services import SearchRequest
+from tests.factories import AgentFactory
+from tests.search.conftest import DOCS, ingest
+
+MORE = {
+    f"page-{i}": (f"# page {i}\n\n{' '.join(words)} archive number {i}.", {"platform": "common" if i % 2 else "linux", "year": 2018 + i % 6})
+    for i, words in enumerate(
+        [("compress", "files"), ("extract", "tar"), ("list", "containers"), ("commit", "changes"), ("zip", "archive"),
+         ("copy", "files", "remote"), ("docker", "images", "prune"), ("git", "log", "history")] * 3
+    )
+}  # fmt: skip
+QUERIES = [
+    ("compress files into an archive", {}),
+    ("extract a tar archive", {"platform": "common"}),
+    ("docker containers", {"year": {"$gte": 2020}}),
+    ('"zip archive" -docker', {}),
+    ("nothing matches this xyzzy", {}),
+]
+
+
+@pytest.fixture
+def spied(monkeypatch):
+    """Counts the halves that did run beside the search, on which threads."""
+    threads = []
+    real = parallel.beside
+
+    def beside(fn, /, **kwargs):
+        def run(**kw):
+            threads.append(threading.current_thread().name)
+            return fn(**kw)
+
+        return real(run, **kwargs)
+
+    monkeypatch.setattr(parallel, "beside", beside)
+    return threads
+
+
+_calls = itertools.count()
+
+
+def _search(org, slugs, query, filters, **options):
+    selection = selectors.search_agents_get(org=org, slugs=slugs)
+    # A min_score of its own, far below any score: never a cached answer.
+    request = SearchRequest(query=query, mode="hybrid", limit=8, filters=filters, min_score=-1e6 - next(_calls), **options)
+    answer = services.search(org=org, selection=selection, request=request, scope=("test",))
+    assert answer["cached"] is False
+    return answer
+
+
+def _answers(org, settings, threads: int):
+    settings.DATABASE_HELPER_THREADS = threads
+    return [
+        [(r["agent"], r["chunk_key"], r["score"]) for r in _search(org, slugs, query, filters, include_parent=True)["results"]]
+        for slugs in (["support"], None)
+        for query, filters in QUERIES
+    ]
+
+
+def test_halves_beside_answer_exactly_as_one_statement(transactional_db, org_a, agent_a, org_b, agent_b, settings, spied):
+    ingest(org_a, agent_a, {**DOCS, **MORE})
+    ingest(org_b, agent_b, {**DOCS, **MORE})  # the same chunks in another organization: never found
+    other = AgentFactory(organization=org_a, slug="other")
+    Agent.objects.for_org(org_a).filter(pk=other.pk).update(embedding_model="another-model")
+    other.refresh_from_db()
+    ingest(org_a, other, MORE)  # org-wide: two models' lists merged on the helper
+    settings.SEARCH_HYBRID_PARALLEL_MIN_CHUNKS = 0
+
+    one_statement = _answers(org_a, settings, threads=0)
+    assert spied == [] and any(one_statement)
+    beside = _answers(org_a, settings, threads=2)
+    assert beside == one_statement
+    assert len(spied) == len(QUERIES) * 2 and all(name.startswith("lore-beside") for name in spied)
+    # Organization B's copies share every key: a leak would show as a duplicate or as B's agent.
+    for answer in beside:
+        assert len(set(answer)) == len(answer)
+
+
+def test_small_scopes_and_open_transactions_keep_one_statement(transactional_db, org_a, agent_a, settings, spied):
+    from django.db import transaction
+
+    ingest(org_a, agent_a, {**DOCS, **MORE})
+    settings.SEARCH_HYBRID_PARALLEL_MIN_CHUNKS = 10**6
+    _search(org_a, ["support"], "compress files", {})
+    assert spied == []
+    settings.SEARCH_HYBRID_PARALLEL_MIN_CHUNKS = 0
+    with transaction.atomic():  # a helper's connection would not see this transaction's writes
+        _search(org_a, ["support"], "compress files", {})
+    assert spied == []
+    _search(org_a, ["support"], "compress files", {})
+    assert len(spied) == 1
+
+
+def test_a_search_with_every_helper_busy_runs_its_halves_itself(transactional_db, org_a, agent_a, settings):
+    ingest(org_a, agent_a, {**DOCS, **MORE})
+    settings.SEARCH_HYBRID_PARALLEL_MIN_CHUNKS = 0
+    settings.DATABASE_HELPER_THREADS = 1
+    parallel.shutdown()
+    release = threading.Event()
+    busy = parallel.beside(release.wait)
+    try:
+        assert parallel.beside(lambda: None) is None
+        expected = _search(org_a, ["support"], "extract a tar archive", {})["results"]
+        assert expected and expected[0]["document_key"] == "tar"
+    finally:
+        release.set()
+        busy.result()
+    parallel.shutdown()

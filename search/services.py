@@ -192,13 +192,18 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
             for model, parts in selection.vector_parts.items()
             for part, but in parts
         ]
-    # A hybrid search over a large scope runs its vector half on a helper's connection while
-    # its keyword half runs on this one, then fuses the two lists in a third statement.
-    vector_half = None
-    if mode == "hybrid" and vector and _halves_beside(agents):
-        vector_half = parallel.beside(
-            engine.fetch_candidates, org_id=org.pk, statement=engine.vector_candidates(vector, depth)
-        )  # fmt: skip
+    # Over a large scope, the search's independent statements run at once on helpers'
+    # connections: every vector part of a hybrid search beside its keyword half, all but
+    # the last of a vector search's parts (an organization's agents' own graphs) beside
+    # that one. Then a last statement fuses the lists and reads the rows kept: prepared when
+    # it only reads lists given to it.
+    beside = []
+    if vector and (mode == "hybrid" or len(vector) > 1) and _beside(agents):
+        for statement in vector if mode == "hybrid" else vector[:-1]:
+            future = parallel.beside(engine.fetch_candidates, org_id=org.pk, statement=statement)
+            if future is None:
+                break  # no helper free: the rest run in the last statement, as without helpers
+            beside.append(future)
     keyword = None
     if mode in ("keyword", "hybrid"):
         # May read the question's terms first (one round trip, for a text new to this
@@ -206,13 +211,18 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
         keyword = keywords.keyword_statement(
             org_id=org.pk, agents=agents, query=request.query, k=depth, filters=filters, everyone_but=selection.everyone_but,
         )  # fmt: skip
-    if vector_half is not None:
-        keyword = engine.given_candidates(engine.fetch_candidates(org_id=org.pk, statement=keyword), "r")
-        vector = [engine.given_candidates(vector_half.result(), "d")]
+    if beside:
+        # This thread's own share: the keyword half, else the vector part kept back.
+        if keyword is not None:
+            keyword = engine.given_candidates(engine.fetch_candidates(org_id=org.pk, statement=keyword), "r")
+        else:
+            vector[-1] = engine.given_candidates(engine.fetch_candidates(org_id=org.pk, statement=vector[-1]), "d")
+        for i, future in enumerate(beside):
+            vector[i] = engine.given_candidates(future.result(), "d")
     found = engine.fetch_results(org_id=org.pk, statement=engine.search_statement(
         mode=mode, vector=vector, keyword=keyword, depth=depth, limit=request.limit,
         weights=_weights(agents, request), include_parent=request.include_parent,
-    ), prepared=vector_half is not None)  # fmt: skip
+    ), prepared=bool(beside) and len(beside) + (keyword is None) == len(vector))  # fmt: skip
     slugs = selection.slug_by_id
     results = []
     for cid, score, row in found:
@@ -232,13 +242,13 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
     return results
 
 
-def _halves_beside(agents) -> bool:
-    """Whether a hybrid search's halves run at once, on two connections: over scopes of at
-    least SEARCH_HYBRID_PARALLEL_MIN_CHUNKS (smaller ones' halves cost less than the third
-    statement and the hand-over), and never inside a transaction, whose writes a helper's
-    connection would not see."""
+def _beside(agents) -> bool:
+    """Whether a search's statements may run at once, on several connections: over scopes
+    of at least SEARCH_PARALLEL_MIN_CHUNKS (smaller ones' cost less than the last statement
+    and the hand-over), and never inside a transaction, whose writes a helper's connection
+    would not see."""
     return (
-        sum(a.total_chunks for a in agents) >= settings.SEARCH_HYBRID_PARALLEL_MIN_CHUNKS
+        sum(a.total_chunks for a in agents) >= settings.SEARCH_PARALLEL_MIN_CHUNKS
         and not connection.in_atomic_block
     )
 

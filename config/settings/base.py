@@ -369,10 +369,11 @@ SEARCH_ORG_INDEX_MIN_CHUNKS = env.int("SEARCH_ORG_INDEX_MIN_CHUNKS", default=100
 # across many agents' clusters lost recall; 128 restores it for a little more per insert.
 SEARCH_ORG_GRAPH_EF_CONSTRUCTION = env.int("SEARCH_ORG_GRAPH_EF_CONSTRUCTION", default=128)
 SEARCH_HYBRID_CANDIDATES = env.int("SEARCH_HYBRID_CANDIDATES", default=50)
-# A hybrid search over at least this many chunks runs its vector half on a helper thread's
-# connection (DATABASE_HELPER_THREADS) while its keyword half runs: it then takes about
-# its slower half, not their sum.
-SEARCH_HYBRID_PARALLEL_MIN_CHUNKS = env.int("SEARCH_HYBRID_PARALLEL_MIN_CHUNKS", default=1000)
+# A search over at least this many chunks runs its independent statements at once, on
+# helper threads' connections (DATABASE_HELPER_THREADS): a hybrid search's vector half
+# beside its keyword half, an organization's agents' graphs beside each other. It then
+# takes about its slowest statement, not their sum (search/services.py).
+SEARCH_PARALLEL_MIN_CHUNKS = env.int("SEARCH_PARALLEL_MIN_CHUNKS", default=500)
 # Keyword searches over at least this many chunks read their matches by tiers of coverage
 # (search/keywords.py); smaller ones rank every match in one scan, which is cheaper there.
 SEARCH_KEYWORD_TIERS_MIN_CHUNKS = env.int("SEARCH_KEYWORD_TIERS_MIN_CHUNKS", default=10000)
@@ -429,7 +430,7 @@ LORE_RETENTION_MAX_BATCHES = env.int("LORE_RETENTION_MAX_BATCHES", default=200)
 DATABASE_PARALLEL_WORKERS = env.int("DATABASE_PARALLEL_WORKERS", default=0)
 # Helper threads per process for reads run beside a request's own (core/parallel.py), each
 # with a database connection of its own: gunicorn's threads (config/gunicorn.conf.py) need
-# at most one each, more only wait. 0: none (every search runs on its request's connection).
+# one or two each. 0: none (every search runs on its request's connection).
 DATABASE_HELPER_THREADS = env.int("DATABASE_HELPER_THREADS", default=4)
 # These travel as connection startup options: no SET per query, and every connection
 # (web, worker, shell) searches the same way.

@@ -49,21 +49,23 @@ def spied(monkeypatch):
 _calls = itertools.count()
 
 
-def _search(org, slugs, query, filters, **options):
+def _search(org, slugs, query, filters, mode="hybrid", **options):
     selection = selectors.search_agents_get(org=org, slugs=slugs)
     # A min_score of its own, far below any score: never a cached answer.
-    request = SearchRequest(query=query, mode="hybrid", limit=8, filters=filters, min_score=-1e6 - next(_calls), **options)
+    request = SearchRequest(query=query, mode=mode, limit=8, filters=filters, min_score=-1e6 - next(_calls), **options)
     answer = services.search(org=org, selection=selection, request=request, scope=("test",))
     assert answer["cached"] is False
     return answer
 
 
-def _answers(org, settings, threads: int):
+def _answers(org, settings, threads: int, modes=("hybrid",)):
     settings.DATABASE_HELPER_THREADS = threads
+    parallel.shutdown()  # helpers as many as asked
     return [
-        [(r["agent"], r["chunk_key"], r["score"]) for r in _search(org, slugs, query, filters, include_parent=True)["results"]]
+        [(r["agent"], r["chunk_key"], r["score"]) for r in _search(org, slugs, query, filters, mode, include_parent=True)["results"]]
         for slugs in (["support"], None)
         for query, filters in QUERIES
+        for mode in modes
     ]
 
 
@@ -73,27 +75,48 @@ def test_halves_beside_answer_exactly_as_one_statement(transactional_db, org_a, 
     other = AgentFactory(organization=org_a, slug="other")
     Agent.objects.for_org(org_a).filter(pk=other.pk).update(embedding_model="another-model")
     other.refresh_from_db()
-    ingest(org_a, other, MORE)  # org-wide: two models' lists merged on the helper
-    settings.SEARCH_HYBRID_PARALLEL_MIN_CHUNKS = 0
+    ingest(org_a, other, MORE)  # org-wide: a vector list per model
+    settings.SEARCH_PARALLEL_MIN_CHUNKS = 0
 
     one_statement = _answers(org_a, settings, threads=0)
     assert spied == [] and any(one_statement)
     beside = _answers(org_a, settings, threads=2)
     assert beside == one_statement
-    assert len(spied) == len(QUERIES) * 2 and all(name.startswith("lore-beside") for name in spied)
+    # The agent's vector list beside its keyword list; org-wide, each model's.
+    assert len(spied) == len(QUERIES) * (1 + 2) and all(name.startswith("lore-beside") for name in spied)
     # Organization B's copies share every key: a leak would show as a duplicate or as B's agent.
     for answer in beside:
         assert len(set(answer)) == len(answer)
+    # One helper for two vector lists: the second runs in the last statement, unprepared.
+    assert _answers(org_a, settings, threads=1) == one_statement
+
+
+def test_an_organizations_agents_graphs_are_searched_at_once(transactional_db, org_a, agent_a, settings, spied):
+    # "support" large enough for a graph of its own, the organization too small for one:
+    # each agent's list is a statement of its own (search.selection.vector_parts).
+    ingest(org_a, agent_a, {**DOCS, **MORE})
+    small = AgentFactory(organization=org_a, slug="small")
+    ingest(org_a, small, DOCS)
+    settings.SEARCH_EXACT_MAX_CHUNKS = 10
+    settings.SEARCH_AGENT_INDEX_MIN_CHUNKS = 11
+    settings.SEARCH_ORG_INDEX_MIN_CHUNKS = 10**6
+    settings.SEARCH_PARALLEL_MIN_CHUNKS = 0
+    one_statement = _answers(org_a, settings, threads=0, modes=("vector", "hybrid"))
+    assert spied == [] and any(one_statement)
+    assert _answers(org_a, settings, threads=2, modes=("vector", "hybrid")) == one_statement
+    # The agent's hybrid: its vector half beside. Org-wide: one of the vector search's two
+    # lists beside, both of the hybrid's.
+    assert len(spied) == len(QUERIES) * (1 + 1 + 2)
 
 
 def test_small_scopes_and_open_transactions_keep_one_statement(transactional_db, org_a, agent_a, settings, spied):
     from django.db import transaction
 
     ingest(org_a, agent_a, {**DOCS, **MORE})
-    settings.SEARCH_HYBRID_PARALLEL_MIN_CHUNKS = 10**6
+    settings.SEARCH_PARALLEL_MIN_CHUNKS = 10**6
     _search(org_a, ["support"], "compress files", {})
     assert spied == []
-    settings.SEARCH_HYBRID_PARALLEL_MIN_CHUNKS = 0
+    settings.SEARCH_PARALLEL_MIN_CHUNKS = 0
     with transaction.atomic():  # a helper's connection would not see this transaction's writes
         _search(org_a, ["support"], "compress files", {})
     assert spied == []
@@ -103,7 +126,7 @@ def test_small_scopes_and_open_transactions_keep_one_statement(transactional_db,
 
 def test_a_search_with_every_helper_busy_runs_its_halves_itself(transactional_db, org_a, agent_a, settings):
     ingest(org_a, agent_a, {**DOCS, **MORE})
-    settings.SEARCH_HYBRID_PARALLEL_MIN_CHUNKS = 0
+    settings.SEARCH_PARALLEL_MIN_CHUNKS = 0
     settings.DATABASE_HELPER_THREADS = 1
     parallel.shutdown()
     release = threading.Event()

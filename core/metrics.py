@@ -63,6 +63,11 @@ SEARCH_DURATION = Histogram(
     ["mode", "strategy", "cache"], buckets=_FAST,
 )  # fmt: skip
 SEARCH_DEGRADED = Counter("lore_search_degraded", "Hybrid searches answered by keywords alone: no query embedding.")
+DB_HELPERS = Counter(
+    "lore_db_helper_tasks",
+    "Statements offered to a helper connection (core/parallel.py): started, or busy (no helper free: the request ran it).",
+    ["result"],
+)
 CACHE_LOOKUPS = Counter(
     "lore_cache_lookups",
     "Cache lookups by cache (results, qemb: search's query embeddings, embeddings: ingestion's per-organization"
@@ -149,6 +154,11 @@ def search_done(mode: str, strategy: str, cached: bool, seconds: float) -> None:
 def search_degraded() -> None:
     if ENABLED:
         SEARCH_DEGRADED.inc()
+
+
+def db_helper_task(started: bool) -> None:
+    if ENABLED:
+        DB_HELPERS.labels("started" if started else "busy").inc()
 
 
 def cache_lookups(cache: str, tier: str, *, hits: int = 0, misses: int = 0) -> None:

@@ -22,6 +22,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from django.conf import settings
 from django.db import close_old_connections, connections
 
+from core import metrics
+
 _lock = threading.Lock()
 _pool: tuple[int, ThreadPoolExecutor, threading.BoundedSemaphore] | None = None
 # The helpers' connection wrappers, for shutdown(): a test database is dropped only once
@@ -37,7 +39,9 @@ def beside(fn, /, **kwargs) -> Future | None:
         return None
     _, executor, free = pool
     if not free.acquire(blocking=False):
+        metrics.db_helper_task(started=False)
         return None
+    metrics.db_helper_task(started=True)
     try:
         return executor.submit(_run, free, fn, kwargs)
     except BaseException:

@@ -4,6 +4,7 @@ import pytest
 from django.db import connection
 
 from core import parallel
+from tests.conftest import metric
 
 
 @pytest.fixture(autouse=True)
@@ -29,6 +30,7 @@ def test_work_runs_on_a_helper_thread_with_a_connection_of_its_own(transactional
 
 
 def test_no_helpers_when_turned_off_or_all_busy(settings):
+    started, busy_before = metric("lore_db_helper_tasks_total", result="started"), metric("lore_db_helper_tasks_total", result="busy")
     settings.DATABASE_HELPER_THREADS = 0
     assert parallel.beside(lambda: 1) is None
     settings.DATABASE_HELPER_THREADS = 1
@@ -38,6 +40,9 @@ def test_no_helpers_when_turned_off_or_all_busy(settings):
     release.set()
     busy.result()
     assert parallel.beside(lambda: 1).result() == 1
+    # Counted for operators: a steady share of busy asks for more helpers.
+    assert metric("lore_db_helper_tasks_total", result="started") == started + 2
+    assert metric("lore_db_helper_tasks_total", result="busy") == busy_before + 1
 
 
 def test_an_error_reaches_the_caller_and_frees_its_helper(settings):

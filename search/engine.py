@@ -20,7 +20,10 @@ Vector and keyword statements are bound on the server as unnamed statements (the
 vector in binary), which PostgreSQL plans with their values as constants, never prepared:
 every query is planned with its real values, never a generic plan that ignores the
 agent's size. A search is one statement (search_statement): its candidates by vector (per
-embedding model) and by keyword, their fusion, and the rows of those kept.
+embedding model) and by keyword, their fusion, and the rows of those kept. Over a large
+scope its candidate lists are statements of their own instead (fetch_candidates), run at
+once on several connections (search/services.py), and the last statement takes them as
+given lists (given_candidates): fusion and rows only, the same answer.
 
 Hybrid fusion (fusion_cte) is a convex combination of the two lists' scores, each min-max
 normalized over its candidates ("relative score fusion"), not reciprocal rank fusion:

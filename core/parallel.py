@@ -1,83 +1,101 @@
-"""A read run beside the request's own, on another connection: a hybrid search's vector half
-while its keyword half runs (search/services.py). PostgreSQL runs one statement per
-backend, one after the other; two connections let two backends work on one request.
+"""Reads run beside the request's own, on other connections: a search's candidate lists, each
+on its own connection while the request's runs another (search/services.py). PostgreSQL runs
+one statement per backend, one after the other; several connections let several backends
+work on one request.
 
-A fixed set of helper threads per process (DATABASE_HELPER_THREADS), each with
-its own database connection (Django's connections are per thread; they persist as the
-request threads' do, CONN_MAX_AGE). The helpers never wait in line: `beside()` answers
-None when none is free, and the caller runs the work itself, as it would without them, so
-a busy process opens no more connections than request threads plus helpers and a search
-never waits behind another's half.
+A fixed set of helper threads per process (DATABASE_HELPER_THREADS), each with its own
+database connection (Django's connections are per thread). A helper's connection is kept
+between tasks and checked at the start of each, as a request's is at its start: closed
+when past CONN_MAX_AGE or after an error, opened again on use. The helpers never wait in
+line: `beside()` answers None when none is free, and the caller runs the work itself, as it
+would without them, so a busy process opens no more connections than request threads plus
+helpers and a search never waits behind another's list.
 
 Only for reads that need no transaction of the caller's: a helper's connection sees what
 is committed, not what the caller's open transaction wrote (the caller checks,
-search/services.py).
+search/services.py). Each statement declares its organization itself (core/db.py,
+tenant(org, atomic=False)), so nothing of one task's scope outlives its statement.
 """
 
 import os
 import threading
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import close_old_connections, connections
 
 from core import metrics
 
+
+class _Pool(NamedTuple):
+    executor: ThreadPoolExecutor
+    free: threading.BoundedSemaphore
+    # The helpers' connection wrappers, for shutdown(): a test database is dropped only
+    # once nothing is connected to it.
+    connections: weakref.WeakSet
+
+
 _lock = threading.Lock()
-_pool: tuple[int, ThreadPoolExecutor, threading.BoundedSemaphore] | None = None
-# The helpers' connection wrappers, for shutdown(): a test database is dropped only once
-# nothing is connected to it.
-_connections: weakref.WeakSet = weakref.WeakSet()
+_pool: _Pool | None = None
 
 
 def beside(fn, /, **kwargs) -> Future | None:
     """fn(**kwargs) started on a helper thread, or None when every helper is busy (or
-    there are none): then the caller runs it."""
+    there are none): then the caller runs it. A future the caller gives up on (an error
+    of its own) should be cancelled: one not started yet then never runs."""
     pool = _current()
     if pool is None:
         return None
-    _, executor, free = pool
-    if not free.acquire(blocking=False):
+    if not pool.free.acquire(blocking=False):
         metrics.db_helper_task(started=False)
         return None
-    metrics.db_helper_task(started=True)
     try:
-        return executor.submit(_run, free, fn, kwargs)
-    except BaseException:
-        free.release()
-        raise
+        future = pool.executor.submit(_run, pool.connections, fn, kwargs)
+    except RuntimeError:  # shut down (a process exiting): the caller runs it
+        pool.free.release()
+        metrics.db_helper_task(started=False)
+        return None
+    # Done, failed or cancelled before it started: the helper is free again.
+    future.add_done_callback(lambda _: pool.free.release())
+    metrics.db_helper_task(started=True)
+    return future
 
 
-def _run(free: threading.BoundedSemaphore, fn, kwargs):
+def _run(mine: weakref.WeakSet, fn, kwargs):
     try:
         # What a request's start does for its thread's connections: one past CONN_MAX_AGE,
         # or one that failed, is closed and opened again on use.
         close_old_connections()
         return fn(**kwargs)
     finally:
-        _connections.update(connections.all(initialized_only=True))  # this thread's own
-        free.release()
+        mine.update(connections.all(initialized_only=True))  # this thread's own
 
 
-def _current():
+def _current() -> _Pool | None:
     global _pool
     threads = settings.DATABASE_HELPER_THREADS
     if threads <= 0:
         return None
     pool = _pool
-    # A forked process (a gunicorn worker of a preloaded app) inherits no running threads:
-    # it starts its own helpers.
-    if pool is not None and pool[0] == os.getpid():
+    if pool is not None:
         return pool
     with _lock:
-        if _pool is None or _pool[0] != os.getpid():
-            _pool = (
-                os.getpid(),
-                ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lore-beside"),
-                threading.BoundedSemaphore(threads),
-            )
+        if _pool is None:
+            executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lore-beside")
+            _pool = _Pool(executor, threading.BoundedSemaphore(threads), weakref.WeakSet())
         return _pool
+
+
+def _forget_in_child() -> None:
+    # A forked process (a gunicorn worker of a preloaded app) inherits no running threads,
+    # and its parent's connections are not its own to close: it starts its own helpers.
+    global _pool, _lock
+    _pool, _lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def shutdown() -> None:
@@ -86,11 +104,11 @@ def shutdown() -> None:
     global _pool
     with _lock:
         pool, _pool = _pool, None
-    if pool is not None:
-        pool[1].shutdown(wait=True)
-    for wrapper in list(_connections):
-        # The helper threads have ended: nothing else uses these connections.
+    if pool is None:
+        return
+    pool.executor.shutdown(wait=True, cancel_futures=True)
+    for wrapper in list(pool.connections):
+        # The pool's threads have ended: nothing else uses these connections.
         if wrapper.connection is not None:
             wrapper.connection.close()
             wrapper.connection = None
-    _connections.clear()

@@ -19,7 +19,8 @@ Vector strategy (bench/search.py measured it; docs/benchmarks.md has the numbers
 Vector and keyword statements are bound on the server as unnamed statements (the query
 vector in binary), which PostgreSQL plans with their values as constants, never prepared:
 every query is planned with its real values, never a generic plan that ignores the
-agent's size. A search is one statement (search_statement): its candidates by vector (per
+agent's size (only a statement that reads nothing but given lists by primary key is
+prepared: fetch_results). A search is one statement (search_statement): its candidates by vector (per
 embedding model) and by keyword, their fusion, and the rows of those kept. Over a large
 scope its candidate lists are statements of their own instead (fetch_candidates), run at
 once on several connections (search/services.py), and the last statement takes them as
@@ -147,12 +148,18 @@ def fetch_candidates(*, org_id: int, statement: tuple[str, list]) -> list[tuple[
 def given_candidates(rows: list[tuple[int, float]], column: str) -> tuple[str, list]:
     """fetch_candidates' rows as a statement search_statement takes for either half (column
     d: vector, r: keyword). Exact: float8 values travel unrounded, so the fusion ranks them
-    as it would in one statement."""
+    as it would in one statement. The lists were read in snapshots of their own: a chunk
+    deleted since (a document replaced or removed meanwhile) is left out before the fusion,
+    which would otherwise keep it among the best and answer short of `limit` (a primary-key
+    probe each)."""
     # Array literals: one string each, where psycopg would adapt a list value by value.
     # repr() of a float is the shortest text that reads back as the same float8.
     ids = "{" + ",".join(str(r[0]) for r in rows) + "}"
     values = "{" + ",".join(repr(r[1]) for r in rows) + "}"
-    return f"SELECT * FROM unnest(%s::bigint[], %s::float8[]) AS g(id, {column})", [ids, values]
+    return (
+        f"SELECT g.id, g.{column} FROM unnest(%s::bigint[], %s::float8[]) AS g(id, {column})"
+        " WHERE EXISTS (SELECT FROM knowledge_chunk c WHERE c.id = g.id AND c.organization_id = {org})"
+    ), [ids, values]
 
 
 # The fusion's version, in cached results' keys (search/services.py): a new one leaves the

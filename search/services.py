@@ -212,13 +212,18 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
             org_id=org.pk, agents=agents, query=request.query, k=depth, filters=filters, everyone_but=selection.everyone_but,
         )  # fmt: skip
     if beside:
-        # This thread's own share: the keyword half, else the vector part kept back.
-        if keyword is not None:
-            keyword = engine.given_candidates(engine.fetch_candidates(org_id=org.pk, statement=keyword), "r")
-        else:
-            vector[-1] = engine.given_candidates(engine.fetch_candidates(org_id=org.pk, statement=vector[-1]), "d")
-        for i, future in enumerate(beside):
-            vector[i] = engine.given_candidates(future.result(), "d")
+        try:
+            # This thread's own share: the keyword half, else the vector part kept back.
+            if keyword is not None:
+                keyword = engine.given_candidates(engine.fetch_candidates(org_id=org.pk, statement=keyword), "r")
+            else:
+                vector[-1] = engine.given_candidates(engine.fetch_candidates(org_id=org.pk, statement=vector[-1]), "d")
+            for i, future in enumerate(beside):
+                vector[i] = engine.given_candidates(future.result(), "d")
+        except BaseException:
+            for future in beside:
+                future.cancel()  # those not started yet never run; a running statement ends as it would
+            raise
     found = engine.fetch_results(org_id=org.pk, statement=engine.search_statement(
         mode=mode, vector=vector, keyword=keyword, depth=depth, limit=request.limit,
         weights=_weights(agents, request), include_parent=request.include_parent,

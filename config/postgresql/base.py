@@ -20,9 +20,10 @@ matches partial indexes by their predicates.
 `binding_cursor(prepared=True)` prepares its statements on the connection, for
 statements with one good plan whatever their values (lookups by a unique key): then
 PostgreSQL neither parses nor plans them again, which for the API key and agent lookup
-of a search is most of their database time (bench/search.py). Nothing else is ever
-prepared (config/settings/base.py): after 5 executions a prepared vector search may
-switch to a generic plan that ignores the agent's size. DB_PREPARED_LOOKUPS=False turns
+of a search is most of their database time (bench/search.py); so is the last statement of
+a search whose lists were read apart (search/engine.py fetch_results: primary-key reads
+only). No scan is ever prepared (config/settings/base.py): after 5 executions a prepared
+vector search may switch to a generic plan that ignores the agent's size. DB_PREPARED_LOOKUPS=False turns
 preparation off for a pooler that cannot keep prepared statements (PgBouncer in
 transaction mode before 1.21).
 """

@@ -104,8 +104,9 @@ DATABASES["default"].setdefault("OPTIONS", {})
 # switch a prepared vector search to a generic plan, which ignores the per-agent
 # selectivity and turns every search into an exact scan. Django's cursors bind
 # client-side and never prepare; this threshold would otherwise apply if someone turned
-# on server_side_binding. Only the fixed lookups of every API request (API key, agent)
-# are prepared, explicitly (config/postgresql/base.py); None would forbid those too.
+# on server_side_binding. Only statements of one good plan whatever their values are
+# prepared, explicitly (config/postgresql/base.py): the fixed lookups of every API request
+# (API key, agent) and a search's last statement over given lists; None would forbid those too.
 DATABASES["default"]["OPTIONS"]["prepare_threshold"] = 2**31 - 1
 # Off for a connection pooler that cannot keep prepared statements.
 DB_PREPARED_LOOKUPS = env.bool("DB_PREPARED_LOOKUPS", default=True)
@@ -429,8 +430,9 @@ LORE_RETENTION_MAX_BATCHES = env.int("LORE_RETENTION_MAX_BATCHES", default=200)
 # (bench/search.py); at hundreds of requests per second on few cores, workers only compete.
 DATABASE_PARALLEL_WORKERS = env.int("DATABASE_PARALLEL_WORKERS", default=0)
 # Helper threads per process for reads run beside a request's own (core/parallel.py), each
-# with a database connection of its own: gunicorn's threads (config/gunicorn.conf.py) need
-# one or two each. 0: none (every search runs on its request's connection).
+# with a database connection of its own: a search takes one per vector list it reads apart
+# (one for an agent's hybrid search), and one that finds none free reads its lists itself.
+# As many as gunicorn's threads (config/gunicorn.conf.py) serve each thread's search. 0: none.
 DATABASE_HELPER_THREADS = env.int("DATABASE_HELPER_THREADS", default=4)
 # These travel as connection startup options: no SET per query, and every connection
 # (web, worker, shell) searches the same way.

@@ -157,6 +157,52 @@ def test_search_without_a_transaction_reads_only_its_organizations_rows(strict, 
         assert cursor.fetchone() in (("", connection.settings_dict["USER"]), (None, connection.settings_dict["USER"]))
 
 
+@pytest.fixture
+def strict_helpers(strict):
+    """strict for the helper threads' connections too (core/parallel.py): in tests every new
+    connection starts as the bypass role (tests/conftest.py), in a server none does."""
+    from django.db.backends.signals import connection_created
+
+    from core import parallel
+
+    parallel.shutdown()
+    connection_created.disconnect(db._session_bypass)
+    yield
+    parallel.shutdown()
+    connection_created.connect(db._session_bypass)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_searchs_lists_on_helper_connections_read_only_its_organizations_rows(
+    strict_helpers, org_a, agent_a, org_b, agent_b, client_a, settings, monkeypatch
+):
+    from core import parallel
+    from search import engine
+
+    settings.SEARCH_PARALLEL_MIN_CHUNKS = 0
+    for org, agent in ((org_a, agent_a), (org_b, agent_b)):
+        documents_ingest(org=org, agent=agent, docs=[DocumentInput(key=f"{org.slug}-doc", text="Archive files with tar.")])
+    # A helper's connection is a server's: a statement that declares nothing reads nothing.
+    def undeclared():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_user, count(*) FROM knowledge_chunk")
+            return cursor.fetchone()
+
+    assert parallel.beside(undeclared).result() == (connection.settings_dict["USER"], 0)
+    ran = []
+    real = engine.fetch_candidates
+
+    def spy(**kwargs):
+        ran.append(kwargs["org_id"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(engine, "fetch_candidates", spy)
+    for path in (f"/api/v1/agents/{agent_a.slug}/search", "/api/v1/search"):
+        body = client_a.post(path, {"query": "archive files tar", "mode": "hybrid"}, format="json").json()
+        assert [r["document_key"] for r in body["results"]] == ["org-a-doc"], path
+    assert ran and set(ran) == {org_a.pk}
+
+
 def test_ingestion_and_search_work_with_nothing_bypassed(strict, org_a, agent_a, org_b, agent_b, client_a):
     documents_ingest(org=org_a, agent=agent_a, docs=[DocumentInput(key="a", text="Archive files with tar.")])
     documents_ingest(org=org_b, agent=agent_b, docs=[DocumentInput(key="b", text="Archive files with tar.")])

@@ -73,8 +73,11 @@ def test_sigkilled_worker_leaves_a_job_that_the_requeue_finishes_with_exact_coun
     assert AgentStats.objects.for_org(org).get(agent=agent).total_chunks == remaining == total - dead.processed_items
     assert not [row for row in stats_reconcile(org=org) if row.drift]
 
-    # Runs the requeued job here (tests run Django-Q2 tasks inline).
-    assert deletion_jobs_requeue_stale(now=timezone.now() + timedelta(seconds=settings.LORE_JOB_STALE_SECONDS + 1)) == [job.pk]
+    # Runs the requeued job here (tests run Django-Q2 tasks inline). The killed worker's
+    # backend holds the job's row lock until PostgreSQL sees its client gone; the requeue
+    # skips a locked row (alive, as far as it can tell) and requeues nothing until then.
+    later = timezone.now() + timedelta(seconds=settings.LORE_JOB_STALE_SECONDS + 1)
+    assert _wait_for(lambda: deletion_jobs_requeue_stale(now=later), 10) == [job.pk]
     done = DeletionJob.objects.for_org(org).get(pk=job.pk)
     assert (done.status, done.attempts, done.processed_items) == ("completed", 2, total)
     assert AgentStats.objects.for_org(org).get(agent=agent).total_chunks == 0

@@ -46,6 +46,18 @@ def spied(monkeypatch):
     return threads
 
 
+@pytest.fixture
+def kb_with_helpers(transactional_db, org_a, agent_a, settings):
+    """Agent A's knowledge, committed, and searches over any scope on helpers (2 unless a
+    test sets DATABASE_HELPER_THREADS and calls parallel.shutdown() itself)."""
+    ingest(org_a, agent_a, {**DOCS, **MORE})
+    settings.SEARCH_PARALLEL_MIN_CHUNKS = 0
+    settings.DATABASE_HELPER_THREADS = 2
+    parallel.shutdown()
+    yield agent_a
+    parallel.shutdown()
+
+
 _calls = itertools.count()
 
 
@@ -124,9 +136,7 @@ def test_small_scopes_and_open_transactions_keep_one_statement(transactional_db,
     assert len(spied) == 1
 
 
-def test_a_search_with_every_helper_busy_runs_its_halves_itself(transactional_db, org_a, agent_a, settings):
-    ingest(org_a, agent_a, {**DOCS, **MORE})
-    settings.SEARCH_PARALLEL_MIN_CHUNKS = 0
+def test_a_search_with_every_helper_busy_runs_its_halves_itself(kb_with_helpers, org_a, settings):
     settings.DATABASE_HELPER_THREADS = 1
     parallel.shutdown()
     release = threading.Event()
@@ -138,4 +148,47 @@ def test_a_search_with_every_helper_busy_runs_its_halves_itself(transactional_db
     finally:
         release.set()
         busy.result()
+
+
+def test_a_chunk_deleted_after_the_lists_were_read_leaves_a_full_answer(kb_with_helpers, org_a, monkeypatch):
+    from django.db import connection
+
+    from search import engine
+
+    real, deleted = engine.given_candidates, []
+
+    def given(rows, column):
+        if column == "r" and rows and not deleted:
+            # A document replaced between the lists' reads and the last statement.
+            deleted.append(max(rows, key=lambda r: r[1])[0])
+            with connection.cursor() as cursor:
+                cursor.execute("DELETE FROM knowledge_chunk WHERE id = %s", deleted)
+        return real(rows, column)
+
+    monkeypatch.setattr(engine, "given_candidates", given)
+    selection = selectors.search_agents_get(org=org_a, slugs=["support"])
+    answer = services.search(org=org_a, selection=selection, request=SearchRequest(query="compress files", limit=3), scope=("deleted",))
+    assert deleted and len(answer["results"]) == 3
+
+
+def test_a_request_whose_own_list_fails_raises_its_error_and_frees_its_helper(kb_with_helpers, org_a, settings, monkeypatch):
+    from search import keywords
+
+    settings.DATABASE_HELPER_THREADS = 1
     parallel.shutdown()
+    real, futures = parallel.beside, []
+
+    def beside(fn, /, **kwargs):
+        futures.append(real(fn, **kwargs))
+        return futures[-1]
+
+    def fail(**kwargs):
+        raise RuntimeError("keyword half failed")
+
+    monkeypatch.setattr(parallel, "beside", beside)
+    monkeypatch.setattr(keywords, "keyword_statement", fail)
+    with pytest.raises(RuntimeError, match="keyword half failed"):
+        _search(org_a, ["support"], "compress files", {})
+    assert len(futures) == 1 and futures[0] is not None
+    futures[0].exception(timeout=10)  # its statement ends as it would; nobody waits for it
+    assert real(lambda: 1).result(timeout=10) == 1  # and its helper is free again

@@ -204,15 +204,15 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
             if future is None:
                 break  # no helper free: the rest run in the last statement, as without helpers
             beside.append(future)
-    keyword = None
-    if mode in ("keyword", "hybrid"):
-        # May read the question's terms first (one round trip, for a text new to this
-        # process): the tiers of a large scope are built from them.
-        keyword = keywords.keyword_statement(
-            org_id=org.pk, agents=agents, query=request.query, k=depth, filters=filters, everyone_but=selection.everyone_but,
-        )  # fmt: skip
-    if beside:
-        try:
+    try:
+        keyword = None
+        if mode in ("keyword", "hybrid"):
+            # May read the question's terms first (one round trip, for a text new to this
+            # process): the tiers of a large scope are built from them.
+            keyword = keywords.keyword_statement(
+                org_id=org.pk, agents=agents, query=request.query, k=depth, filters=filters, everyone_but=selection.everyone_but,
+            )  # fmt: skip
+        if beside:
             # This thread's own share: the keyword half, else the vector part kept back.
             if keyword is not None:
                 keyword = engine.given_candidates(engine.fetch_candidates(org_id=org.pk, statement=keyword), "r")
@@ -220,10 +220,10 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
                 vector[-1] = engine.given_candidates(engine.fetch_candidates(org_id=org.pk, statement=vector[-1]), "d")
             for i, future in enumerate(beside):
                 vector[i] = engine.given_candidates(future.result(), "d")
-        except BaseException:
-            for future in beside:
-                future.cancel()  # those not started yet never run; a running statement ends as it would
-            raise
+    except BaseException:
+        for future in beside:
+            future.cancel()  # those not started yet never run; a running statement ends as it would
+        raise
     found = engine.fetch_results(org_id=org.pk, statement=engine.search_statement(
         mode=mode, vector=vector, keyword=keyword, depth=depth, limit=request.limit,
         weights=_weights(agents, request), include_parent=request.include_parent,

@@ -24,7 +24,8 @@ prepared: fetch_results). A search is one statement (search_statement): its cand
 embedding model) and by keyword, their fusion, and the rows of those kept. Over a large
 scope its candidate lists are statements of their own instead (fetch_candidates), run at
 once on several connections (search/services.py), and the last statement takes them as
-given lists (given_candidates): fusion and rows only, the same answer.
+given lists (given_candidates): fusion and rows only, the same answer (but for a chunk
+deleted between the reads, which is left out).
 
 Hybrid fusion (fusion_cte) is a convex combination of the two lists' scores, each min-max
 normalized over its candidates ("relative score fusion"), not reciprocal rank fusion:
@@ -139,8 +140,8 @@ def vector_candidates(vector: list[tuple[str, list]], depth: int) -> tuple[str, 
 
 
 def fetch_candidates(*, org_id: int, statement: tuple[str, list]) -> list[tuple[int, float]]:
-    """(chunk id, distance or score) of one half of a search, run on its own (a hybrid
-    search's halves on two connections at once: search/services.py)."""
+    """(chunk id, distance or score) of one candidate list of a search, run on its own
+    (a search's lists on several connections at once: search/services.py)."""
     with db.tenant(org_id, atomic=False) as sql:
         return sql.fetchall(f"SELECT * FROM ({statement[0]}) h", statement[1], binding=True)
 

@@ -297,34 +297,58 @@ def throughput_table(env, corpora, questions, seconds: float, pg: int) -> harnes
         notes=["target: >= 300 searches/s on 2 cores, load generator on the same machine",
                "CPU-bound searches/s = 2 cores / (gunicorn + PostgreSQL CPU per search)"],
     )  # fmt: skip
-    import threading
-
     for workers, threads in ((2, 4),):
         with harness.Gunicorn(env, workers=workers, threads=threads) as server:
             # Warm: every thread connects.
             for corpus, (_, _, key) in corpora.items():
                 harness.run_load(server.url, key, by_corpus[corpus][-40:], clients=4, seconds=5)
-            results = {}
-            with harness.cpu_used({"gunicorn": [server.pid], "postgres": [pg]}) as used:
-                per = max(1, clients // len(corpora))
-
-                def drive(corpus, key):
-                    results[corpus] = harness.run_load(server.url, key, by_corpus[corpus], clients=per, seconds=seconds)
-
-                threads_ = [threading.Thread(target=drive, args=(c, k)) for c, (_, _, k) in corpora.items()]
-                for t in threads_:
-                    t.start()
-                for t in threads_:
-                    t.join()
-            total = harness.LoadResult.combine(list(results.values()))
-            wall = max(r.seconds for r in results.values())
-            rps = total.requests / wall
-            g, p = used["gunicorn"] / total.requests, used["postgres"] / total.requests
+            load = drive_corpora(server, pg, {c: k for c, (_, _, k) in corpora.items()}, by_corpus, clients, seconds)
             table.add(
-                f"{workers} workers x {threads} threads", f"{rps:.0f}", "/".join(map(harness.ms, harness.percentiles(total.latencies))),
-                total.errors, f"{g * 1000:.2f}", f"{p * 1000:.2f}", f"{2 / (g + p):.0f}", f"{used['bench'] / wall:.0%} of a core",
+                f"{workers} workers x {threads} threads", f"{load.rps:.0f}", "/".join(map(harness.ms, harness.percentiles(load.total.latencies))),
+                load.total.errors, f"{load.gunicorn_ms:.2f}", f"{load.postgres_ms:.2f}", f"{load.cpu_bound:.0f}",
+                f"{load.bench_cpu:.0%} of a core",
             )  # fmt: skip
     return table
+
+
+@dataclass
+class CorporaLoad:
+    total: "harness.LoadResult"
+    rps: float
+    gunicorn_ms: float  # CPU a search, gunicorn's processes
+    postgres_ms: float  # and PostgreSQL's
+    bench_cpu: float  # the load generator's, share of a core
+
+    @property
+    def cpu_bound(self) -> float:
+        """Searches a second if both cores served only gunicorn and PostgreSQL."""
+        return 2000 / (self.gunicorn_ms + self.postgres_ms)
+
+
+def drive_corpora(server, pg: int, keys: dict[str, str], by_corpus: dict[str, list], clients: int, seconds: float) -> CorporaLoad:
+    """`clients` keep-alive clients shared out among the corpora, each group sending its
+    corpus' requests with its organization's key, all at once for `seconds`; the CPU the
+    server's processes and PostgreSQL's used meanwhile."""
+    import threading
+
+    results = {}
+    with harness.cpu_used({"gunicorn": [server.pid], "postgres": [pg]}) as used:
+        per = max(1, clients // len(keys))
+
+        def drive(corpus, key):
+            results[corpus] = harness.run_load(server.url, key, by_corpus[corpus], clients=per, seconds=seconds)
+
+        threads = [threading.Thread(target=drive, args=(c, k)) for c, k in keys.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    total = harness.LoadResult.combine(list(results.values()))
+    wall = max(r.seconds for r in results.values())
+    return CorporaLoad(
+        total, total.requests / wall, used["gunicorn"] / total.requests * 1000, used["postgres"] / total.requests * 1000,
+        used["bench"] / wall,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ bench/search_text.py's corpora and questions, in the same run.
     .venv/bin/python bench/search_text_ab.py                          # against the last commit
     .venv/bin/python bench/search_text_ab.py --base HEAD~1 --modes keyword,hybrid
     .venv/bin/python bench/search_text_ab.py --this-env SEARCH_KEYWORD_MAXSCORE_MIN_CHUNKS=1000000000   # a setting off against on
+    .venv/bin/python bench/search_text_ab.py --modes hybrid --rounds 1 --throughput 5   # and throughput, slices alternating
 
 bench/search_ab.py's method on bench/search_text.py's data (bench/.data-searchtext, which
 must exist: run bench/search_text.py once). On a shared VM the same request costs up to
@@ -55,6 +56,9 @@ def main():
     parser.add_argument("--questions", type=int, default=120, help="questions per corpus (default 120)")
     parser.add_argument("--base-env", nargs="*", default=[], metavar="NAME=VALUE", help="settings of the base's server only")
     parser.add_argument("--this-env", nargs="*", default=[], metavar="NAME=VALUE", help="settings of this checkout's server only")
+    parser.add_argument("--throughput", type=float, default=0, metavar="SECONDS", help="length of each load slice (0: none)")
+    parser.add_argument("--slices", type=int, default=6, help="load slices per server, alternating (default 6)")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients of a load slice (default 16)")
     parser.add_argument("--markdown", help="also write the tables here")
     parser.add_argument("--dimensions", type=int, default=384, help="of the data bench/search_text.py loaded (default 384)")
     parser.add_argument(
@@ -82,6 +86,7 @@ def main():
     questions = [q for _, q in questions]
     base = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=harness.ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
+    loads: dict[str, list] = {}
     seconds: dict[tuple, list[float]] = {}  # (mode, class, side) -> seconds of the answers not cached
     differ: dict[tuple, int] = {}  # (mode, class) -> requests the two sides answered with other chunks
     hits = {side: 0 for side in SIDES}
@@ -123,6 +128,9 @@ def main():
                             differ[(mode, name)] = differ.get((mode, name), 0) + (found["this"] != found["base"])
                 for client in clients.values():
                     client.close()
+                if args.throughput:
+                    run.phase("throughput")
+                    loads = _throughput(args, servers, keys, questions, modes)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=harness.ROOT, check=False)
 
@@ -134,8 +142,55 @@ def main():
         run.note(f"{mode}: the two sides' chunks (and their order) differ in {total} of {asked} requests")
     settings_note = " ".join(f"{side}: {' '.join(pairs)}" for side, pairs in (("base", args.base_env), ("this", args.this_env)) if pairs)
     tables = [run.table()] + [_mode_table(mode, base, settings_note, questions, seconds, differ, args.rounds) for mode in modes]
+    if loads:
+        tables.append(_load_table(args, base, settings_note, modes, loads))
     harness.print_tables(tables, Path(args.markdown) if args.markdown else None)
     harness.stop_database(search_text.NAME)
+
+
+def _throughput(args, servers, keys, questions, modes) -> dict[str, list]:
+    """Each server under the same concurrent load in turn, slice by slice, the first of each
+    pair alternating (bench/search_text.py's load: every question in every mode and scope,
+    the organizations' clients at once); each side and slice with a min_score of its own,
+    so no answer comes from a cached result."""
+    pg = harness.postgres_pid(search_text.NAME)
+    loads: dict[str, list] = {side: [] for side in SIDES}
+    for n in range(args.slices):
+        for side in SIDES if n % 2 == 0 else reversed(SIDES):
+            floor = -100.0 - 2 * n - SIDES.index(side)
+            by_corpus: dict[str, list] = {}
+            for q in questions:
+                for mode in modes:
+                    for path in (q.path_agent, q.path_org):
+                        body = {"query": q.text, "mode": mode, "limit": K, "min_score": floor}
+                        by_corpus.setdefault(q.corpus, []).append(("POST", path, body))
+            loads[side].append(search_text.drive_corpora(servers[side], pg, keys, by_corpus, args.clients, args.throughput))
+    return loads
+
+
+def _load_table(args, base, settings_note, modes, loads) -> harness.Table:
+    table = harness.Table(
+        f"Real text throughput A/B, modes {','.join(modes)}: this checkout against {base}{f' ({settings_note})' if settings_note else ''},"
+        f" {args.clients} clients, {args.slices} slices of {args.throughput:g} s each, alternating",
+        ["server", "searches/s", "p50/p95 ms", "errors", "CPU ms/search gunicorn", "CPU ms/search PostgreSQL", "CPU-bound searches/s"],
+        notes=["per side, over all its slices; the ratio row is this/base",
+               "CPU-bound searches/s = 2 cores / (gunicorn + PostgreSQL CPU per search)"],
+    )  # fmt: skip
+    rows = {}
+    for side in ("base", "this"):
+        parts = loads[side]
+        total = harness.LoadResult.combine([p.total for p in parts])
+        requests = sum(p.total.requests for p in parts)
+        rps = requests / sum(p.total.requests / p.rps for p in parts)
+        g = sum(p.gunicorn_ms * p.total.requests for p in parts) / requests
+        pg = sum(p.postgres_ms * p.total.requests for p in parts) / requests
+        p50, p95 = harness.percentiles(total.latencies)
+        rows[side] = (rps, p50, p95, g, pg)
+        table.add(side, f"{rps:.0f}", f"{harness.ms(p50)}/{harness.ms(p95)}", total.errors, f"{g:.2f}", f"{pg:.2f}", f"{2000 / (g + pg):.0f}")
+    (a, b) = rows["base"], rows["this"]
+    table.add("this/base", f"{b[0] / a[0]:.3f}x", f"{b[1] / a[1]:.2f}x/{b[2] / a[2]:.2f}x", "", f"{b[3] / a[3]:.3f}x", f"{b[4] / a[4]:.3f}x",
+              f"{(a[3] + a[4]) / (b[3] + b[4]):.3f}x")  # fmt: skip
+    return table
 
 
 def _mode_table(mode, base, settings_note, questions, seconds, differ, rounds) -> harness.Table:

@@ -11,6 +11,9 @@ line: `beside()` answers None when none is free, and the caller runs the work it
 would without them, so a busy process opens no more connections than request threads plus
 helpers and a search never waits behind another's list.
 
+Callers count themselves (caller()) to leave helpers alone when their process is busy:
+then every core has work, and running a request's reads at once only costs the hand-over.
+
 Only for reads that need no transaction of the caller's: a helper's connection sees what
 is committed, not what the caller's open transaction wrote (the caller checks,
 search/services.py). Each statement declares its organization itself (core/db.py,
@@ -21,6 +24,7 @@ import os
 import threading
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import NamedTuple
 
 from django.conf import settings
@@ -39,6 +43,23 @@ class _Pool(NamedTuple):
 
 _lock = threading.Lock()
 _pool: _Pool | None = None
+_callers = 0
+_callers_lock = threading.Lock()
+
+
+@contextmanager
+def caller():
+    """Counts the block as a caller in progress in this process; yields how many are,
+    itself included: a caller decides by it whether helpers would find idle cores."""
+    global _callers
+    with _callers_lock:
+        _callers += 1
+        count = _callers
+    try:
+        yield count
+    finally:
+        with _callers_lock:
+            _callers -= 1
 
 
 def beside(fn, /, **kwargs) -> Future | None:

@@ -140,7 +140,11 @@ def search(
             vectors, degraded = None, ["vector"]
             metrics["degraded"] += 1
             lore_metrics.search_degraded()
-        results = _run(org, selection, request, filters, vectors)
+        with parallel.caller() as searching:
+            # Helpers only while this search is (about) alone in its process: under load
+            # every core is busy anyway, and its lists at once would only cost more CPU.
+            alone = searching <= settings.SEARCH_PARALLEL_MAX_SEARCHES
+            results = _run(org, selection, request, filters, vectors, alone=alone)
         if not degraded:
             # A degraded result would be served on after the provider is back.
             result_cache.set(key, (selection.versions, results))
@@ -176,7 +180,9 @@ def _ranks(result: dict, position: int, request, degraded: list) -> dict:
     return {"vector": vector_rank, "keyword": keyword_rank}
 
 
-def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np.ndarray] | None) -> list[dict]:
+def _run(
+    org, selection: AgentSelection, request, filters, vectors: dict[str, np.ndarray] | None, *, alone: bool = True
+) -> list[dict]:
     """`vectors` None: a hybrid search without its query's embedding, fused from its
     keyword candidates alone, so a chunk scores as hybrid scores a chunk found by keywords
     only and the caller's min_score keeps its meaning."""
@@ -198,7 +204,7 @@ def _run(org, selection: AgentSelection, request, filters, vectors: dict[str, np
     # that one. Then a last statement fuses the lists and reads the rows kept: prepared when
     # it only reads lists given to it.
     beside = []
-    if vector and (mode == "hybrid" or len(vector) > 1) and _beside(agents):
+    if vector and (mode == "hybrid" or len(vector) > 1) and alone and _beside(agents):
         for statement in vector if mode == "hybrid" else vector[:-1]:
             future = parallel.beside(engine.fetch_candidates, org_id=org.pk, statement=statement)
             if future is None:

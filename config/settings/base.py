@@ -375,6 +375,11 @@ SEARCH_HYBRID_CANDIDATES = env.int("SEARCH_HYBRID_CANDIDATES", default=50)
 # beside its keyword half, an organization's agents' graphs beside each other. It then
 # takes about its slowest statement, not their sum (search/services.py).
 SEARCH_PARALLEL_MIN_CHUNKS = env.int("SEARCH_PARALLEL_MIN_CHUNKS", default=500)
+# ... while at most this many searches are in progress in its process, itself included.
+# Beyond, the machine's cores are busy with other searches: running a search's lists at
+# once gains nothing there and costs CPU (the hand-over, the last statement), which under
+# full load was 7 % of throughput (docs/benchmarks.md). 1 suits a web process per core.
+SEARCH_PARALLEL_MAX_SEARCHES = env.int("SEARCH_PARALLEL_MAX_SEARCHES", default=1)
 # Keyword searches over at least this many chunks read their matches by tiers of coverage
 # (search/keywords.py); smaller ones rank every match in one scan, which is cheaper there.
 SEARCH_KEYWORD_TIERS_MIN_CHUNKS = env.int("SEARCH_KEYWORD_TIERS_MIN_CHUNKS", default=10000)

@@ -134,6 +134,14 @@ def test_small_scopes_and_open_transactions_keep_one_statement(transactional_db,
     assert spied == []
     _search(org_a, ["support"], "compress files", {})
     assert len(spied) == 1
+    # Another search in progress in this process: the cores are busy, one statement.
+    with parallel.caller():
+        _search(org_a, ["support"], "compress files", {})
+    assert len(spied) == 1
+    settings.SEARCH_PARALLEL_MAX_SEARCHES = 2
+    with parallel.caller():
+        _search(org_a, ["support"], "compress files", {})
+    assert len(spied) == 2
 
 
 def test_a_search_with_every_helper_busy_runs_its_halves_itself(kb_with_helpers, org_a, settings):

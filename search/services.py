@@ -204,7 +204,7 @@ def _run(
     # that one. Then a last statement fuses the lists and reads the rows kept: prepared when
     # it only reads lists given to it.
     beside = []
-    if vector and (mode == "hybrid" or len(vector) > 1) and alone and _beside(agents):
+    if vector and (mode == "hybrid" or len(vector) > 1) and alone and _lists_at_once(agents):
         for statement in vector if mode == "hybrid" else vector[:-1]:
             future = parallel.beside(engine.fetch_candidates, org_id=org.pk, statement=statement)
             if future is None:
@@ -253,7 +253,7 @@ def _run(
     return results
 
 
-def _beside(agents) -> bool:
+def _lists_at_once(agents) -> bool:
     """Whether a search's statements may run at once, on several connections: over scopes
     of at least SEARCH_PARALLEL_MIN_CHUNKS (smaller ones' cost less than the last statement
     and the hand-over), and never inside a transaction, whose writes a helper's connection

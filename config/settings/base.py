@@ -437,7 +437,9 @@ DATABASE_PARALLEL_WORKERS = env.int("DATABASE_PARALLEL_WORKERS", default=0)
 # Helper threads per process for reads run beside a request's own (core/parallel.py), each
 # with a database connection of its own: a search takes one per vector list it reads apart
 # (one for an agent's hybrid search), and one that finds none free reads its lists itself.
-# As many as gunicorn's threads (config/gunicorn.conf.py) serve each thread's search. 0: none.
+# While only a search alone in its process takes them (SEARCH_PARALLEL_MAX_SEARCHES), a
+# thread and its connection exist only for as many lists as one search reads apart;
+# raising that setting, allow one search's lists per search it admits. 0: none.
 DATABASE_HELPER_THREADS = env.int("DATABASE_HELPER_THREADS", default=4)
 # These travel as connection startup options: no SET per query, and every connection
 # (web, worker, shell) searches the same way.

@@ -191,6 +191,12 @@ class Chunk(models.Model):
     embedding = HalfVectorField(dimensions=settings.EMBEDDING_DIMENSIONS)
     metadata = models.JSONField(default=dict, blank=True)
     search_vector = SearchVectorField(null=True)
+    # Its length in terms (lore_terms, knowledge/migrations/0015): BM25's length
+    # normalization reads it beside search_vector for every keyword candidate.
+    terms = models.GeneratedField(
+        expression=models.Func("search_vector", function="lore_terms", output_field=models.IntegerField()),
+        output_field=models.IntegerField(null=True), db_persist=True,
+    )  # fmt: skip
 
     unscoped = UnscopedManager()
     objects = TenantManager()

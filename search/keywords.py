@@ -159,20 +159,24 @@ def keyword_statement(
     return " UNION ALL ".join(f"({part})" for part in parts) + " ORDER BY r DESC, id LIMIT %s", [*params, k]
 
 
+# What _ranked reads of each candidate chunk: (id, v, n).
+_CANDIDATE = "c.id, c.search_vector AS v, c.terms AS n"
+
+
 def _ranked(source: tuple[str, list], terms: tuple[str, ...], stats: Bm25Scope, idf: str | None = None) -> tuple[str, list]:
-    """(id, score) of chunks (id, v) from `source` (a subquery: sql, params), by BM25 over the agents of `stats`:
-    the sum over terms of idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / average
-    length)), as Lucene and bm25s score, returned as bm25 / (bm25 + 1), in [0, 1).
+    """(id, score) of chunks (id, v, n: _CANDIDATE) from `source` (a subquery: sql, params),
+    by BM25 over the agents of `stats`: the sum over terms of idf * tf * (k1 + 1) / (tf + k1
+    * (1 - b + b * length / average length)), as Lucene and bm25s score, returned as bm25 /
+    (bm25 + 1), in [0, 1).
 
     PostgreSQL has no function for a lexeme's frequency in a tsvector, but ts_rank of a
     one-lexeme query with every weight 1 is H(tf) / zeta(2), H(n) = sum of 1/j^2 for j <= n
     (tsrank.c, calc_rank_or), whose inverse is tf = round(1 / (zeta(2) - H) - 1/2): a binary
-    search in the tsvector, no unnest. The chunk's length in terms (the count
-    AgentStats.total_terms sums) is a held term's rank over the same rank divided by length
-    (normalization 2), rounded: one more one-lexeme lookup, where ranking the whole query
-    for it cost as much as all its terms together. Document frequencies: the sum of the
-    terms' TermCount rows over the agents searched (termcount_org_lexeme_idx), read once per
-    statement by lore_bm25_idf; `idf`: a FROM item (column w) that already read them."""
+    search in the tsvector, no unnest. The chunk's length in terms is its column n
+    (Chunk.terms: what AgentStats.total_terms sums; never NULL for a chunk that matched a
+    tsquery). Document frequencies: the sum of the terms' TermCount rows over the agents
+    searched (termcount_org_lexeme_idx), read once per statement by lore_bm25_idf; `idf`:
+    a FROM item (column w) that already read them."""
     n = len(terms)
     literals = _tsquery_literal(terms)
     average = max(stats.terms, 1) / max(stats.chunks, 1)
@@ -181,17 +185,12 @@ def _ranked(source: tuple[str, list], terms: tuple[str, ...], stats: Bm25Scope, 
     # use of a level's value would repeat its expression, and planning a statement
     # quadratic in the terms costs more than ranking a small agent's matches.
     ranks = ", ".join(f"ts_rank('{{1,1,1,1}}', v, %s::tsquery)::float8 AS r{i}" for i in range(n))
-    ranked = f"SELECT id, v, {ranks} FROM {source[0]} OFFSET 0"
+    ranked = f"SELECT id, n, {ranks} FROM {source[0]} OFFSET 0"
     tfs = ", ".join(
         f"CASE WHEN r{i} > 0 THEN round(1 / (1.64493406685 * greatest(1 - r{i}, 1e-9)) - 0.5) ELSE 0 END AS f{i}"
         for i in range(n)
     )
-    # The first term the chunk holds (every candidate holds one), its rank, and its query.
-    # (In the statement's text the select list, and its queries, come before `ranked`.)
-    held = "CASE " + " ".join(f"WHEN r{i} > 0 THEN r{i}" for i in range(n)) + " END"
-    held_query = "CASE " + " ".join(f"WHEN r{i} > 0 THEN %s::tsquery" for i in range(n)) + " END"
-    length = f"coalesce(round({held} / nullif(ts_rank('{{1,1,1,1}}', v, {held_query}, 2), 0)), {average!r})"
-    normalized = f"SELECT id, {tfs}, {BM25_K1!r} * (1 - {BM25_B!r} + {BM25_B!r} * {length} / {average!r}) AS k FROM ({ranked}) r OFFSET 0"
+    normalized = f"SELECT id, {tfs}, {BM25_K1!r} * (1 - {BM25_B!r} + {BM25_B!r} * n::float8 / {average!r}) AS k FROM ({ranked}) r OFFSET 0"
     bm25 = " + ".join(f"idf.w[{i + 1}] * t.f{i} / (t.f{i} + t.k)" for i in range(n))
     # Lucene's idf of each term over the agents searched, by lore_bm25_idf
     # (knowledge/migrations/0009): its lookup is planned once per connection, not with
@@ -206,7 +205,7 @@ def _ranked(source: tuple[str, list], terms: tuple[str, ...], stats: Bm25Scope, 
         idf_params = _idf_params(terms, stats)
     return (
         f"SELECT t.id, 1 - 1 / (1 + {BM25_K1 + 1!r} * ({bm25})) AS r FROM ({normalized}) t, {idf}",
-        [*literals, *literals, *source[1], *idf_params],
+        [*literals, *source[1], *idf_params],
     )
 
 
@@ -222,7 +221,7 @@ def _coverage_all(scope: str, scope_params: list, terms: tuple[str, ...], stats:
     """Every chunk holding any of `terms`, ranked: in a scope too small for tiers to pay
     (SEARCH_KEYWORD_TIERS_MIN_CHUNKS), one scan is cheaper than several."""
     return _ranked(
-        (f"(SELECT c.id, c.search_vector AS v FROM knowledge_chunk c WHERE {scope} AND c.search_vector @@ %s::tsquery) t",
+        (f"(SELECT {_CANDIDATE} FROM knowledge_chunk c WHERE {scope} AND c.search_vector @@ %s::tsquery) t",
          [*scope_params, at_least(terms, 1)]),
         terms, stats,
     )  # fmt: skip
@@ -284,7 +283,7 @@ def _coverage_maxscore(
     probe_terms = f"(SELECT string_agg(lit, ' | ') FROM {bound} WHERE rarer < %s)::tsquery"
 
     def chunks(holding: str) -> str:
-        return f"(SELECT c.id, c.search_vector AS v FROM knowledge_chunk c WHERE {scope} AND c.search_vector @@ {holding}) t"
+        return f"(SELECT {_CANDIDATE} FROM knowledge_chunk c WHERE {scope} AND c.search_vector @@ {holding}) t"
 
     probe_size = k * MAXSCORE_PROBE_FACTOR
     probe, probe_params = _ranked((chunks(probe_terms), [*scope_params, probe_size]), terms, stats, idf=f"{name}w idf")
@@ -366,7 +365,7 @@ def _coverage_tiers(
     for m in keyword_tiers(len(present)):
         gate = "".join(f"(SELECT count(*) FROM (SELECT 1 FROM {tier} LIMIT %s) x) < %s AND " for tier in read)
         ctes.append(
-            f"{name}t{m} AS MATERIALIZED (SELECT c.id, c.search_vector AS v FROM knowledge_chunk c"
+            f"{name}t{m} AS MATERIALIZED (SELECT {_CANDIDATE} FROM knowledge_chunk c"
             f" WHERE {gate}{scope} AND c.search_vector @@ %s::tsquery)"
         )
         params += [k, k] * len(read) + [*scope_params, at_least(present, m)]

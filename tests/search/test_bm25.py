@@ -268,6 +268,36 @@ def test_term_statistics_stay_exact_under_ingest_reingest_and_deletion(org_a, ag
     assert term_counts_compact(org_id=org_a.pk) == 0
 
 
+def test_a_chunks_stored_length_is_what_ts_rank_normalizes_by_and_the_stats_sum(org_a, agent_a):
+    # Chunk.terms (knowledge/migrations/0015) against ts_rank's own length (normalization
+    # 2 divides a held term's rank by it) and AgentStats.total_terms: repeated words, stop
+    # words, a text of stop words only, many chunks.
+    ingest(org_a, agent_a, {
+        "plain": ("zebra lion zebra tiger", {}),
+        "stops": ("the zebra and the lion of the night", {}),
+        "none": ("the and of", {}),
+        **{d: (t, {}) for d, (t, _) in _random_docs(random.Random(5), 12).items()},
+    })  # fmt: skip
+    with db.tenant(org_a) as scoped:
+        rows = scoped.fetchall(
+            "SELECT c.key, c.terms, (SELECT sum(greatest(cardinality(t.positions), 1)) FROM unnest(c.search_vector) t),"
+            " (SELECT round(ts_rank('{1,1,1,1}', c.search_vector, t.lexeme::tsquery)"
+            " / ts_rank('{1,1,1,1}', c.search_vector, t.lexeme::tsquery, 2)) FROM unnest(c.search_vector) t LIMIT 1)"
+            " FROM knowledge_chunk c WHERE c.organization_id = {org}"
+        )
+        # A lexeme keeps a bounded number of positions; a stripped tsvector none (each counts 1).
+        capped, capped_ranked, stripped = scoped.fetchone(
+            "SELECT lore_terms(v), round(ts_rank('{1,1,1,1}', v, 'lion') / ts_rank('{1,1,1,1}', v, 'lion', 2)),"
+            " lore_terms(strip(to_tsvector('simple', 'a a b'))) FROM to_tsvector('simple', repeat('zebra ', 300) || 'lion') v"
+        )
+    lengths = {key: terms for key, terms, _, _ in rows}
+    assert lengths["plain#0"] == 4 and lengths["stops#0"] == 3 and lengths["none#0"] == 0
+    for _, terms, counted, ranked in rows:
+        assert terms == (counted or 0) and (ranked is None or terms == ranked)
+    assert sum(lengths.values()) == recorded(org_a, agent_a)[1]
+    assert capped == capped_ranked < 301 and stripped == 2
+
+
 def test_a_document_deletion_job_counts_each_batch_out(org_a, agent_a):
     from knowledge.services.deletion_steps import _document_step
 

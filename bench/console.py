@@ -127,7 +127,7 @@ def screenshot(env: dict, path: str) -> None:
     options = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1500", "--hide-scrollbars"):
         options.add_argument(arg)
-    with harness.Gunicorn(env, workers=1, threads=2) as server:
+    with harness.web_server(env, workers=1, threads=2) as server:
         driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
         try:
             driver.get(f"{server.url}/admin/login/?next=/admin/console/")

@@ -315,7 +315,7 @@ def main():
 
     tables = []
     phases = {}
-    with harness.Gunicorn(env, workers=2, threads=4) as server:
+    with harness.web_server(env, workers=2, threads=4) as server:
         client = harness.Client(server.url, data.api_key)
         probe = Probe(data, client, roles["probe"], topics)
         run.phase("before")

@@ -54,6 +54,7 @@ import os
 import re
 import resource
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -604,40 +605,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class Gunicorn:
-    """gunicorn (gthread workers, as ./dev up) serving config.wsgi on a free loopback port,
-    with the bench's environment plus `extra` settings; stopped on exit. `root`: the
-    checkout to serve (another commit's, to compare two versions on the same data);
-    `worker_class` and `app`: another server set-up or application (bench/http_floor.py)."""
+class _Server:
+    """A web server serving Lore (or `app`) on a free loopback port, with the bench's
+    environment plus `extra` settings; stopped on exit. `root`: the checkout to serve
+    (another commit's, to compare two versions on the same data)."""
 
     def __init__(
         self, env: dict, *, workers: int = 2, threads: int = 4, log: Path | None = None, root: Path = ROOT,
-        worker_class: str = "gthread", app: str = "config.wsgi", **extra: str,
+        app: str | None = None, **extra: str,
     ):  # fmt: skip
         self.env = {**env, **{k: str(v) for k, v in extra.items()}}
         self.root = root
-        self.workers, self.threads, self.worker_class, self.app = workers, threads, worker_class, app
+        self.workers, self.threads, self.app = workers, threads, app
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log or Path(env["LORE_DATA_DIR"]) / "gunicorn.log"
+        self.log = log or Path(env["LORE_DATA_DIR"]) / "web.log"
         self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> "Gunicorn":
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def __enter__(self):
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        command = [
-            str(Path(sys.executable).parent / "gunicorn"), self.app, "--bind", f"127.0.0.1:{self.port}",
-            "--workers", str(self.workers), "--threads", str(self.threads), "--worker-class", self.worker_class,
-            "--keep-alive", "30", "--log-level", "warning",
-        ]  # fmt: skip
-        if (self.root / "config" / "gunicorn.conf.py").exists():
-            # As ./dev up serves: its hooks (the metrics' multiprocess mode); the options above win.
-            command[1:1] = ["-c", "config/gunicorn.conf.py"]
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command(), cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited ({self.process.returncode}); see {self.log}")
+                raise RuntimeError(f"{type(self).__name__} exited ({self.process.returncode}); see {self.log}")
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
                 conn.request("GET", "/healthz")
@@ -647,10 +642,11 @@ class Gunicorn:
                 pass
             time.sleep(0.2)
         self.__exit__(None, None, None)
-        raise RuntimeError(f"gunicorn did not become healthy; see {self.log}")
+        raise RuntimeError(f"{type(self).__name__} did not become healthy; see {self.log}")
 
     @property
     def pid(self) -> int:
+        """The server's main process: its tree holds the workers (cpu_seconds)."""
         return self.process.pid
 
     def __exit__(self, *exc) -> None:
@@ -661,6 +657,57 @@ class Gunicorn:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class Granian(_Server):
+    """Granian as ./dev up runs it (config/serve.py: `workers` processes of `threads` Django
+    threads each), or serving WSGI application `app` ("module:callable") the same way."""
+
+    def command(self) -> list[str]:
+        bin_dir = Path(sys.executable).parent
+        if self.app is None:
+            return [
+                str(bin_dir / "python"), "-m", "config.serve", "--host", "127.0.0.1", "--port", str(self.port),
+                "--workers", str(self.workers), "--threads", str(self.threads), "--log-level", "warning",
+            ]  # fmt: skip
+        return [
+            str(bin_dir / "granian"), "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(self.port),
+            "--workers", str(self.workers), "--blocking-threads", str(self.threads), "--log-level", "warning", self.app,
+        ]  # fmt: skip
+
+
+class Gunicorn(_Server):
+    """gunicorn serving config.wsgi (or `app`), gthread workers unless `worker_class` says
+    otherwise: the web server of ./dev up before config/serve.py, and bench/http_floor.py's
+    other set-ups. With the checkout's config/gunicorn.conf.py where it has one."""
+
+    def __init__(self, env: dict, *, worker_class: str = "gthread", **options):
+        super().__init__(env, **options)
+        self.worker_class = worker_class
+
+    def command(self) -> list[str]:
+        command = [
+            str(Path(sys.executable).parent / "gunicorn"), self.app or "config.wsgi", "--bind", f"127.0.0.1:{self.port}",
+            "--workers", str(self.workers), "--threads", str(self.threads), "--worker-class", self.worker_class,
+            "--keep-alive", "30", "--log-level", "warning",
+        ]  # fmt: skip
+        if (self.root / "config" / "gunicorn.conf.py").exists():
+            # As that checkout's ./dev up served: its hooks (the metrics' multiprocess mode); the options above win.
+            command[1:1] = ["-c", "config/gunicorn.conf.py"]
+        else:
+            # The metrics' multiprocess mode as config/serve.py sets it up, in a folder of its own:
+            # compared with Granian, gunicorn pays for the same metrics.
+            folder = Path(self.env["LORE_DATA_DIR"]) / "metrics" / f"gunicorn-{self.port}"
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            self.env["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+        return command
+
+
+def web_server(env: dict, *, root: Path = ROOT, **options) -> _Server:
+    """The web server `root`'s ./dev up runs: Granian (config/serve.py), or gunicorn in a
+    checkout from before it (an A/B's base)."""
+    return (Granian if (root / "config" / "serve.py").exists() else Gunicorn)(env, root=root, **options)
 
 
 def wsgi_call(handler, method: str, path: str, body: bytes = b"", api_key: str | None = None) -> bytes:

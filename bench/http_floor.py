@@ -1,12 +1,13 @@
 """Where a request's fixed cost goes, by layer (issue 18: a cached repeat <= 2 ms p50 over
 HTTP). The same requests, one keep-alive client, through:
 
-- the smallest WSGI application (bench/wsgi_floor.py) under gunicorn: the server and the
-  client with nothing behind them;
-- Lore under gunicorn, in several worker set-ups (the first is ./dev up's, the baseline of
-  the ratios): GET /healthz (a database and a Redis round trip), the search request without
-  the search (bench/http_urls.py: key, rate limit, body, agent; no results) and a cached
-  search (10 results from the result cache);
+- the smallest WSGI application (bench/wsgi_floor.py) under each server set-up: the server
+  and the client with nothing behind them;
+- Lore under Granian as ./dev up runs it (config/serve.py; the baseline of the ratios) and
+  under gunicorn, the server before it, in several worker set-ups: GET /healthz (a
+  database and a Redis round trip), the search request without the search
+  (bench/http_urls.py: key, rate limit, body, agent; no results) and a cached search (10
+  results from the result cache);
 - Lore in this process through Django's WSGI handler (no HTTP, no server);
 - between the empty application and Lore's requests, floors (bench/http_urls.py): a DRF
   view that does nothing, the same with one Redis round trip, and with the two round trips
@@ -14,7 +15,7 @@ HTTP). The same requests, one keep-alive client, through:
   command).
 
 With --load, each request again from 16 concurrent keep-alive clients (./dev up's set-up):
-requests/s and the CPU each request costs gunicorn, PostgreSQL, Redis and the load
+requests/s and the CPU each request costs the web server, PostgreSQL, Redis and the load
 generator, the bound on throughput that the issue's 300 searches/s on 2 cores meets.
 
 Rounds take the set-ups in turn, each round in another order, so the load of the moment
@@ -31,11 +32,12 @@ import harness  # first: sets up sys.path and the environment
 
 REDIS_DB = 11  # bench/search.py 7, search_text 8, noisy_neighbour 9, request_profile 10
 BODY = {"query": "compress a directory into a tar archive", "mode": "hybrid", "limit": 10}
-SETUPS = {  # name: (worker class, workers, threads)
-    "gthread 2 x 4 (./dev up)": ("gthread", 2, 4),
-    "gthread 2 x 1": ("gthread", 2, 1),
-    "gthread 4 x 1": ("gthread", 4, 1),
-    "sync 2 (no keep-alive)": ("sync", 2, 1),
+SETUPS = {  # name: (server or gunicorn's worker class, workers, threads)
+    "granian 2 x 4 (./dev up)": ("granian", 2, 4),
+    "gunicorn gthread 2 x 4": ("gthread", 2, 4),
+    "gunicorn gthread 2 x 1": ("gthread", 2, 1),
+    "gunicorn gthread 4 x 1": ("gthread", 4, 1),
+    "gunicorn sync 2 (no keep-alive)": ("sync", 2, 1),
 }
 REQUESTS = {  # name: (method, path, body)
     "DRF, nothing": ("POST", "/bench/floor/drf", BODY),
@@ -56,6 +58,12 @@ def timed(call, n: int) -> list[float]:
         call()
         seconds.append(time.perf_counter() - started)
     return seconds
+
+
+def _server(env, kind: str, workers: int, threads: int, app: str | None = None):
+    if kind == "granian":
+        return harness.Granian(env, workers=workers, threads=threads, app=app and f"{app}:application")
+    return harness.Gunicorn(env, workers=workers, threads=threads, worker_class=kind, app=app)
 
 
 def over_http(url: str, key: str, method: str, path: str, body, n: int) -> list[float]:
@@ -98,10 +106,10 @@ def main():
         run.phase(f"round {round_number + 1}")
         order = names[round_number % len(names) :] + names[: round_number % len(names)]
         for name in order:
-            worker_class, workers, threads = SETUPS[name]
-            with harness.Gunicorn(env, workers=workers, threads=threads, worker_class=worker_class, app="bench.wsgi_floor") as server:
+            kind, workers, threads = SETUPS[name]
+            with _server(env, kind, workers, threads, app="bench.wsgi_floor") as server:
                 samples.setdefault((name, "empty WSGI app"), []).extend(over_http(server.url, None, "GET", "/", None, args.n))
-            with harness.Gunicorn(env, workers=workers, threads=threads, worker_class=worker_class) as server:
+            with _server(env, kind, workers, threads) as server:
                 for request, (method, path, body) in REQUESTS.items():
                     samples.setdefault((name, request), []).extend(over_http(server.url, key, method, path, body, args.n))
         for request, (method, path, body) in REQUESTS.items():
@@ -149,25 +157,25 @@ def load_table(env: dict, key: str, seconds: float) -> harness.Table:
     clients = 16
     table = harness.Table(
         f"Under load: {clients} concurrent keep-alive clients, {seconds:.0f} s per request kind, gthread 2 x 4",
-        ["request", "requests/s", "p50/p95 ms", "CPU ms/request gunicorn", "PostgreSQL", "Redis", "load generator",
+        ["request", "requests/s", "p50/p95 ms", "CPU ms/request web server", "PostgreSQL", "Redis", "load generator",
          "all", "CPU-bound requests/s (2 cores)"],
-        notes=["CPU from /proc: gunicorn's workers, PostgreSQL's backends, redis-server, this process (the clients)",
+        notes=["CPU from /proc: the web server's workers, PostgreSQL's backends, redis-server, this process (the clients)",
                "CPU-bound requests/s = 2 cores / all the CPU a request costs on this machine"],
     )  # fmt: skip
-    trees = {"gunicorn": None, "postgres": [harness.postgres_pid("searchtext")], "redis": [harness.redis_pid()]}
-    with harness.Gunicorn(env, workers=2, threads=4) as server:
-        trees["gunicorn"] = [server.pid]
+    trees = {"web": None, "postgres": [harness.postgres_pid("searchtext")], "redis": [harness.redis_pid()]}
+    with harness.web_server(env, workers=2, threads=4) as server:
+        trees["web"] = [server.pid]
         for name, (method, path, body) in REQUESTS.items():
             harness.run_load(server.url, key, [(method, path, body)] * 200, clients=clients, seconds=2)  # warm
             with harness.cpu_used(trees) as used:
                 result = harness.run_load(server.url, key, [(method, path, body)] * 10**6, clients=clients, seconds=seconds)
             assert result.errors == 0, (name, result.errors)
             n = result.requests
-            per = {name_: used[name_] / n * 1000 for name_ in ("gunicorn", "postgres", "redis", "bench")}
+            per = {name_: used[name_] / n * 1000 for name_ in ("web", "postgres", "redis", "bench")}
             every = sum(per.values())
             table.add(
                 name, f"{result.rps:.0f}", "/".join(map(harness.ms, harness.percentiles(result.latencies))),
-                *(f"{per[k]:.2f}" for k in ("gunicorn", "postgres", "redis", "bench")), f"{every:.2f}", f"{2000 / every:.0f}",
+                *(f"{per[k]:.2f}" for k in ("web", "postgres", "redis", "bench")), f"{every:.2f}", f"{2000 / every:.0f}",
             )  # fmt: skip
     return table
 

@@ -670,7 +670,7 @@ def stats_latency(env: dict, sizes: Sizes, synthetic: Synthetic, *, requests: in
         paths[name, "count"] = f"/bench/counted/{path}"
 
     # bench.http_settings: the API plus the same stats answered by COUNT/SUM.
-    with harness.Gunicorn(env, workers=2, threads=4, DJANGO_SETTINGS_MODULE="bench.http_settings") as server:
+    with harness.web_server(env, workers=2, threads=4, DJANGO_SETTINGS_MODULE="bench.http_settings") as server:
         client = harness.Client(server.url, raw_key)
         ms = {endpoint: [] for endpoint in paths}
         bodies = {}

@@ -566,7 +566,7 @@ def measure(env: dict, sizes: Sizes, server_env: dict, overrides: dict, args, ru
 
     with (
         harness.leaving_no_process(
-            harness.Gunicorn(
+            harness.web_server(
                 env, workers=args.web_workers, threads=args.web_threads,
                 **{"PGAPPNAME": APP_NAMES["gunicorn"], **server_env},
             )  # fmt: skip

@@ -154,7 +154,7 @@ def main():
     truths[ORG] = Truth(data.org.pk, None)
     tables = []
     # bench.http_settings: the API plus the search request without the search.
-    with harness.Gunicorn(env, workers=2, threads=4, DJANGO_SETTINGS_MODULE="bench.http_settings") as server:
+    with harness.web_server(env, workers=2, threads=4, DJANGO_SETTINGS_MODULE="bench.http_settings") as server:
         client = harness.Client(server.url, data.api_key)
         run.phase("latency and recall")
         warm_up(client, specs, topics)
@@ -476,7 +476,7 @@ def throughput_table(env, data, specs, topics, seconds: float) -> harness.Table:
         cache.delete_pattern("results:*")
         tracking.flush()
         gunicorn = dict(workers=workers, threads=threads)
-        with harness.Gunicorn(env, **gunicorn, SEARCH_TRACK_ACCESS="0") as off, harness.Gunicorn(env, **gunicorn, SEARCH_TRACK_ACCESS="1") as on:
+        with harness.web_server(env, **gunicorn, SEARCH_TRACK_ACCESS="0") as off, harness.web_server(env, **gunicorn, SEARCH_TRACK_ACCESS="1") as on:
             servers = {"0": off, "1": on}
             for number, server in enumerate(servers.values()):
                 harness.run_load(server.url, data.api_key, requests[number * 200 : number * 200 + 200], clients=clients, seconds=seconds)
@@ -563,7 +563,7 @@ def peers_table(env, data, specs, topics, queries, truths, per_class, lore_count
     table.add(f"chunk count, {big.size:,}-chunk agent (p50)", *cells)
 
     medium = next(s for s in specs if s.slug == CLASSES[1].agents[-1])
-    with harness.Gunicorn(env, workers=1, threads=2) as server:
+    with harness.web_server(env, workers=1, threads=2) as server:
         client = harness.Client(server.url, data.api_key)
         for spec in (medium, big):
             started = time.perf_counter()

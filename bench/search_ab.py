@@ -7,9 +7,10 @@
 
 On a shared VM the same request costs up to twice as much from one run to the next
 (docs/benchmarks.md), so a change worth a fraction of a millisecond is measured against
-its base side by side: two gunicorns (2 workers x 4 threads each, production settings)
+its base side by side: two web servers (2 workers x 4 threads each, production settings)
 over bench/search.py's data (bench/.data-search, which must exist: run bench/search.py
-once), the base served from a git worktree of `--base`. Each query is asked of both, the
+once), the base served from a git worktree of `--base`, each by the server its ./dev up
+runs (harness.web_server: gunicorn before config/serve.py). Each query is asked of both, the
 order alternating, each under its own text (so neither answers from the other's cached
 result; both find the query's embedding in Redis, as in bench/search.py). Only this
 checkout's code differs, not the database's schema: the base must share its migrations.
@@ -72,8 +73,8 @@ def main():
         subprocess.run(["git", "worktree", "add", "--detach", str(worktree), base], cwd=harness.ROOT, check=True, capture_output=True)
         try:
             servers = {
-                "base": harness.Gunicorn(env, root=worktree, log=Path(tmp) / "base.log", **_pairs(args.base_env)),
-                "this": harness.Gunicorn(env, log=Path(tmp) / "this.log", **_pairs(args.this_env)),
+                "base": harness.web_server(env, root=worktree, log=Path(tmp) / "base.log", **_pairs(args.base_env)),
+                "this": harness.web_server(env, log=Path(tmp) / "this.log", **_pairs(args.this_env)),
             }
             with servers["base"], servers["this"]:
                 clients = {name: harness.Client(server.url, data.api_key) for name, server in servers.items()}
@@ -120,7 +121,7 @@ def main():
         f"Search A/B, mode {args.mode}: this checkout against {base}{f' ({settings_note})' if settings_note else ''},"
         " the same queries alternating, through the API",
         ["agents", "requests each", f"{base} p50 ms", f"{base} p95 ms", "this p50 ms", "this p95 ms", "this/base p50", "this/base p95"],
-        notes=["two gunicorns (2 workers x 4 threads) on the same database and Redis; distinct texts per server, embeddings from Redis"],
+        notes=["two web servers (2 workers x 4 threads) on the same database and Redis; distinct texts per server, embeddings from Redis"],
     )
     for size_class in search_bench.CLASSES:
         a = harness.percentiles(seconds[(size_class.name, "base")])

@@ -16,7 +16,7 @@ ingest` runs; the offline `hashing` embedder) into this bench's own embedded Pos
 Questions (bench/keywords.py's): the hand-written ones of bench/questions/*.json, then
 pages' descriptions and examples' descriptions (words not copied from the indexed page),
 up to --questions per language. Each is asked of its answer's agent and of the whole
-organization, in every mode, over HTTP (gunicorn 2 workers x 4 threads, production
+organization, in every mode, over HTTP (the web server as ./dev up runs it, 2 workers x 4 threads, production
 settings plus bench/http_urls.py, as bench/search.py serves). Query embeddings are put in
 the query-embedding cache first (Redis), as bench/search.py does: the production path
 minus the embedding provider's call.
@@ -24,7 +24,7 @@ minus the embedding provider's call.
 Reports, per class (corpus and scope) and mode: p50/p95 over HTTP of distinct searches, the
 request without the search (bench/http_urls.py), recall@10 of vector search against exact
 search over the same stored vectors; throughput of distinct searches (16 keep-alive clients
-on this machine) with the CPU each request costs gunicorn and PostgreSQL; a cached repeat's
+on this machine) with the CPU each request costs the web server and PostgreSQL; a cached repeat's
 p50 over HTTP. The machine's load is in the Run table.
 """
 
@@ -138,13 +138,13 @@ def main():
 
     tables = []
     pg = harness.postgres_pid(NAME)
-    with harness.Gunicorn(env, workers=2, threads=4, DJANGO_SETTINGS_MODULE="bench.http_settings") as server:
+    with harness.web_server(env, workers=2, threads=4, DJANGO_SETTINGS_MODULE="bench.http_settings") as server:
         clients = {name: harness.Client(server.url, key) for name, (_, _, key) in corpora.items()}
         run.phase("warm-up")
         for i, q in enumerate(questions[::7]):
             clients[q.corpus].post(q.path_agent, {"query": q.text + " warm", "mode": MODES[i % 3], "limit": K})
         run.phase("latency")
-        with harness.cpu_used({"gunicorn": [server.pid], "postgres": [pg]}) as used:
+        with harness.cpu_used({"web": [server.pid], "postgres": [pg]}) as used:
             for i, q in enumerate(questions):
                 client = clients[q.corpus]
                 steps = [(scope, mode) for scope in ("agent", "org") for mode in MODES]
@@ -164,7 +164,7 @@ def main():
         searches = len(questions) * 6
         run.note(
             f"latency pass: {searches} searches + {len(questions) * 2} no-search requests;"
-            f" CPU gunicorn {used['gunicorn']:.1f} s, PostgreSQL {used['postgres']:.1f} s, bench {used['bench']:.1f} s"
+            f" CPU web server {used['web']:.1f} s, PostgreSQL {used['postgres']:.1f} s, bench {used['bench']:.1f} s"
         )
         run.phase("recall")
         recall = recall_by_class(corpora, questions, vectors)
@@ -215,7 +215,7 @@ def recall_by_class(corpora, questions, vectors) -> dict[str, list[float]]:
 
 def latency_table(questions, recall, sizes) -> harness.Table:
     table = harness.Table(
-        f"Real text: distinct searches through the API (gunicorn 2x4, keep-alive), k={K}, p50/p95 ms per mode",
+        f"Real text: distinct searches through the API (web server 2x4, keep-alive), k={K}, p50/p95 ms per mode",
         ["class", "chunks", "questions", "vector", "keyword", "hybrid", "no-search", "took_ms p50 v/k/h", f"recall@{K} (vector)"],
         notes=["targets: p50 <= 10 ms, p95 <= 25 ms in every class and mode; recall >= 0.95",
                "took_ms: the search inside the server (services.search: cache read, statements, results), the rest of the request not",
@@ -282,7 +282,7 @@ def cache_table(clients, questions, n: int = 300) -> harness.Table:
 def throughput_table(env, corpora, questions, seconds: float, pg: int) -> harness.Table:
     """16 keep-alive clients, distinct searches (each question in every mode and scope, each
     round with another limit: a result not cached yet), one organization's key per client
-    group. CPU per request of gunicorn and of PostgreSQL from /proc."""
+    group. CPU per request of the web server and of PostgreSQL from /proc."""
     clients = 16
     by_corpus: dict[str, list] = {}
     for limit in range(11, 19):
@@ -292,20 +292,20 @@ def throughput_table(env, corpora, questions, seconds: float, pg: int) -> harnes
                     by_corpus.setdefault(q.corpus, []).append(("POST", path, {"query": q.text, "mode": mode, "limit": limit}))
     table = harness.Table(
         f"Real text: throughput, {clients} concurrent keep-alive clients, distinct searches in every mode and scope, {seconds:.0f} s",
-        ["gunicorn", "searches/s", "p50/p95 ms", "errors", "CPU ms/search gunicorn", "CPU ms/search PostgreSQL",
+        ["web server", "searches/s", "p50/p95 ms", "errors", "CPU ms/search web server", "CPU ms/search PostgreSQL",
          "CPU-bound searches/s", "load generator CPU"],
         notes=["target: >= 300 searches/s on 2 cores, load generator on the same machine",
-               "CPU-bound searches/s = 2 cores / (gunicorn + PostgreSQL CPU per search)"],
+               "CPU-bound searches/s = 2 cores / (web server + PostgreSQL CPU per search)"],
     )  # fmt: skip
     for workers, threads in ((2, 4),):
-        with harness.Gunicorn(env, workers=workers, threads=threads) as server:
+        with harness.web_server(env, workers=workers, threads=threads) as server:
             # Warm: every thread connects.
             for corpus, (_, _, key) in corpora.items():
                 harness.run_load(server.url, key, by_corpus[corpus][-40:], clients=4, seconds=5)
             load = drive_corpora(server, pg, {c: k for c, (_, _, k) in corpora.items()}, by_corpus, clients, seconds)
             table.add(
                 f"{workers} workers x {threads} threads", f"{load.rps:.0f}", "/".join(map(harness.ms, harness.percentiles(load.total.latencies))),
-                load.total.errors, f"{load.gunicorn_ms:.2f}", f"{load.postgres_ms:.2f}", f"{load.cpu_bound:.0f}",
+                load.total.errors, f"{load.server_ms:.2f}", f"{load.postgres_ms:.2f}", f"{load.cpu_bound:.0f}",
                 f"{load.bench_cpu:.0%} of a core",
             )  # fmt: skip
     return table
@@ -315,14 +315,14 @@ def throughput_table(env, corpora, questions, seconds: float, pg: int) -> harnes
 class CorporaLoad:
     total: "harness.LoadResult"
     rps: float
-    gunicorn_ms: float  # CPU a search, gunicorn's processes
+    server_ms: float  # CPU a search, the web server's processes
     postgres_ms: float  # and PostgreSQL's
     bench_cpu: float  # the load generator's, share of a core
 
     @property
     def cpu_bound(self) -> float:
-        """Searches a second if both cores served only gunicorn and PostgreSQL."""
-        return 2000 / (self.gunicorn_ms + self.postgres_ms)
+        """Searches a second if both cores served only the web server and PostgreSQL."""
+        return 2000 / (self.server_ms + self.postgres_ms)
 
 
 def drive_corpora(server, pg: int, keys: dict[str, str], by_corpus: dict[str, list], clients: int, seconds: float) -> CorporaLoad:
@@ -332,7 +332,7 @@ def drive_corpora(server, pg: int, keys: dict[str, str], by_corpus: dict[str, li
     import threading
 
     results = {}
-    with harness.cpu_used({"gunicorn": [server.pid], "postgres": [pg]}) as used:
+    with harness.cpu_used({"web": [server.pid], "postgres": [pg]}) as used:
         per = max(1, clients // len(keys))
 
         def drive(corpus, key):
@@ -346,7 +346,7 @@ def drive_corpora(server, pg: int, keys: dict[str, str], by_corpus: dict[str, li
     total = harness.LoadResult.combine(list(results.values()))
     wall = max(r.seconds for r in results.values())
     return CorporaLoad(
-        total, total.requests / wall, used["gunicorn"] / total.requests * 1000, used["postgres"] / total.requests * 1000,
+        total, total.requests / wall, used["web"] / total.requests * 1000, used["postgres"] / total.requests * 1000,
         used["bench"] / wall,
     )  # fmt: skip
 

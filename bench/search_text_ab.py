@@ -9,9 +9,10 @@ bench/search_text.py's corpora and questions, in the same run.
 bench/search_ab.py's method on bench/search_text.py's data (bench/.data-searchtext, which
 must exist: run bench/search_text.py once). On a shared VM the same request costs up to
 twice as much from one run to the next (docs/benchmarks.md), so a change worth a fraction
-of a millisecond is measured against its base side by side: two gunicorns (2 workers x 4
+of a millisecond is measured against its base side by side: two web servers (2 workers x 4
 threads each, production settings) on the same database and Redis, the base served from a
-git worktree of `--base` (committed code; this side runs the working tree). Every question
+git worktree of `--base` (committed code; this side runs the working tree), each by the
+server its ./dev up runs (harness.web_server: gunicorn before config/serve.py). Every question
 is asked of both in every mode, of its answer's agent and of its whole organization, the
 order alternating, k=10, its embedding in Redis (as bench/search_text.py). Each side and
 round sends its own min_score, far below any score (scores are in [-1, 1]): the result
@@ -95,8 +96,8 @@ def main():
         subprocess.run(["git", "worktree", "add", "--detach", str(worktree), base], cwd=harness.ROOT, check=True, capture_output=True)
         try:
             servers = {
-                "this": harness.Gunicorn(env, log=Path(tmp) / "this.log", **search_ab._pairs(args.this_env)),
-                "base": harness.Gunicorn(env, root=worktree, log=Path(tmp) / "base.log", **search_ab._pairs(args.base_env)),
+                "this": harness.web_server(env, log=Path(tmp) / "this.log", **search_ab._pairs(args.this_env)),
+                "base": harness.web_server(env, root=worktree, log=Path(tmp) / "base.log", **search_ab._pairs(args.base_env)),
             }
             with servers["base"], servers["this"]:
                 clients = {(side, name): harness.Client(servers[side].url, key) for side in SIDES for name, key in keys.items()}
@@ -172,9 +173,9 @@ def _load_table(args, base, settings_note, modes, loads) -> harness.Table:
     table = harness.Table(
         f"Real text throughput A/B, modes {','.join(modes)}: this checkout against {base}{f' ({settings_note})' if settings_note else ''},"
         f" {args.clients} clients, {args.slices} slices of {args.throughput:g} s each, alternating",
-        ["server", "searches/s", "p50/p95 ms", "errors", "CPU ms/search gunicorn", "CPU ms/search PostgreSQL", "CPU-bound searches/s"],
+        ["server", "searches/s", "p50/p95 ms", "errors", "CPU ms/search web server", "CPU ms/search PostgreSQL", "CPU-bound searches/s"],
         notes=["per side, over all its slices; the ratio row is this/base",
-               "CPU-bound searches/s = 2 cores / (gunicorn + PostgreSQL CPU per search)"],
+               "CPU-bound searches/s = 2 cores / (web server + PostgreSQL CPU per search)"],
     )  # fmt: skip
     rows = {}
     for side in ("base", "this"):
@@ -182,7 +183,7 @@ def _load_table(args, base, settings_note, modes, loads) -> harness.Table:
         total = harness.LoadResult.combine([p.total for p in parts])
         requests = sum(p.total.requests for p in parts)
         rps = requests / sum(p.total.requests / p.rps for p in parts)
-        g = sum(p.gunicorn_ms * p.total.requests for p in parts) / requests
+        g = sum(p.server_ms * p.total.requests for p in parts) / requests
         pg = sum(p.postgres_ms * p.total.requests for p in parts) / requests
         p50, p95 = harness.percentiles(total.latencies)
         rows[side] = (rps, p50, p95, g, pg)
@@ -199,7 +200,7 @@ def _mode_table(mode, base, settings_note, questions, seconds, differ, rounds) -
         f" the same questions alternating, through the API, k={K}",
         ["class", "questions", "this p50 ms", "this p95 ms", f"{base} p50 ms", f"{base} p95 ms", "this/base p50", "this/base p95",
          "results differ"],
-        notes=["two gunicorns (2 workers x 4 threads) on the same database and Redis; embeddings from Redis, no cached result",
+        notes=["two web servers (2 workers x 4 threads) on the same database and Redis; embeddings from Redis, no cached result",
                "class: the questions' corpus and the scope searched (their answer's agent, or the whole organization)",
                f"results differ: requests ({rounds} a question) the two sides answered with other chunks or another order"],
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""The smallest WSGI application: what gunicorn and the client cost with nothing behind
+"""The smallest WSGI application: what a web server and the client cost with nothing behind
 them (bench/http_floor.py)."""
 
 

@@ -1,18 +1,18 @@
 """Where each server's processes write their metrics: prometheus_client's multiprocess mode.
 
-gunicorn's workers and the Django-Q2 cluster's processes each keep their metrics in
+The web server's workers and the Django-Q2 cluster's processes each keep their metrics in
 memory-mapped files, one per process, under PROMETHEUS_MULTIPROC_DIR; the process that
 answers /metrics adds them up (core.metrics). prometheus_client chooses its mode when it is
 first imported, which Django-Q2 does while Django starts (django_q.conf), so the variable
-is set here, before Django: by gunicorn's master (config/gunicorn.conf.py) and by
+is set here, before Django: by the web server's main process (config/serve.py) and by
 `manage.py qcluster` (manage.py).
 
 Each server writes to a folder of its own under LORE_METRICS_DIR, `web` or `worker`, wiped
 when that server starts: counters start again from zero with the server (Prometheus sees a
-reset), and one server's start never deletes the files the other is writing. One gunicorn
+reset), and one server's start never deletes the files the other is writing. One web server
 and one cluster per LORE_METRICS_DIR. A process that exits leaves its file (its counts stay
-in the totals): gunicorn's child_exit and Django-Q2's reincarnation of a worker only drop
-live gauges' files, so each recycled worker adds a file until the server restarts.
+in the totals, and Lore has no live gauges whose files would need dropping), so each
+recycled worker adds a file until the server restarts.
 
 Nothing here imports Django or prometheus_client.
 """
@@ -28,7 +28,7 @@ ROLES = ("web", "worker")
 
 
 class _Env(environ.Env):
-    # .env is read into a copy, not into os.environ: gunicorn's master would otherwise hand
+    # .env is read into a copy, not into os.environ: a server's main process would otherwise hand
     # the file's values of today to the workers it forks after a reload (HUP), over its new ones.
     ENVIRON: dict = {}
 
@@ -58,11 +58,3 @@ def prepare(role: str) -> Path | None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
     return directory
 
-
-def process_dead(pid: int) -> None:
-    """A server's child process has exited: its files of live gauges go (its counters stay,
-    they are part of the totals)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid)

@@ -7,10 +7,10 @@ values from short fixed sets (a URL pattern, never a path; a mode; an outcome).
 
 Two kinds of series:
 - Counted where things happen (requests, searches, cache lookups, embedding calls, ingested
-  documents, deleted chunks, refusals). Under gunicorn and the Django-Q2 cluster they are
-  in prometheus_client's multiprocess mode (config/multiproc.py): each process writes its
-  own file and the process answering /metrics adds up every file of both servers
-  (`FilesCollector`). Without PROMETHEUS_MULTIPROC_DIR (runserver, tests, commands) they
+  documents, deleted chunks, refusals). Under the web server (config/serve.py) and the
+  Django-Q2 cluster they are in prometheus_client's multiprocess mode (config/multiproc.py):
+  each process writes its own file and the process answering /metrics adds up every file
+  of both servers (`FilesCollector`). Without PROMETHEUS_MULTIPROC_DIR (runserver, tests, commands) they
   live in this process's default registry.
 - Read when /metrics is scraped, by the process answering it, from where the truth is
   (PostgreSQL, Redis): job queues, the index sync backlog, whether the database and Redis

@@ -110,7 +110,7 @@ def _current() -> _Pool | None:
 
 
 def _forget_in_child() -> None:
-    # A forked process (a gunicorn worker of a preloaded app) inherits no running threads,
+    # A forked process (a web server's worker) inherits no running threads,
     # and its parent's connections are not its own to close: it starts its own helpers.
     global _pool, _lock
     _pool, _lock = None, threading.Lock()

@@ -141,7 +141,7 @@ def flush_writes() -> None:
 
 
 def _ensure_writer() -> None:
-    # Started lazily, in the process that writes: a thread does not survive gunicorn's fork.
+    # Started lazily, in the process that writes: a thread does not survive the web server's fork of its workers.
     if _writer["thread"] is not None and _writer["thread"].is_alive():
         return
     with _writer_lock:

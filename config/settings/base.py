@@ -313,7 +313,7 @@ if LOG_FORMAT not in ("plain", "json"):
 # --- Metrics (GET /metrics, Prometheus; core/metrics.py, config/metrics.py) ----------
 # Off: nothing is recorded and /metrics answers 404.
 LORE_METRICS = env.bool("LORE_METRICS", default=True)
-# Where gunicorn's workers and the Django-Q2 cluster write their metrics (a folder each,
+# Where the web server's workers and the Django-Q2 cluster write their metrics (a folder each,
 # wiped when that server starts), for the process answering /metrics to add up.
 # config/multiproc.py reads the same two variables before Django starts.
 LORE_METRICS_DIR = Path(env("LORE_METRICS_DIR", default=str(LORE_DATA_DIR / "metrics"))).resolve()

@@ -275,14 +275,3 @@ def test_a_server_start_empties_its_own_folder_only_and_points_prometheus_client
     out = subprocess.run([sys.executable, "-c", "from config import multiproc; print(multiproc.prepare('web'))"],
                          cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout  # fmt: skip
     assert out.strip() == "None"
-
-
-def test_gunicorns_config_keeps_the_options_dev_up_used(tmp_path):
-    script = (
-        "import runpy; c = runpy.run_path('config/gunicorn.conf.py');"
-        " print(c['workers'], c['threads'], c['worker_class'], callable(c['child_exit']), callable(c['on_starting']))"
-    )
-    env = {**os.environ, "WEB_CONCURRENCY": "3", "LORE_METRICS_DIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
-    assert out.split() == ["3", "4", "gthread", "True", "True"]
-    assert "gunicorn -c config/gunicorn.conf.py config.wsgi" in (ROOT / "dev").read_text()

@@ -48,7 +48,8 @@ def options(argv=None) -> dict:
     return {
         "target": "config.wsgi:application", "interface": "wsgi", "address": args.host, "port": args.port,
         "workers": args.workers, "blocking_threads": args.threads, "log_access": args.access_log,
-        "log_level": args.log_level, "respawn_failed_workers": True, "working_dir": Path(__file__).resolve().parent.parent,
+        "log_level": args.log_level, "respawn_failed_workers": True, "websockets": False,
+        "working_dir": Path(__file__).resolve().parent.parent,
     }  # fmt: skip
 
 

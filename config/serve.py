@@ -5,9 +5,9 @@
 Granian (a Rust HTTP server) answers HTTP itself and calls Django in each worker's
 blocking threads, where gunicorn's gthread workers parsed HTTP and handed connections
 between threads in Python: on 2 cores the same real-text searches cost the web tier about
-a third less CPU each, and the requests without a search about a quarter less time
-(docs/benchmarks.md, "Session 15: Granian instead of gunicorn"). WSGI as before: the API,
-its errors and its schema are Django's and DRF's, whatever serves them.
+a tenth less CPU each and answered 5-6 % sooner (docs/benchmarks.md, "Session 15: Granian
+instead of gunicorn"). WSGI as before: the API, its errors and its schema are Django's and
+DRF's, whatever serves them.
 
 Workers are processes (WEB_CONCURRENCY, default 2), each running Django in `--threads`
 threads (4): keep LORE_ORG_REQUESTS_IN_FLIGHT below the threads, so that one organization

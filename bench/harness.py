@@ -711,7 +711,7 @@ def web_server(env: dict, *, root: Path = ROOT, **options) -> _Server:
 
 
 def wsgi_call(handler, method: str, path: str, body: bytes = b"", api_key: str | None = None) -> bytes:
-    """One request through a Django WSGIHandler in this process, as gunicorn calls it (no
+    """One request through a Django WSGIHandler in this process, as a WSGI server calls it (no
     HTTP, no server); its body. Asserts a 200."""
     environ = {
         "REQUEST_METHOD": method, "PATH_INFO": path, "SCRIPT_NAME": "", "QUERY_STRING": "",

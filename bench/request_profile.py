@@ -1,5 +1,5 @@
 """Where the fixed cost of an API request goes (issue 18): bench/http_urls.py's search request
-without the search, called in process through Django's WSGI handler (what gunicorn calls),
+without the search, called in process through Django's WSGI handler (what the web server calls),
 timed and profiled with cProfile. Uses bench/search_text.py's data (run it once first), on
 its own Redis database.
 

@@ -117,7 +117,7 @@ def time_pages(pages: list[tuple[str, str, dict | None]], n: int) -> harness.Tab
 
 
 def screenshot(env: dict, path: str) -> None:
-    """The overview as a browser shows it (README's picture), served by gunicorn."""
+    """The overview as a browser shows it (README's picture), served by the web server."""
     from django.core.management import call_command
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

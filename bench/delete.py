@@ -13,7 +13,7 @@ agent above the exact threshold, and the organization's) by search.indexes.sync_
 as the scheduled task builds them; 10k access rows for "big".
 
 Measured, in this order:
-- DELETE /api/v1/agents/{slug} over HTTP (gunicorn, production settings), every small
+- DELETE /api/v1/agents/{slug} over HTTP (the web server, production settings), every small
   agent once and "big" 30 times (each of those cancelled before any worker runs);
 - the old way on "oldway": find 50 chunks by search, delete them one by one through
   the ORM, repeat until none is left;
@@ -374,7 +374,7 @@ def main():
 
     # --- tables ---
     table = harness.Table(
-        "DELETE /api/v1/agents/{slug} over HTTP (gunicorn 2x4, production settings; target p95 <= 50 ms)",
+        "DELETE /api/v1/agents/{slug} over HTTP (web server 2x4, production settings; target p95 <= 50 ms)",
         ["agent chunks", "requests", "p50 ms", "p95 ms", "max ms"],
     )
     every = []

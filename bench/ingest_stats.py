@@ -18,7 +18,7 @@ On its own embedded PostgreSQL (bench/.data-ingest, its database dropped at star
    then the ingestion variants: batch size, parallel workers, into a live graph,
    halfvec vs vector (with recall), text vs binary vector transfer vs COPY, and the
    HNSW build parameter;
-3. measures GET /api/v1/agents/{slug}/stats and GET /api/v1/stats through gunicorn
+3. measures GET /api/v1/agents/{slug}/stats and GET /api/v1/stats through the web server
    (harness.Gunicorn: production settings, persistent database connections) next to
    the same answers computed with COUNT/SUM per request (bench/http_urls.py), then both
    statements at the database level.
@@ -689,7 +689,7 @@ def stats_latency(env: dict, sizes: Sizes, synthetic: Synthetic, *, requests: in
         # idle cores (contention inflates CPU time too, so this floor is itself pessimistic).
         cpu = {}
         for name in list(targets)[1:]:
-            with harness.cpu_used({"gunicorn": [server.pid], "postgres": [harness.postgres_pid(NAME)]}) as cpu[name]:
+            with harness.cpu_used({"web": [server.pid], "postgres": [harness.postgres_pid(NAME)]}) as cpu[name]:
                 for _ in range(requests):
                     client.get(paths[name, "row"])
         client.close()
@@ -698,7 +698,7 @@ def stats_latency(env: dict, sizes: Sizes, synthetic: Synthetic, *, requests: in
         assert stats == counted, (name, stats, counted)
 
     http = section(
-        f"3. Stats over HTTP: gunicorn (2 gthread workers, production settings, persistent DB connections), one "
+        f"3. Stats over HTTP: the web server (2 workers x 4 threads, production settings, persistent DB connections), one "
         f"keep-alive client, {requests} requests per endpoint after 30 warm-up, endpoints taking turns in shuffled "
         "order; the stats rows (the API) next to the same answer computed by COUNT/SUM per request "
         "(bench/http_urls.py); "
@@ -719,7 +719,7 @@ def stats_latency(env: dict, sizes: Sizes, synthetic: Synthetic, *, requests: in
         row(
             http,
             f"{name}: stats rows, CPU per request",
-            f"{ms_per['gunicorn']:.2f} ms gunicorn + {ms_per['postgres']:.2f} ms PostgreSQL "
+            f"{ms_per['web']:.2f} ms web server + {ms_per['postgres']:.2f} ms PostgreSQL "
             f"(+ {ms_per['bench']:.2f} ms client)",
             "server CPU: the p50 floor, were the cores free",
         )

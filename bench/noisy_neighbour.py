@@ -3,7 +3,7 @@
     .venv/bin/python bench/noisy_neighbour.py           # the issue's sizes, about 3 minutes on 2 cores
     .venv/bin/python bench/noisy_neighbour.py --quick   # small sizes, a smoke run of about a minute
 
-Two organizations on one gunicorn as `./dev up` runs it (gthread, 2 workers x 4 threads,
+Two organizations on one web server as `./dev up` runs it (2 workers x 4 threads,
 production settings), with Redis (database 9, flushed at start) and one Django-Q2 cluster
 (`manage.py qcluster`, 2 worker processes, the periodic tasks registered by sync_schedules).
 Its own embedded PostgreSQL (bench/.data-noisy), dropped and reloaded every run.
@@ -36,7 +36,7 @@ organization its HNSW graph from the start, so every chunk of its backlog is a g
 
 Rate limits and quotas: --noisy-org FIELD=VALUE sets a field of the noisy Organization
 (its per-organization overrides; a field the model does not have is reported and skipped),
---server-env NAME=VALUE passes a setting to gunicorn and the worker (a default for every
+--server-env NAME=VALUE passes a setting to the web server and the worker (a default for every
 organization, the quiet one included: e.g. LORE_SEARCH_RATE); --noisy-search-rate /
 --noisy-write-rate are --noisy-org with the fields named in RATE_FIELDS. Without them the
 settings' defaults apply to both organizations.
@@ -75,7 +75,7 @@ ACTIVITIES = ("flood", "backlog", "adversarial")
 SERIES_SECONDS = 5  # the quiet search p95 series' step
 # application_name (libpq's PGAPPNAME) of each server process's connections, so the
 # PostgreSQL backends serving each can be told apart in pg_stat_activity.
-APP_NAMES = {"gunicorn": "bench-web", "qcluster": "bench-worker"}
+APP_NAMES = {"web": "bench-web", "qcluster": "bench-worker"}
 
 
 @dataclass(frozen=True)
@@ -448,8 +448,8 @@ def main():
         help="size of the noisy agent it searches; past SEARCH_ORG_INDEX_MIN_CHUNKS the noisy organization has its"
         " graph from the start, so every chunk of its batch uploads is also a graph insert",
     )
-    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes (./dev up: 2)")
-    parser.add_argument("--web-threads", type=int, default=4, help="threads per gunicorn worker (./dev up: 4)")
+    parser.add_argument("--web-workers", type=int, default=2, help="web server worker processes (./dev up: 2)")
+    parser.add_argument("--web-threads", type=int, default=4, help="threads per web server worker (./dev up: 4)")
     parser.add_argument(
         "--only",
         choices=ACTIVITIES,
@@ -479,7 +479,7 @@ def main():
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="a setting for gunicorn and the worker (repeatable)",
+        help="a setting for the web server and the worker (repeatable)",
     )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
@@ -555,7 +555,7 @@ def measure(env: dict, sizes: Sizes, server_env: dict, overrides: dict, args, ru
         run.note("no adversarial inputs (--no-adversarial)")
     run.note("noisy tenant's activities: " + ", ".join(a for a in ACTIVITIES if a in activities))
     if (args.web_workers, args.web_threads) != (2, 4):
-        run.note(f"gunicorn: {args.web_workers} workers x {args.web_threads} threads")
+        run.note(f"web server: {args.web_workers} workers x {args.web_threads} threads")
     if server_env:
         run.note("server settings: " + ", ".join(f"{k}={v}" for k, v in server_env.items()))
     tally = Tally()
@@ -568,7 +568,7 @@ def measure(env: dict, sizes: Sizes, server_env: dict, overrides: dict, args, ru
         harness.leaving_no_process(
             harness.web_server(
                 env, workers=args.web_workers, threads=args.web_threads,
-                **{"PGAPPNAME": APP_NAMES["gunicorn"], **server_env},
+                **{"PGAPPNAME": APP_NAMES["web"], **server_env},
             )  # fmt: skip
         ) as server,
         harness.leaving_no_process(
@@ -576,7 +576,7 @@ def measure(env: dict, sizes: Sizes, server_env: dict, overrides: dict, args, ru
         ) as worker,
     ):
         quiet = Quiet(server.url, quiet_key, questions, stream, sizes, tally)
-        pids = {"gunicorn": [server.pid], "qcluster": [worker.pid], "PostgreSQL": [harness.postgres_pid(NAME)]}
+        pids = {"web server": [server.pid], "qcluster": [worker.pid], "PostgreSQL": [harness.postgres_pid(NAME)]}
         redis = harness.redis_pid()
         if redis:
             pids["Redis (shared)"] = [redis]
@@ -654,7 +654,7 @@ def measure(env: dict, sizes: Sizes, server_env: dict, overrides: dict, args, ru
         drained = time.perf_counter()
         sampling.set()
         series.join()
-        run.phase("stop: gunicorn, worker, database")
+        run.phase("stop: web server, worker, database")
 
     tables = report(sizes, quiet, tally, flooded, adversarial, jobs, state, cpu, phase_started)
     return [*tables, series_table(tally, samples, {"idle": idle_started, "noisy": noisy_started}, drained)]

@@ -20,10 +20,11 @@ Recall@10 is against numpy brute force over the agent's vectors as stored (halfv
 agent size class, and for POST /search over all 1,000 agents (queries drawn from agents in
 proportion to their size, brute force over all 200k vectors).
 
-gunicorn serves the production settings with persistent database connections
-(CONN_MAX_AGE) and no prepared vector statements, as production runs; the floor's raw connection
-uses the same connection parameters. For latency it also routes bench/http_urls.py's search
-request without the search, the fixed cost of a request on Django, DRF and gunicorn. The embedded PostgreSQL is stopped at the end
+The web server (as ./dev up runs it) serves the production settings with persistent
+database connections (CONN_MAX_AGE) and no prepared vector statements, as production runs;
+the floor's raw connection uses the same connection parameters. For latency it also routes
+bench/http_urls.py's search request without the search, the fixed cost of a request on
+Django, DRF and the web server. The embedded PostgreSQL is stopped at the end
 (--keep-server leaves it running).
 
 Hybrid (the default mode): the same query vectors under texts carrying words of their topic,
@@ -217,7 +218,7 @@ def put_vectors(items) -> None:
     org_id = Organization.objects.get(slug="bench").pk  # query embeddings are cached per organization
     for text, vector in items:
         services.query_vector_put(org_id, settings.EMBEDDING_MODEL, text, vector)
-    caching.flush_writes()  # in Redis before gunicorn's workers look for them
+    caching.flush_writes()  # in Redis before the web server's workers look for them
 
 
 def search_body(text: str) -> dict:
@@ -241,7 +242,7 @@ def extra_queries(specs, topics, prefix: str, n: int) -> list[tuple[str, str]]:
 
 
 def warm_up(client, specs, topics) -> None:
-    """Every gunicorn thread connects to PostgreSQL and Redis once; index pages get read."""
+    """Every web server thread connects to PostgreSQL and Redis once; index pages get read."""
     for slug, text in extra_queries(specs, topics, "warm-up", 120):
         client.post(f"/api/v1/agents/{slug}/search", search_body(text))
 
@@ -331,7 +332,7 @@ def floor_search(cursor, org_id, selection, query: Query, engine) -> None:
 
 def latency_table(queries: list[Query], truths: dict) -> harness.Table:
     table = harness.Table(
-        f"Vector search, k={K}: recall@{K} and latency, API (gunicorn 2x4 threads, keep-alive) vs floor (same SQL, raw psycopg)",
+        f"Vector search, k={K}: recall@{K} and latency, API (web server 2x4 threads, keep-alive) vs floor (same SQL, raw psycopg)",
         ["agents (chunks)", "strategy", "index used", "agents", "queries", "recall API", "recall floor", "short",
          "API p50 ms", "API p95 ms", "floor p50 ms", "floor p95 ms", "API/floor p50", "API/floor p95",
          "no-search p50 ms", "API - no-search p50 ms", "(API - no-search)/floor p50"],
@@ -427,7 +428,7 @@ def cache_table(client, data, specs, topics, requests: int = 1500, pool: int = 3
         else:
             miss_seconds.append(seconds)
     table = harness.Table(
-        "Result cache: repeated queries (one keep-alive client, 2 gunicorn workers: a repeat may land on the other worker and hit Redis)",
+        "Result cache: repeated queries (one keep-alive client, 2 web server workers: a repeat may land on the other worker and hit Redis)",
         ["requests", "distinct", "ideal hit rate", "hit rate", "hit p50 ms", "hit p95 ms", "hit took_ms p50 (server)", "miss p50 ms", "hit/miss p50"],
         notes=["target: hit p50 <= 2 ms (client-observed, HTTP included)"],
     )
@@ -450,7 +451,7 @@ def measure_lore_count(client, slug: str, n: int = 50) -> list[float]:
 
 
 def throughput_table(env, data, specs, topics, seconds: float) -> harness.Table:
-    """Concurrent keep-alive clients, distinct queries. Per gunicorn setting, two servers
+    """Concurrent keep-alive clients, distinct queries. Per web server setting, two servers
     run side by side, access tracking off and on, and take the load in alternating
     slices (off on on off, twice): neighbours' load on a shared machine falls on both alike."""
     from django.core.cache import cache
@@ -463,20 +464,20 @@ def throughput_table(env, data, specs, topics, seconds: float) -> harness.Table:
     table = harness.Table(
         f"Throughput: {clients} concurrent keep-alive clients, distinct vector queries over all size classes;"
         f" tracking off and on interleaved, {seconds:.0f} s each",
-        ["gunicorn", "tracking off req/s", "tracking on req/s", "on/off", "off p50/p95 ms", "on p50/p95 ms", "errors",
+        ["web server", "tracking off req/s", "tracking on req/s", "on/off", "off p50/p95 ms", "on p50/p95 ms", "errors",
          "server CPU ms/req off/on", "CPU-bound req/s off/on", "on/off (CPU)", "load generator CPU"],
         notes=["targets: >= 300 req/s; tracking on >= 90 % of off",
-               "2 cores shared by gunicorn, PostgreSQL, Redis, the load generator (Python threads, http.client) and,"
+               "2 cores shared by the web server, PostgreSQL, Redis, the load generator (Python threads, http.client) and,"
                " on this machine, other developers' work: see the load averages in the Run table",
-               "server CPU: gunicorn + PostgreSQL + Redis processes (Redis is shared with other users);"
+               "server CPU: web server + PostgreSQL + Redis processes (Redis is shared with other users);"
                " CPU-bound req/s = 2 cores / server CPU per request: what the server would do with both cores to itself"],
     )  # fmt: skip
     pids = [pid for pid in (harness.postgres_pid("search"), harness.redis_pid()) if pid]
     for workers, threads in ((2, 4), (3, 4), (4, 2)):
         cache.delete_pattern("results:*")
         tracking.flush()
-        gunicorn = dict(workers=workers, threads=threads)
-        with harness.web_server(env, **gunicorn, SEARCH_TRACK_ACCESS="0") as off, harness.web_server(env, **gunicorn, SEARCH_TRACK_ACCESS="1") as on:
+        setup = dict(workers=workers, threads=threads)
+        with harness.web_server(env, **setup, SEARCH_TRACK_ACCESS="0") as off, harness.web_server(env, **setup, SEARCH_TRACK_ACCESS="1") as on:
             servers = {"0": off, "1": on}
             for number, server in enumerate(servers.values()):
                 harness.run_load(server.url, data.api_key, requests[number * 200 : number * 200 + 200], clients=clients, seconds=seconds)

@@ -17,9 +17,10 @@ workers are forked from it and inherit the setting. Nothing is imported from Dja
 a worker sets Django up itself, after the fork.
 
 Granian has no worker timeout (gunicorn killed a worker silent for 30 s, with every request
-it held): a request runs until it answers. Lore bounds the waits it knows of (Redis' socket
-timeouts, the embedding provider's EMBEDDING_SYNC_TIMEOUT); a reverse proxy in front keeps
-its own timeout.
+it held): a request runs until it answers. Lore bounds its waits instead: the database's
+statements (DATABASE_STATEMENT_TIMEOUT, 30 s for the web server: STATEMENT_TIMEOUT),
+Redis' socket timeouts, the embedding provider's EMBEDDING_SYNC_TIMEOUT; a reverse proxy in
+front keeps its own timeout.
 """
 
 import argparse
@@ -53,9 +54,20 @@ def options(argv=None) -> dict:
     }  # fmt: skip
 
 
+# The web server's statements end after this many seconds unless DATABASE_STATEMENT_TIMEOUT
+# says otherwise (config/settings/base.py): a stuck statement answers 503, not never.
+STATEMENT_TIMEOUT = "30"
+
+
+def prepare() -> None:
+    """What the workers inherit from this process: the statement timeout, the metrics' folder."""
+    os.environ.setdefault("DATABASE_STATEMENT_TIMEOUT", STATEMENT_TIMEOUT)
+    multiproc.prepare("web")
+
+
 def main(argv=None) -> None:
     settings = options(argv)
-    multiproc.prepare("web")
+    prepare()
     from granian import Granian
 
     Granian(**settings).serve()

@@ -8,10 +8,11 @@ import copy
 import math
 from contextlib import ExitStack
 
-from django.db import connection
+from django.db import OperationalError, connection, transaction
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, inline_serializer
+from psycopg.errors import QueryCanceled
 from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import SAFE_METHODS, IsAuthenticated
@@ -59,7 +60,20 @@ def _status(exc: errors.DomainError) -> int:
     return next((STATUS[kind] for kind in type(exc).__mro__ if kind in STATUS), 400)
 
 
+def _statement_timeout(exc) -> bool:
+    """A statement PostgreSQL cancelled at DATABASE_STATEMENT_TIMEOUT (Django wraps psycopg's error)."""
+    return isinstance(exc, OperationalError) and isinstance(exc.__cause__, QueryCanceled)
+
+
 def exception_handler(exc, context):
+    if _statement_timeout(exc):
+        # The request's transaction (or savepoint) is aborted: it ends in a rollback, and
+        # whatever the request wrote goes with it.
+        if connection.in_atomic_block:
+            transaction.set_rollback(True)
+        exc = errors.unavailable(
+            "database_timeout", "The database did not answer in time; nothing was written. Try again.", retry_after=1,
+        )  # fmt: skip
     if isinstance(exc, errors.DomainError):
         response = Response({"error": {"code": exc.code, "message": exc.message, "fields": exc.fields}}, status=_status(exc))
         if exc.retry_after is not None:

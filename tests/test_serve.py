@@ -84,3 +84,21 @@ def test_lore_answers_through_it_with_its_errors_and_metrics(server):
     assert any(metrics_dir.glob("*.db"))
     status, _, body = _get(port, "GET", "/metrics")
     assert status == 200 and b'lore_http_request_duration_seconds_count{method="POST",route="api/v1/search"' in body
+
+
+def test_the_web_servers_statements_end_at_its_statement_timeout(tmp_path):
+    # config/serve.py sets DATABASE_STATEMENT_TIMEOUT for its workers unless given; the
+    # settings turn it into the connections' statement_timeout. Other processes: none.
+    script = (
+        "from config import serve; serve.prepare();"
+        " from django.conf import settings; print(settings.DATABASES['default']['OPTIONS']['options'])"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test", "LORE_METRICS_DIR": str(tmp_path)}
+    env.pop("DATABASE_STATEMENT_TIMEOUT", None)
+    run = lambda code, **extra: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", code], cwd=ROOT, env={**env, **extra}, check=True, capture_output=True, text=True
+    ).stdout  # fmt: skip
+    assert "-c statement_timeout=30000" in run(script)
+    assert "-c statement_timeout=2500" in run(script, DATABASE_STATEMENT_TIMEOUT="2.5")
+    assert "statement_timeout" not in run("from django.conf import settings; print(settings.DATABASES['default']['OPTIONS']['options'])")
+    assert "statement_timeout" not in run(script, DATABASE_STATEMENT_TIMEOUT="0")

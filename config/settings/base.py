@@ -441,11 +441,17 @@ DATABASE_PARALLEL_WORKERS = env.int("DATABASE_PARALLEL_WORKERS", default=0)
 # thread and its connection exist only for as many lists as one search reads apart;
 # raising that setting, allow one search's lists per search it admits. 0: none.
 DATABASE_HELPER_THREADS = env.int("DATABASE_HELPER_THREADS", default=4)
+# The longest a statement may run, in seconds (0: no limit). The web server sets 30
+# (config/serve.py): it has no worker timeout, and a statement stuck behind a lock would hold
+# one of its threads; the API answers 503 `database_timeout` instead. Commands and the worker
+# run batch statements and migrations that may take longer: no limit there.
+DATABASE_STATEMENT_TIMEOUT = env.float("DATABASE_STATEMENT_TIMEOUT", default=0)
 # These travel as connection startup options: no SET per query, and every connection
 # (web, worker, shell) searches the same way.
 _search_options = (
     f"-c hnsw.ef_search={SEARCH_HNSW_EF_SEARCH} -c hnsw.iterative_scan=relaxed_order"
     f" -c hnsw.max_scan_tuples={SEARCH_HNSW_MAX_SCAN_TUPLES}"
     f" -c max_parallel_workers_per_gather={DATABASE_PARALLEL_WORKERS}"
+    + (f" -c statement_timeout={round(DATABASE_STATEMENT_TIMEOUT * 1000)}" if DATABASE_STATEMENT_TIMEOUT > 0 else "")
 )
 DATABASES["default"]["OPTIONS"]["options"] = (DATABASES["default"]["OPTIONS"].get("options", "") + " " + _search_options).strip()

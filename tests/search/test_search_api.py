@@ -338,3 +338,21 @@ def test_a_search_across_agents_of_two_embedding_models_merges_them_by_distance(
     assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
     # Another organization's copy (its agent is also "support") would repeat a pair.
     assert len({(r["agent"], r["chunk_key"]) for r in results}) == len(results)
+
+
+def test_a_statement_cancelled_at_the_statement_timeout_is_a_503_in_the_error_format(client_a, kb_a, monkeypatch):
+    # The web server's DATABASE_STATEMENT_TIMEOUT (config/serve.py), here 50 ms for this
+    # transaction, and a search statement that would take a second.
+    from search import engine
+
+    monkeypatch.setattr(engine, "search_statement", lambda **_: ("SELECT NULL::bigint, 0::float8, NULL, NULL FROM pg_sleep(1)", []))
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL statement_timeout = 50")
+    response = client_a.post(URL, {"query": "extract tar archive", "mode": "keyword"}, format="json")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "database_timeout" and response["Retry-After"] == "1"
+    # The request's savepoint was rolled back: the transaction around it goes on.
+    monkeypatch.undo()
+    with connection.cursor() as cursor:
+        cursor.execute("RESET statement_timeout")
+    assert _search(client_a, "extract tar archive", mode="keyword")["results"]

@@ -34,6 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from config import multiproc  # noqa: E402
 
 THREADS = 4
+# Granian ends a blocking thread idle this long (its default: 30 s), and each thread holds
+# its own database connection: with the default, the first request after a quiet
+# half-minute paid for a new connection. Its longest, 10 minutes, outlives CONN_MAX_AGE
+# (300 s), after which Django reconnects anyway.
+THREAD_IDLE_SECONDS = 600
 
 
 def options(argv=None) -> dict:
@@ -50,7 +55,7 @@ def options(argv=None) -> dict:
         "target": "config.wsgi:application", "interface": "wsgi", "address": args.host, "port": args.port,
         "workers": args.workers, "blocking_threads": args.threads, "log_access": args.access_log,
         "log_level": args.log_level, "respawn_failed_workers": True, "websockets": False,
-        "working_dir": Path(__file__).resolve().parent.parent,
+        "blocking_threads_idle_timeout": THREAD_IDLE_SECONDS, "working_dir": Path(__file__).resolve().parent.parent,
     }  # fmt: skip
 
 

@@ -23,6 +23,7 @@ def test_the_options_dev_up_uses(monkeypatch):
     assert options["target"] == "config.wsgi:application" and options["interface"] == "wsgi"
     assert (options["address"], options["port"], options["workers"], options["blocking_threads"]) == ("0.0.0.0", 8123, 3, 4)
     assert options["log_access"] and options["respawn_failed_workers"] and not options["websockets"]
+    assert options["blocking_threads_idle_timeout"] == 600  # threads (and their connections) outlive CONN_MAX_AGE
     assert serve.options(["--threads", "2"])["blocking_threads"] == 2
     assert ".venv/bin/python -m config.serve" in (ROOT / "dev").read_text()
 

@@ -50,25 +50,31 @@ def server(tmp_path, redis_url):
         **os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test", "LORE_METRICS_DIR": str(tmp_path / "metrics"),
         "LORE_METRICS": "true", "REDIS_URL": redis_url,
     }  # fmt: skip
-    process = subprocess.Popen(
-        [sys.executable, "-m", "config.serve", "--port", str(port), "--workers", "1", "--threads", "2", "--log-level", "warning"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "config.serve", "--port", str(port), "--workers", "1", "--threads", "2", "--log-level", "warning"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            assert process.poll() is None, process.stdout.read().decode()
+            assert process.poll() is None, log.read_text()
             try:
                 if _get(port, "GET", "/healthz")[0] == 200:
                     break
             except OSError:
                 time.sleep(0.2)
         else:
-            pytest.fail("the server did not answer /healthz within 60 s")
+            pytest.fail(f"the server did not answer /healthz within 60 s: {log.read_text()}")
         yield port, tmp_path / "metrics" / "web"
     finally:
         process.terminate()
-        process.wait(timeout=20)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def test_lore_answers_through_it_with_its_errors_and_metrics(server):

@@ -16,16 +16,16 @@ ingest` runs; the offline `hashing` embedder) into this bench's own embedded Pos
 Questions (bench/keywords.py's): the hand-written ones of bench/questions/*.json, then
 pages' descriptions and examples' descriptions (words not copied from the indexed page),
 up to --questions per language. Each is asked of its answer's agent and of the whole
-organization, in every mode, over HTTP (the web server as ./dev up runs it, 2 workers x 4 threads, production
-settings plus bench/http_urls.py, as bench/search.py serves). Query embeddings are put in
-the query-embedding cache first (Redis), as bench/search.py does: the production path
-minus the embedding provider's call.
+organization, in every mode, over HTTP (the web server as ./dev up runs it, 2 workers x 4
+threads, production settings plus bench/http_urls.py, as bench/search.py serves). Query
+embeddings are put in the query-embedding cache first (Redis), as bench/search.py does: the
+production path minus the embedding provider's call.
 
 Reports, per class (corpus and scope) and mode: p50/p95 over HTTP of distinct searches, the
 request without the search (bench/http_urls.py), recall@10 of vector search against exact
 search over the same stored vectors; throughput of distinct searches (16 keep-alive clients
-on this machine) with the CPU each request costs the web server and PostgreSQL; a cached repeat's
-p50 over HTTP. The machine's load is in the Run table.
+on this machine) with the CPU each request costs the web server and PostgreSQL; a cached
+repeat's p50 over HTTP. The machine's load is in the Run table.
 """
 
 import argparse

@@ -12,8 +12,8 @@ twice as much from one run to the next (docs/benchmarks.md), so a change worth a
 of a millisecond is measured against its base side by side: two web servers (2 workers x 4
 threads each, production settings) on the same database and Redis, the base served from a
 git worktree of `--base` (committed code; this side runs the working tree), each by the
-server its ./dev up runs (harness.web_server: gunicorn before config/serve.py). Every question
-is asked of both in every mode, of its answer's agent and of its whole organization, the
+server its ./dev up runs (harness.web_server: gunicorn before config/serve.py). Every
+question is asked of both in every mode, of its answer's agent and of its whole organization, the
 order alternating, k=10, its embedding in Redis (as bench/search_text.py). Each side and
 round sends its own min_score, far below any score (scores are in [-1, 1]): the result
 cache's key differs, so neither answers from a cached result, while the ranking work and

@@ -10,8 +10,8 @@ Two kinds of series:
   documents, deleted chunks, refusals). Under the web server (config/serve.py) and the
   Django-Q2 cluster they are in prometheus_client's multiprocess mode (config/multiproc.py):
   each process writes its own file and the process answering /metrics adds up every file
-  of both servers (`FilesCollector`). Without PROMETHEUS_MULTIPROC_DIR (runserver, tests, commands) they
-  live in this process's default registry.
+  of both servers (`FilesCollector`). Without PROMETHEUS_MULTIPROC_DIR (runserver, tests,
+  commands) they live in this process's default registry.
 - Read when /metrics is scraped, by the process answering it, from where the truth is
   (PostgreSQL, Redis): job queues, the index sync backlog, whether the database and Redis
   are up. Apps register readers with `on_scrape`; custom collectors could not run in the

@@ -141,7 +141,8 @@ def flush_writes() -> None:
 
 
 def _ensure_writer() -> None:
-    # Started lazily, in the process that writes: a thread does not survive the web server's fork of its workers.
+    # Started lazily, in the process that writes: a thread does not survive the fork of a
+    # web server's worker.
     if _writer["thread"] is not None and _writer["thread"].is_alive():
         return
     with _writer_lock:

@@ -102,9 +102,12 @@ def test_the_web_servers_statements_end_at_its_statement_timeout(tmp_path):
     )
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test", "LORE_METRICS_DIR": str(tmp_path)}
     env.pop("DATABASE_STATEMENT_TIMEOUT", None)
-    run = lambda code, **extra: subprocess.run(  # noqa: E731
-        [sys.executable, "-c", code], cwd=ROOT, env={**env, **extra}, check=True, capture_output=True, text=True
-    ).stdout  # fmt: skip
+
+    def run(code: str, **extra) -> str:
+        return subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, env={**env, **extra}, check=True, capture_output=True, text=True
+        ).stdout
+
     assert "-c statement_timeout=30000" in run(script)
     assert "-c statement_timeout=2500" in run(script, DATABASE_STATEMENT_TIMEOUT="2.5")
     assert "statement_timeout" not in run("from django.conf import settings; print(settings.DATABASES['default']['OPTIONS']['options'])")

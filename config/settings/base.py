@@ -447,11 +447,11 @@ DATABASE_HELPER_THREADS = env.int("DATABASE_HELPER_THREADS", default=4)
 # run batch statements and migrations that may take longer: no limit there.
 DATABASE_STATEMENT_TIMEOUT = env.float("DATABASE_STATEMENT_TIMEOUT", default=0)
 # These travel as connection startup options: no SET per query, and every connection
-# (web, worker, shell) searches the same way.
-_search_options = (
+# (web, worker, shell) searches the same way; the web server's also end its statements.
+_connection_options = (
     f"-c hnsw.ef_search={SEARCH_HNSW_EF_SEARCH} -c hnsw.iterative_scan=relaxed_order"
     f" -c hnsw.max_scan_tuples={SEARCH_HNSW_MAX_SCAN_TUPLES}"
     f" -c max_parallel_workers_per_gather={DATABASE_PARALLEL_WORKERS}"
     + (f" -c statement_timeout={round(DATABASE_STATEMENT_TIMEOUT * 1000)}" if DATABASE_STATEMENT_TIMEOUT > 0 else "")
 )
-DATABASES["default"]["OPTIONS"]["options"] = (DATABASES["default"]["OPTIONS"].get("options", "") + " " + _search_options).strip()
+DATABASES["default"]["OPTIONS"]["options"] = (DATABASES["default"]["OPTIONS"].get("options", "") + " " + _connection_options).strip()

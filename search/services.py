@@ -199,12 +199,17 @@ def _run(
             for part, but in parts
         ]
     # Over a large scope, the search's independent statements run at once on helpers'
-    # connections: every vector part of a hybrid search beside its keyword half, all but
-    # the last of a vector search's parts (an organization's agents' own graphs) beside
-    # that one. Then a last statement fuses the lists and reads the rows kept: prepared when
-    # it only reads lists given to it.
+    # connections: a hybrid search's vector half beside its keyword half, all but the last
+    # of a vector search's parts (an organization's agents' own graphs) beside that one.
+    # The vector half is one statement, its parts merged as in a search of one statement:
+    # each part on a helper of its own made three statements at once on two cores, each
+    # slower than the half as one (docs/benchmarks.md, session 16).
+    # Then a last statement fuses the lists and reads the rows kept: prepared when it only
+    # reads lists given to it.
     beside = []
     if vector and (mode == "hybrid" or len(vector) > 1) and alone and _lists_at_once(agents):
+        if mode == "hybrid":
+            vector = [engine.vector_candidates(vector, depth)]
         for statement in vector if mode == "hybrid" else vector[:-1]:
             future = parallel.beside(engine.fetch_candidates, org_id=org.pk, statement=statement)
             if future is None:

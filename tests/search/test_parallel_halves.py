@@ -94,12 +94,13 @@ def test_halves_beside_answer_exactly_as_one_statement(transactional_db, org_a, 
     assert spied == [] and any(one_statement)
     beside = _answers(org_a, settings, threads=2)
     assert beside == one_statement
-    # The agent's vector list beside its keyword list; org-wide, each model's.
-    assert len(spied) == len(QUERIES) * (1 + 2) and all(name.startswith("lore-beside") for name in spied)
+    # The agent's vector list beside its keyword list; org-wide, both models' lists as one
+    # (the vector half, merged by distance).
+    assert len(spied) == len(QUERIES) * (1 + 1) and all(name.startswith("lore-beside") for name in spied)
     # Organization B's copies share every key: a leak would show as a duplicate or as B's agent.
     for answer in beside:
         assert len(set(answer)) == len(answer)
-    # One helper for two vector lists: the second runs in the last statement, unprepared.
+    # One helper is all a hybrid search takes, whatever its vector lists.
     assert _answers(org_a, settings, threads=1) == one_statement
 
 
@@ -117,8 +118,8 @@ def test_an_organizations_agents_graphs_are_searched_at_once(transactional_db, o
     assert spied == [] and any(one_statement)
     assert _answers(org_a, settings, threads=2, modes=("vector", "hybrid")) == one_statement
     # The agent's hybrid: its vector half beside. Org-wide: one of the vector search's two
-    # lists beside, both of the hybrid's.
-    assert len(spied) == len(QUERIES) * (1 + 1 + 2)
+    # lists beside; the hybrid's two as one statement, its vector half.
+    assert len(spied) == len(QUERIES) * (1 + 1 + 1)
 
 
 def test_small_scopes_and_open_transactions_keep_one_statement(transactional_db, org_a, agent_a, settings, spied):

@@ -19,13 +19,14 @@ Vector strategy (bench/search.py measured it; docs/benchmarks.md has the numbers
 Vector and keyword statements are bound on the server as unnamed statements (the query
 vector in binary), which PostgreSQL plans with their values as constants, never prepared:
 every query is planned with its real values, never a generic plan that ignores the
-agent's size (only a statement that reads nothing but given lists by primary key is
-prepared: fetch_results). A search is one statement (search_statement): its candidates by vector (per
-embedding model) and by keyword, their fusion, and the rows of those kept. Over a large
-scope its candidate lists are statements of their own instead (fetch_candidates), run at
-once on several connections (search/services.py), and the last statement takes them as
-given lists (given_candidates): fusion and rows only, the same answer (but for a chunk
-deleted between the reads, which is left out).
+agent's size (only a statement that reads nothing but given chunks by primary key is
+prepared: fetch_rows). A search is one statement (search_statement): its candidates by
+vector (per embedding model) and by keyword, their fusion, and the rows of those kept.
+Over a large scope its candidate lists are statements of their own instead
+(fetch_candidates), run at once on several connections (search/services.py); they are
+fused here (fused: the statement's arithmetic, to the bit) and a last statement reads the
+rows kept (fetch_rows): the same answer, but for a chunk deleted between the reads, whose
+place the next candidate takes.
 
 Hybrid fusion (fusion_cte) is a convex combination of the two lists' scores, each min-max
 normalized over its candidates ("relative score fusion"), not reciprocal rank fusion:
@@ -39,6 +40,7 @@ Hybrid fusion). How much each list counts is its weight (search/services.py _wei
 
 
 import json
+from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 
@@ -146,21 +148,73 @@ def fetch_candidates(*, org_id: int, statement: tuple[str, list]) -> list[tuple[
         return sql.fetchall(f"SELECT * FROM ({statement[0]}) h", statement[1], binding=True)
 
 
-def given_candidates(rows: list[tuple[int, float]], column: str) -> tuple[str, list]:
-    """fetch_candidates' rows as a statement search_statement takes for either half (column
-    d: vector, r: keyword). Exact: float8 values travel unrounded, so the fusion ranks them
-    as it would in one statement. The lists were read in snapshots of their own: a chunk
-    deleted since (a document replaced or removed meanwhile) is left out before the fusion,
-    which would otherwise keep it among the best and answer short of `limit` (a primary-key
-    probe each)."""
-    # Array literals: one string each, where psycopg would adapt a list value by value.
-    # repr() of a float is the shortest text that reads back as the same float8.
-    ids = "{" + ",".join(str(r[0]) for r in rows) + "}"
-    values = "{" + ",".join(repr(r[1]) for r in rows) + "}"
-    return (
-        f"SELECT g.id, g.{column} FROM unnest(%s::bigint[], %s::float8[]) AS g(id, {column})"
-        " WHERE EXISTS (SELECT FROM knowledge_chunk c WHERE c.id = g.id AND c.organization_id = {org})"
-    ), [ids, values]
+def fused(
+    *, mode: str, vector: list[list[tuple[int, float]]], keyword: list[tuple[int, float]] | None, depth: int, weights: dict
+) -> list[tuple[int, float, int | None, int | None]]:
+    """search_statement's ranking of candidate lists already read (fetch_candidates: a
+    (chunk id, distance) list per vector part, the keyword list's (chunk id, score)), done
+    here instead of in another statement: every candidate as (chunk id, score, vector
+    rank, keyword rank), best first. The same arithmetic as fusion_cte and the vector
+    mode's score, in the same order of float8 operations, rounded as PostgreSQL rounds
+    (_round6): the same scores to the bit and the same order (tests/search/test_fusion.py,
+    tests/search/test_parallel_halves.py)."""
+    # vector_candidates: the parts merged by distance, the first `depth` (a single part is
+    # already its own first `depth`).
+    v = sorted((row for rows in vector for row in rows), key=lambda row: (row[1], row[0]))[:depth]
+    if mode == "vector":
+        ranked = [(cid, _round6(1 - d), None, None) for cid, d in v]
+    else:
+        ranked = _fusion(v, keyword or [], weights)
+    ranked.sort(key=lambda row: (-row[1], row[0]))
+    return ranked
+
+
+def _fusion(v: list[tuple[int, float]], kw: list[tuple[int, float]], weights: dict) -> list[tuple[int, float, int | None, int | None]]:
+    """fusion_cte over lists in hand: `v` (id, distance) nearest first, `kw` (id, score)."""
+    share_v, share_k = _shares(weights)
+    parts: dict[int, list] = {}  # id -> [sum of shares, vector rank, keyword rank]
+    if v:
+        lo, hi = v[0][1], v[-1][1]
+        for n, (cid, d) in enumerate(v, 1):
+            parts[cid] = [share_v * ((hi - d) / (hi - lo) if hi - lo != 0 else 1.0), n, None]
+    if kw:
+        lo, hi = min(r for _, r in kw), max(r for _, r in kw)
+        for n, (cid, r) in enumerate(sorted(kw, key=lambda row: (-row[1], row[0])), 1):
+            s = share_k * ((r - lo) / (hi - lo) if hi - lo != 0 else 1.0)
+            if cid in parts:
+                parts[cid][0] += s
+                parts[cid][2] = n
+            else:
+                parts[cid] = [s, None, n]
+    return [(cid, _round6(s), vr, kr) for cid, (s, vr, kr) in parts.items()]
+
+
+_MICRO = Decimal("0.000001")
+
+
+def _round6(x: float) -> float:
+    """PostgreSQL's round(x::numeric, 6)::float8: a float8 becomes a numeric of its first 15
+    significant digits (DBL_DIG), which round() takes half away from zero; never -0."""
+    return float(Decimal(f"{x:.15g}").quantize(_MICRO, rounding=ROUND_HALF_UP)) + 0.0
+
+
+def fetch_rows(
+    *, org_id: int, ranked: list[tuple[int, float, int | None, int | None]], limit: int, include_parent: bool
+) -> list[tuple[int, float, dict]]:
+    """(chunk id, score, result row) of the `limit` best of `ranked` (fused), best first. The
+    lists were read in snapshots of their own: a chunk deleted since (a document replaced
+    or removed meanwhile) has no row, and the next candidate takes its place, so the
+    answer is as full as the lists allow. Prepared: primary-key lookups, one plan for any ids."""
+    sql = f"SELECT c.id, {_row_columns(include_parent)} FROM knowledge_chunk c WHERE c.id = ANY(%s::bigint[]) AND c.organization_id = {{org}}"
+    found, at = [], 0
+    while len(found) < limit and at < len(ranked):
+        batch = ranked[at : at + limit - len(found)]
+        at += len(batch)
+        with db.tenant(org_id, atomic=False) as scoped:
+            # An array literal: one string, where psycopg would adapt a list value by value.
+            rows = {row[0]: row[1:] for row in scoped.fetchall(sql, ["{" + ",".join(str(r[0]) for r in batch) + "}"], prepared=True)}
+        found += [(cid, score, {**_row(rows[cid]), "_ranks": (vr, kr)}) for cid, score, vr, kr in batch if cid in rows]
+    return found
 
 
 # The fusion's version, in cached results' keys (search/services.py): a new one leaves the
@@ -177,10 +231,7 @@ def fusion_cte(*, vector: bool, weights: dict, limit: int) -> tuple[str, list]:
     the best, 0 for the last; 1 for all when they tie), and 0 in a list the chunk is
     missing from (it scored at most that list's last candidate there). A chunk first in
     both lists scores 1. `vector` False: no list `v` (its terms are 0)."""
-    total = float(weights["vector"]) + float(weights["keyword"])
-    # Rounded: a share too small to move a 6-place score must not reach PostgreSQL as a
-    # subnormal float, whose product underflows there (an error, not 0).
-    share_v, share_k = (round(float(weights["vector"]) / total, 12), round(float(weights["keyword"]) / total, 12)) if total > 0 else (0.0, 0.0)
+    share_v, share_k = _shares(weights)
     parts, params = [], []
     if vector:
         parts.append(
@@ -200,14 +251,22 @@ def fusion_cte(*, vector: bool, weights: dict, limit: int) -> tuple[str, list]:
     return sql, params
 
 
-def fetch_results(*, org_id: int, statement: tuple[str, list], prepared: bool = False) -> list[tuple[int, float, dict]]:
+def _shares(weights: dict) -> tuple[float, float]:
+    """Each list's share of a hybrid score: its weight over both weights' sum."""
+    total = float(weights["vector"]) + float(weights["keyword"])
+    if total <= 0:
+        return 0.0, 0.0
+    # Rounded: a share too small to move a 6-place score must not reach PostgreSQL as a
+    # subnormal float, whose product underflows there (an error, not 0).
+    return round(float(weights["vector"]) / total, 12), round(float(weights["keyword"]) / total, 12)
+
+
+def fetch_results(*, org_id: int, statement: tuple[str, list]) -> list[tuple[int, float, dict]]:
     """(chunk id, score, result row) of a search_statement. Bound on the server, and not
     prepared: an unnamed statement is planned with its values, so each search gets the
-    plan for its agents' size. `prepared`: a statement reading only given_candidates,
-    whose plan (primary-key lookups) is the same for any values: then PostgreSQL neither
-    parses nor plans it again on this connection."""
+    plan for its agents' size."""
     with db.tenant(org_id, atomic=False) as sql:
-        rows = sql.fetchall(*statement, binding=not prepared, prepared=prepared)
+        rows = sql.fetchall(*statement, binding=True)
     return [
         (cid, score, {**_row(rest), "_ranks": (vector_rank, keyword_rank)})
         for cid, score, vector_rank, keyword_rank, *rest in rows

@@ -203,9 +203,8 @@ def _run(
     # of a vector search's parts (an organization's agents' own graphs) beside that one.
     # The vector half is one statement, its parts merged as in a search of one statement:
     # each part on a helper of its own made three statements at once on two cores, each
-    # slower than the half as one (docs/benchmarks.md, session 16).
-    # Then a last statement fuses the lists and reads the rows kept: prepared when it only
-    # reads lists given to it.
+    # slower than the half as one (docs/benchmarks.md, session 16). The lists are then
+    # fused here and a last statement reads the rows kept.
     beside = []
     if vector and (mode == "hybrid" or len(vector) > 1) and alone and _lists_at_once(agents):
         if mode == "hybrid":
@@ -213,7 +212,7 @@ def _run(
         for statement in vector if mode == "hybrid" else vector[:-1]:
             future = parallel.beside(engine.fetch_candidates, org_id=org.pk, statement=statement)
             if future is None:
-                break  # no helper free: the rest run in the last statement, as without helpers
+                break  # no helper free: this thread reads the rest itself
             beside.append(future)
     try:
         keyword = None
@@ -224,21 +223,23 @@ def _run(
                 org_id=org.pk, agents=agents, query=request.query, k=depth, filters=filters, everyone_but=selection.everyone_but,
             )  # fmt: skip
         if beside:
-            # This thread's own share: the keyword half, else the vector part kept back.
-            if keyword is not None:
-                keyword = engine.given_candidates(engine.fetch_candidates(org_id=org.pk, statement=keyword), "r")
-            else:
-                vector[-1] = engine.given_candidates(engine.fetch_candidates(org_id=org.pk, statement=vector[-1]), "d")
-            for i, future in enumerate(beside):
-                vector[i] = engine.given_candidates(future.result(), "d")
+            # This thread's own share: the keyword half, and the vector parts no helper took.
+            keyword_rows = engine.fetch_candidates(org_id=org.pk, statement=keyword) if keyword is not None else None
+            own = [engine.fetch_candidates(org_id=org.pk, statement=statement) for statement in vector[len(beside) :]]
+            vector_rows = [future.result() for future in beside] + own
     except BaseException:
         for future in beside:
             future.cancel()  # those not started yet never run; a running statement ends as it would
         raise
-    found = engine.fetch_results(org_id=org.pk, statement=engine.search_statement(
-        mode=mode, vector=vector, keyword=keyword, depth=depth, limit=request.limit,
-        weights=_weights(agents, request), include_parent=request.include_parent,
-    ), prepared=bool(beside) and len(beside) + (keyword is None) == len(vector))  # fmt: skip
+    weights = _weights(agents, request)
+    if beside:
+        ranked = engine.fused(mode=mode, vector=vector_rows, keyword=keyword_rows, depth=depth, weights=weights)
+        found = engine.fetch_rows(org_id=org.pk, ranked=ranked, limit=request.limit, include_parent=request.include_parent)
+    else:
+        found = engine.fetch_results(org_id=org.pk, statement=engine.search_statement(
+            mode=mode, vector=vector, keyword=keyword, depth=depth, limit=request.limit,
+            weights=weights, include_parent=request.include_parent,
+        ))  # fmt: skip
     slugs = selection.slug_by_id
     results = []
     for cid, score, row in found:

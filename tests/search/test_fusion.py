@@ -97,6 +97,48 @@ def test_a_list_of_weight_zero_changes_no_order_of_the_other(nearest, matched, k
     assert all(s == 0.0 for _, s, _, kr in rows if kr is None)
 
 
+# Unrounded: the 6-place rounding of every kind of float8 sum, ties at the 7th place included.
+raw_distances = st.one_of(distances, st.floats(0, 2, allow_subnormal=False))
+raw_scores = st.one_of(scores, st.floats(0, 0.999, allow_subnormal=False), st.integers(0, 999_999).map(lambda n: n / 1e6 + 5e-7))
+
+
+@pytest.mark.django_db
+@hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(nearest=_list(raw_distances), matched=_list(raw_scores), weights=weights)
+def test_lists_fused_in_python_score_and_rank_as_the_statement_to_the_bit(nearest, matched, weights):
+    # A search over a large scope reads its lists apart and fuses them in Python
+    # (engine.fused): its answers must be the one statement's, scores to the bit.
+    nearest, matched = _ordered(nearest, matched)
+    assert engine.fused(mode="hybrid", vector=[nearest], keyword=matched, depth=100, weights=weights) == fused(nearest, matched, weights)
+
+
+@pytest.mark.django_db
+@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(first=_list(raw_distances), second=_list(raw_distances), depth=st.integers(1, 30))
+def test_vector_parts_merged_in_python_score_and_rank_as_the_statement(first, second, depth):
+    # Parts of a vector search, each nearest first (ids distinct across parts, as chunks are).
+    first = sorted(first, key=lambda x: (x[1], x[0]))
+    second = sorted(((cid + 100, d) for cid, d in second), key=lambda x: (x[1], x[0]))
+    sql, params = engine.vector_candidates(
+        [("SELECT * FROM unnest(%s::bigint[], %s::float8[]) AS t(id, d)", [[c for c, _ in part], [d for _, d in part]]) for part in (first, second)],
+        depth,
+    )
+    with connection.cursor() as cursor:  # no tenant table: two lists of values
+        cursor.execute(f"SELECT id, round((1 - d)::numeric, 6)::float8 AS s FROM ({sql}) v ORDER BY s DESC, id", params)
+        expected = [(cid, s, None, None) for cid, s in cursor.fetchall()]
+    assert engine.fused(mode="vector", vector=[first, second], keyword=None, depth=depth, weights={}) == expected
+
+
+@pytest.mark.django_db
+def test_python_rounds_scores_as_postgresql_does():
+    values = [0.0, 1.0, -1e-7, 1e-7, 0.1234565, 0.9999995, 0.4999995, 1 / 3, 2 / 3, 5e-324, 0.12345650000000001, -0.0000005]
+    values += [n / 1e6 + 5e-7 for n in range(0, 1_000_000, 7919)]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT round(v::numeric, 6)::float8 FROM unnest(%s::float8[]) WITH ORDINALITY AS t(v, i) ORDER BY i", [values])
+        expected = [row[0] for row in cursor.fetchall()]
+    assert [engine._round6(v) for v in values] == expected
+
+
 def test_the_embedders_weight_scales_the_vector_weight_of_request_agent_and_default(settings):
     settings.SEARCH_HYBRID_VECTOR_WEIGHT = 0.25
     agent = selection.AgentRef(1, "a", "english", 10, 1, 2.0, 3.0, "m")

@@ -164,17 +164,18 @@ def test_a_chunk_deleted_after_the_lists_were_read_leaves_a_full_answer(kb_with_
 
     from search import engine
 
-    real, deleted = engine.given_candidates, []
+    real, deleted = engine.fused, []
 
-    def given(rows, column):
-        if column == "r" and rows and not deleted:
-            # A document replaced between the lists' reads and the last statement.
-            deleted.append(max(rows, key=lambda r: r[1])[0])
+    def fused(**lists):
+        ranked = real(**lists)
+        if not deleted:
+            # A document replaced between the lists' reads and the last statement: the best.
+            deleted.append(ranked[0][0])
             with connection.cursor() as cursor:
                 cursor.execute("DELETE FROM knowledge_chunk WHERE id = %s", deleted)
-        return real(rows, column)
+        return ranked
 
-    monkeypatch.setattr(engine, "given_candidates", given)
+    monkeypatch.setattr(engine, "fused", fused)
     selection = selectors.search_agents_get(org=org_a, slugs=["support"])
     answer = services.search(org=org_a, selection=selection, request=SearchRequest(query="compress files", limit=3), scope=("deleted",))
     assert deleted and len(answer["results"]) == 3

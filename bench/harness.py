@@ -47,6 +47,7 @@ in requirements/bench.txt.
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import io
 import json
 import math
@@ -1089,6 +1090,14 @@ def ratio(value: float, baseline: float) -> str:
     if not baseline or value != value or baseline != baseline:
         return "-"
     return f"{value / baseline:.2f}x"
+
+
+def sibling(file: str):
+    """Another bench's module, by path: on sys.path, "search" is Lore's app."""
+    spec = importlib.util.spec_from_file_location(f"{Path(file).stem}_bench", Path(__file__).with_name(file))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def machine() -> str:

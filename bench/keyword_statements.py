@@ -46,12 +46,11 @@ def main():
 
     run = harness.Run()
     run.phase("setup")
-    harness.require_data(search_text.NAME, "bench/search_text.py")
-    harness.setup(search_text.NAME, dimensions=args.dimensions, fresh=False)
+    asked = search_text.in_process(args.dimensions, args.questions)
     from django.db import connection
 
     from core import db
-    from search import engine, keywords, selectors
+    from search import engine, keywords
     from search.filters import filters_sql
 
     base = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=harness.ROOT, capture_output=True, text=True, check=True).stdout.strip()
@@ -60,17 +59,6 @@ def main():
     base_path.write_text(source)
     sides = {"this": keywords, "base": _by_path("base_keywords", str(base_path))}
 
-    asked = []  # (class, org, selection, question)
-    for corpus in search_text.CORPORA:
-        docs, questions = search_text.prepare(corpus, args.questions)
-        org, _ = search_text.keywords_bench.load(corpus, docs, reuse=True)
-        everyone = selectors.search_agents_get(org=org, slugs=None)
-        agent = {}
-        for q in questions:
-            if q.agent not in agent:
-                agent[q.agent] = selectors.search_agents_get(org=org, slugs=[q.agent])
-            asked.append((f"{corpus.name} {q.agent}", org, agent[q.agent], q.text))
-            asked.append((f"{corpus.name} org-wide", org, everyone, q.text))
     no_filters = filters_sql({})
 
     def measure(module, org, selection, text):
@@ -91,7 +79,7 @@ def main():
     differ: dict[str, int] = {}
     for r in range(args.rounds + 1):
         run.phase(f"round {r}" if r else "warm-up")
-        for i, (klass, org, selection, text) in enumerate(asked):
+        for i, (klass, org, selection, _, text) in enumerate(asked):
             order = list(sides) if (i + r) % 2 == 0 else list(sides)[::-1]
             found = {}
             for side in order:

@@ -82,6 +82,28 @@ def prepare(corpus, per_corpus: int):
     return docs, (natural + derived)[:per_corpus]
 
 
+def in_process(dimensions: int, per_corpus: int) -> list[tuple]:
+    """For a bench that searches this bench's data in its own process (run this bench once
+    first): the database set up, and every question asked of its answer's agent and of its
+    whole organization, as (class, organization, AgentSelection, scope, text)."""
+    harness.require_data(NAME, "bench/search_text.py")
+    harness.setup(NAME, dimensions=dimensions, fresh=False)
+    from search import selectors
+
+    asked = []
+    for corpus in CORPORA:
+        docs, questions = prepare(corpus, per_corpus)
+        org, _ = keywords_bench.load(corpus, docs, reuse=True)
+        everyone = selectors.search_agents_get(org=org, slugs=None)
+        agent = {}
+        for q in questions:
+            if q.agent not in agent:
+                agent[q.agent] = selectors.search_agents_get(org=org, slugs=[q.agent])
+            asked.append((f"{corpus.name} {q.agent}", org, agent[q.agent], ("agent", q.agent), q.text))
+            asked.append((f"{corpus.name} org-wide", org, everyone, ("agents", None), q.text))
+    return asked
+
+
 def api_key_for(org) -> str:
     from tenants.services import api_key_create
 

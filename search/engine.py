@@ -40,6 +40,7 @@ Hybrid fusion). How much each list counts is its weight (search/services.py _wei
 
 
 import json
+import math
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
@@ -169,7 +170,7 @@ def fused(
     return ranked
 
 
-def _fusion(v: list[tuple[int, float]], kw: list[tuple[int, float]], weights: dict) -> list[tuple[int, float, int | None, int | None]]:
+def _fusion(v: list[tuple[int, float]], kw: list[tuple[int, float]], weights: dict) -> list[tuple]:
     """fusion_cte over lists in hand: `v` (id, distance) nearest first, `kw` (id, score)."""
     share_v, share_k = _shares(weights)
     parts: dict[int, list] = {}  # id -> [sum of shares, vector rank, keyword rank]
@@ -194,7 +195,13 @@ _MICRO = Decimal("0.000001")
 
 def _round6(x: float) -> float:
     """PostgreSQL's round(x::numeric, 6)::float8: a float8 becomes a numeric of its first 15
-    significant digits (DBL_DIG), which round() takes half away from zero; never -0."""
+    significant digits (DBL_DIG), which round() takes half away from zero; never -0.
+    Both that and Python's round() give the float nearest a multiple of 1e-6; they can
+    only pick different multiples for an x next to a half-way point (within what 15 digits
+    lose), which takes the exact, slower path."""
+    scaled = x * 1e6
+    if abs(abs(scaled - math.floor(scaled)) - 0.5) > 1e-6:
+        return round(x, 6) + 0.0
     return float(Decimal(f"{x:.15g}").quantize(_MICRO, rounding=ROUND_HALF_UP)) + 0.0
 
 
@@ -205,14 +212,18 @@ def fetch_rows(
     lists were read in snapshots of their own: a chunk deleted since (a document replaced
     or removed meanwhile) has no row, and the next candidate takes its place, so the
     answer is as full as the lists allow. Prepared: primary-key lookups, one plan for any ids."""
-    sql = f"SELECT c.id, {_row_columns(include_parent)} FROM knowledge_chunk c WHERE c.id = ANY(%s::bigint[]) AND c.organization_id = {{org}}"
+    sql = (
+        f"SELECT c.id, {_row_columns(include_parent)} FROM knowledge_chunk c"
+        " WHERE c.id = ANY(%s::bigint[]) AND c.organization_id = {org}"
+    )
     found, at = [], 0
     while len(found) < limit and at < len(ranked):
         batch = ranked[at : at + limit - len(found)]
         at += len(batch)
+        # An array literal: one string, where psycopg would adapt a list value by value.
+        ids = "{" + ",".join(str(cid) for cid, *_ in batch) + "}"
         with db.tenant(org_id, atomic=False) as scoped:
-            # An array literal: one string, where psycopg would adapt a list value by value.
-            rows = {row[0]: row[1:] for row in scoped.fetchall(sql, ["{" + ",".join(str(r[0]) for r in batch) + "}"], prepared=True)}
+            rows = {row[0]: row[1:] for row in scoped.fetchall(sql, [ids], prepared=True)}
         found += [(cid, score, {**_row(rows[cid]), "_ranks": (vr, kr)}) for cid, score, vr, kr in batch if cid in rows]
     return found
 

@@ -106,7 +106,7 @@ DATABASES["default"].setdefault("OPTIONS", {})
 # client-side and never prepare; this threshold would otherwise apply if someone turned
 # on server_side_binding. Only statements of one good plan whatever their values are
 # prepared, explicitly (config/postgresql/base.py): the fixed lookups of every API request
-# (API key, agent) and a search's last statement over given lists; None would forbid those too.
+# (API key, agent) and the rows of a search whose lists were read apart; None would forbid those too.
 DATABASES["default"]["OPTIONS"]["prepare_threshold"] = 2**31 - 1
 # Off for a connection pooler that cannot keep prepared statements.
 DB_PREPARED_LOOKUPS = env.bool("DB_PREPARED_LOOKUPS", default=True)

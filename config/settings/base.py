@@ -435,8 +435,9 @@ LORE_RETENTION_MAX_BATCHES = env.int("LORE_RETENTION_MAX_BATCHES", default=200)
 # (bench/search.py); at hundreds of requests per second on few cores, workers only compete.
 DATABASE_PARALLEL_WORKERS = env.int("DATABASE_PARALLEL_WORKERS", default=0)
 # Helper threads per process for reads run beside a request's own (core/parallel.py), each
-# with a database connection of its own: a search takes one per vector list it reads apart
-# (one for an agent's hybrid search), and one that finds none free reads its lists itself.
+# with a database connection of its own: a hybrid search takes one (its vector half), a
+# vector search one per list it reads apart but the last; one that finds none free reads
+# its lists itself.
 # While only a search alone in its process takes them (SEARCH_PARALLEL_MAX_SEARCHES), a
 # thread and its connection exist only for as many lists as one search reads apart;
 # raising that setting, allow one search's lists per search it admits. 0: none.

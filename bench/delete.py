@@ -40,8 +40,6 @@ from importlib import import_module
 
 import harness  # first: sets up sys.path and the environment
 
-import numpy as np  # noqa: E402
-
 NAME = "delete"
 DIMS = 384
 BATCH_SIZES = [1000, 2500, 5000, 10000]

@@ -37,11 +37,8 @@ DEPTH = 50  # settings.SEARCH_HYBRID_CANDIDATES: a hybrid search's keyword list
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    search_text.in_process_arguments(parser)
     parser.add_argument("--base", default="HEAD", help="the commit whose search/keywords.py to compare with (default HEAD)")
-    parser.add_argument("--rounds", type=int, default=2, help="passes over the questions, after one to warm up (default 2)")
-    parser.add_argument("--questions", type=int, default=120, help="questions per corpus (default 120)")
-    parser.add_argument("--dimensions", type=int, default=384, help="of the data bench/search_text.py loaded (default 384)")
-    parser.add_argument("--markdown", help="also write the tables here")
     args = parser.parse_args()
 
     run = harness.Run()

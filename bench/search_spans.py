@@ -36,12 +36,9 @@ COLUMNS = ["lists", "lists on helpers", "one statement", "fusion", "rows", "term
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dimensions", type=int, default=384, help="of the data bench/search_text.py loaded (default 384)")
+    search_text.in_process_arguments(parser)
     parser.add_argument("--classes", help="comma-separated (default: all)")
     parser.add_argument("--modes", default="vector,keyword,hybrid")
-    parser.add_argument("--rounds", type=int, default=2, help="passes over the questions, after one to warm up (default 2)")
-    parser.add_argument("--questions", type=int, default=120, help="questions per corpus (default 120)")
-    parser.add_argument("--markdown", help="also write the tables here")
     args = parser.parse_args()
 
     run = harness.Run()

@@ -82,6 +82,14 @@ def prepare(corpus, per_corpus: int):
     return docs, (natural + derived)[:per_corpus]
 
 
+def in_process_arguments(parser) -> None:
+    """The options of a bench that searches this bench's data in its own process (in_process)."""
+    parser.add_argument("--dimensions", type=int, default=384, help="of the data bench/search_text.py loaded (default 384)")
+    parser.add_argument("--rounds", type=int, default=2, help="passes over the questions, after one to warm up (default 2)")
+    parser.add_argument("--questions", type=int, default=120, help="questions per corpus (default 120)")
+    parser.add_argument("--markdown", help="also write the tables here")
+
+
 def in_process(dimensions: int, per_corpus: int) -> list[tuple]:
     """For a bench that searches this bench's data in its own process (run this bench once
     first): the database set up, and every question asked of its answer's agent and of its
